@@ -14,7 +14,8 @@ from .data import metrics as glue_metrics
 from .data.features import tokenize
 from .data.glue import get_task, load_split
 from .errors import DataError, KronbitError
-from .models import load_classifier, load_tokenizer, read_meta, resolve_model
+from .checkpoint import load_model
+from .models import load_tokenizer, read_meta, resolve_model
 
 
 @torch.inference_mode()
@@ -54,7 +55,7 @@ def evaluate(model: str, task: str | None = None, data_dir: str = "hub", split: 
     tokenizer = load_tokenizer(model_path, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    clf = load_classifier(model_path, t if not meta else None, trust_remote_code=trust_remote_code)
+    clf = load_model(model_path, t if not meta else None, trust_remote_code=trust_remote_code)
     if clf.config.num_labels != t.num_labels:
         raise KronbitError(f"model has {clf.config.num_labels} output(s) but task {t.name} needs {t.num_labels}")
     ds = tokenize(examples, tokenizer, t, max_seq_length)

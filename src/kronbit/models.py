@@ -54,7 +54,7 @@ def resolve_model(name_or_path: str | Path) -> str:
     if p.is_dir():
         if (p / "config.json").is_file():
             return str(p)
-        if (p / "model" / "config.json").is_file():  # a kronbit run directory
+        if (p / "model" / "config.json").is_file():  # a kronbit run directory (final model)
             return str(p / "model")
         raise ModelError(f"{p} is a directory but holds no config.json (not a Hugging Face model directory)")
     if p.exists():

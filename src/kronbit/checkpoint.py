@@ -1,0 +1,139 @@
+"""Checkpoints of compressed models: rebuild from config, then load tensors (the PEFT way).
+
+A compressed model directory holds
+  * ``config.json`` + tokenizer files: the *base* Hugging Face architecture;
+  * ``kronbit.json``: metadata, including ``transforms``: the ordered list of module swaps applied
+    to the base model (``{"kind": "quant" | "kron", "config": {...}}``);
+  * ``kronbit_model.safetensors``: the full state dict of the transformed model.
+Loading = build the base model from ``config.json`` (no weights), replay the transforms, then
+``load_state_dict(strict=True)``. The tensors file has its own name on purpose: plain
+``from_pretrained`` must refuse the directory rather than silently load latent full-precision
+weights as if they were the compressed model. Only safetensors and JSON are ever read.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from .errors import ModelError
+from .io import atomic_dir, write_json
+from .models import KRONBIT_META, load_classifier, read_meta, resolve_model
+
+WEIGHTS_NAME = "kronbit_model.safetensors"
+
+
+def _quant():
+    from .quant import QuantConfig, quantize_
+
+    return QuantConfig, quantize_
+
+
+def _kron():
+    from .kron import KroneckerConfig, kroneckerize_
+
+    return KroneckerConfig, kroneckerize_
+
+
+# kind -> loader of (ConfigClass, apply_fn(model, config)); lazy so one method's import errors
+# never break the other.
+TRANSFORMS: dict[str, Callable[[], tuple[type, Callable[[nn.Module, Any], Any]]]] = {
+    "quant": _quant,
+    "kron": _kron,
+}
+
+
+def apply_transform(model: nn.Module, kind: str, config: Any) -> Any:
+    if kind not in TRANSFORMS:
+        raise ModelError(f"unknown transform '{kind}' in checkpoint; known: {', '.join(TRANSFORMS)}")
+    cls, apply = TRANSFORMS[kind]()
+    if isinstance(config, dict):
+        config = cls.from_dict(config, where=f"{kind} transform")
+    return apply(model, config)
+
+
+def is_compressed(model_dir: str | Path) -> bool:
+    return (Path(model_dir) / WEIGHTS_NAME).is_file()
+
+
+def save_compressed(model: nn.Module, tokenizer, path: str | Path, meta: dict[str, Any],
+                    transforms: list[dict[str, Any]]) -> None:
+    """Write a compressed-model directory atomically (the previous one survives a failure)."""
+    from safetensors.torch import save_model
+
+    with atomic_dir(path) as tmp:
+        model.config.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        # save_model handles shared (tied) tensors, which save_file refuses.
+        save_model(model, str(tmp / WEIGHTS_NAME))
+        write_json(tmp / KRONBIT_META, {**meta, "format": "kronbit-compressed", "format_version": 1,
+                                        "transforms": transforms})
+
+
+def build_base(model_dir: Path, kind: str = "auto") -> nn.Module:
+    """The base architecture from config.json, randomly initialised (weights come later)."""
+    from transformers import (AutoConfig, AutoModel, AutoModelForCausalLM,
+                              AutoModelForSequenceClassification)
+
+    config = AutoConfig.from_pretrained(model_dir)
+    archs = getattr(config, "architectures", None) or []
+    if kind == "auto":
+        kind = ("classifier" if any(a.endswith("ForSequenceClassification") for a in archs)
+                else "causal_lm" if any(a.endswith("ForCausalLM") or a.endswith("LMHeadModel") for a in archs)
+                else "base")
+    factory = {"classifier": AutoModelForSequenceClassification, "causal_lm": AutoModelForCausalLM,
+               "base": AutoModel}[kind]
+    return factory.from_config(config)
+
+
+def load_compressed(model_dir: str | Path) -> nn.Module:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    model_dir = Path(model_dir)
+    meta = read_meta(model_dir)
+    transforms = meta.get("transforms")
+    if meta.get("format") != "kronbit-compressed" or transforms is None:
+        raise ModelError(f"{model_dir / KRONBIT_META}: not a kronbit compressed-model description")
+    if meta.get("format_version", 1) > 1:
+        raise ModelError(f"{model_dir}: format_version {meta['format_version']} is newer than this kronbit "
+                         "reads (1); upgrade kronbit")
+    model = build_base(model_dir)
+    for t in transforms:
+        apply_transform(model, t["kind"], t["config"])
+    try:
+        state = load_file(str(model_dir / WEIGHTS_NAME))
+    except (SafetensorError, OSError) as e:
+        raise ModelError(f"{model_dir / WEIGHTS_NAME}: unreadable safetensors file ({e})") from None
+    # Tied tensors were saved once; restore the aliases before a strict load.
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = set(getattr(model, "all_tied_weights_keys", {}) or {})
+    missing = [k for k in missing if k not in tied]
+    if missing or unexpected:
+        raise ModelError(f"{model_dir / WEIGHTS_NAME} does not match its transforms: "
+                         f"{len(missing)} missing tensor(s) (e.g. {missing[:2]}), "
+                         f"{len(unexpected)} unexpected (e.g. {unexpected[:2]})")
+    if tied:
+        model.tie_weights()
+    return model.eval()
+
+
+def compressed_dir(name_or_path: str | Path) -> Path | None:
+    """The compressed-model directory at ``name_or_path`` or its ``model/`` (a run directory)."""
+    p = Path(name_or_path)
+    for cand in (p, p / "model"):
+        if is_compressed(cand):
+            return cand
+    return None
+
+
+def load_model(name_or_path: str | Path, task=None, **kwargs) -> nn.Module:
+    """Any model kronbit can evaluate: a compressed directory, a run directory, or an HF checkpoint."""
+    cdir = compressed_dir(name_or_path)
+    if cdir is not None:
+        return load_compressed(cdir)
+    return load_classifier(resolve_model(name_or_path), task, **kwargs)

@@ -1,0 +1,91 @@
+"""An eager attention implementation that exposes what distillation and quantization need.
+
+Hugging Face models in transformers 5 route attention through ``ALL_ATTENTION_FUNCTIONS``. We
+register ``"kronbit_eager"``: the same arithmetic as the models' eager path, plus
+  * a recorder: inside ``record_attention_scores()`` every call appends its *pre-softmax* scores
+    and the mask of valid (query, key) pairs, because TinyBERT-style attention distillation matches
+    scores, which the models' ``output_attentions`` (probabilities) cannot give back;
+  * a hook for quantizing attention probabilities (BiT quantizes the inputs of both attention
+    matmuls): a module attribute ``kronbit_prob_quantizer`` is applied to the probabilities.
+The SDPA path returns no attention maps at all, so distillation switches students and teachers to
+this implementation with ``use_kronbit_attention(model)``.
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+from torch import nn
+
+NAME = "kronbit_eager"
+_state = threading.local()
+
+
+def _recording() -> list | None:
+    return getattr(_state, "records", None)
+
+
+@contextmanager
+def record_attention_scores() -> Iterator[list[tuple[torch.Tensor, torch.Tensor | None]]]:
+    """Collect (scores, valid) per attention call, in call (= layer) order.
+
+    ``scores``: (batch, heads, q_len, k_len) pre-softmax scores; ``valid``: boolean mask of the
+    pairs that take part (not padding, not in the causal future), broadcastable to ``scores``, or
+    None when every pair is valid.
+    """
+    previous = _recording()
+    _state.records = []
+    try:
+        yield _state.records
+    finally:
+        _state.records = previous
+
+
+def _repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """(b, kv_heads, s, d) → (b, kv_heads·groups, s, d) for grouped-query attention (Llama)."""
+    if groups == 1:
+        return x
+    b, h, s, d = x.shape
+    return x[:, :, None].expand(b, h, groups, s, d).reshape(b, h * groups, s, d)
+
+
+def kronbit_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                      attention_mask: torch.Tensor | None, scaling: float | None = None,
+                      dropout: float = 0.0, **kwargs):
+    groups = getattr(module, "num_key_value_groups", 1)
+    key, value = _repeat_kv(key, groups), _repeat_kv(value, groups)
+    if scaling is None:
+        scaling = query.size(-1) ** -0.5
+    scores = torch.matmul(query, key.transpose(-1, -2)) * scaling
+    masked = scores if attention_mask is None else scores + attention_mask
+    records = _recording()
+    if records is not None:
+        valid = None
+        if attention_mask is not None:
+            valid = attention_mask if attention_mask.dtype == torch.bool else attention_mask == 0
+        records.append((scores, valid))
+    probs = nn.functional.softmax(masked, dim=-1, dtype=torch.float32).to(query.dtype)
+    quantizer = getattr(module, "kronbit_prob_quantizer", None)
+    if quantizer is not None:
+        probs = quantizer(probs)
+    probs = nn.functional.dropout(probs, p=dropout, training=module.training)
+    out = torch.matmul(probs, value).transpose(1, 2).contiguous()
+    return out, probs
+
+
+def register() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask
+
+    AttentionInterface.register(NAME, kronbit_attention)
+    AttentionMaskInterface.register(NAME, eager_mask)  # additive float masks, as eager uses
+
+
+def use_kronbit_attention(model: nn.Module) -> nn.Module:
+    """Switch ``model`` (an HF PreTrainedModel) to the kronbit eager attention, in place."""
+    register()
+    model.set_attn_implementation(NAME)
+    return model

@@ -1,0 +1,95 @@
+"""``DistillationTrainer``: Hugging Face ``Trainer`` with a frozen teacher and the KD loss registry.
+
+The student is whatever model the stage built (quantized, Kronecker, layer-dropped); the teacher
+is the full-precision model, kept in eval mode with gradients off. Only the loss changes; the
+training loop, mixed precision, checkpointing and multi-process training stay Trainer's (and so
+Accelerate's).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import torch
+from transformers import Trainer
+
+from .attention import record_attention_scores, use_kronbit_attention
+from .losses import KDConfig, distillation_loss
+
+
+class DistillationTrainer(Trainer):
+    def __init__(self, *args, teacher: torch.nn.Module, kd: KDConfig, regression: bool = False,
+                 lr_multipliers: dict[str, float] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.kd = kd
+        self.regression = regression
+        # Parameters whose name ends with a key get learning_rate × value (e.g. quantizer scales).
+        self.lr_multipliers = dict(lr_multipliers or {})
+        self.teacher = teacher.to(self.args.device).eval()
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        if kd.needs_attention:
+            use_kronbit_attention(self.teacher)
+            use_kronbit_attention(self.model)
+        self._kd_sums: dict[str, float] = defaultdict(float)
+        self._kd_count = 0
+
+    def compute_loss(self, model, inputs: dict[str, Any], return_outputs: bool = False,
+                     num_items_in_batch=None):
+        if not model.training:
+            # Evaluation: the metrics need only the student's logits; skip the teacher.
+            outputs = model(**inputs)
+            return (outputs.loss, outputs) if return_outputs else outputs.loss
+        kd = self.kd
+        want_hidden = kd.needs_hidden
+        teacher_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+        student_inputs = inputs if kd.task > 0 else teacher_inputs
+        s_scores = t_scores = None
+        if kd.needs_attention:
+            with record_attention_scores() as s_scores:
+                s_out = model(**student_inputs, output_hidden_states=want_hidden)
+            with torch.no_grad(), record_attention_scores() as t_scores:
+                t_out = self.teacher(**teacher_inputs, output_hidden_states=want_hidden)
+        else:
+            s_out = model(**student_inputs, output_hidden_states=want_hidden)
+            with torch.no_grad():
+                t_out = self.teacher(**teacher_inputs, output_hidden_states=want_hidden)
+        loss, parts = distillation_loss(
+            kd, s_out, t_out, token_mask=inputs.get("attention_mask"), student_scores=s_scores,
+            teacher_scores=t_scores, regression=self.regression,
+            task_loss=getattr(s_out, "loss", None) if kd.task > 0 else None)
+        for name, value in parts.items():
+            self._kd_sums[name] += value
+        self._kd_count += 1
+        return (loss, s_out) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        # Add the mean of each KD part since the last training log line.
+        if "loss" in logs and self._kd_count:
+            for name, total in self._kd_sums.items():
+                logs[f"kd_{name}"] = round(total / self._kd_count, 6)
+            self._kd_sums.clear()
+            self._kd_count = 0
+        super().log(logs, *args, **kwargs)
+
+    def create_optimizer(self, *args, **kwargs):
+        if self.optimizer is None and self.lr_multipliers:
+            self.optimizer = self._grouped_optimizer()
+            return self.optimizer
+        return super().create_optimizer(*args, **kwargs)
+
+    def _grouped_optimizer(self):
+        """AdamW with one group per learning-rate multiplier, no weight decay on biases, norms
+        and quantizer scales (decaying a scale towards 0 would fight the quantizer)."""
+        base_lr, wd = self.args.learning_rate, self.args.weight_decay
+        groups: dict[tuple[float, float], list] = defaultdict(list)
+        for name, p in self.model.named_parameters():
+            if not p.requires_grad:
+                continue
+            mult = next((m for suffix, m in self.lr_multipliers.items() if name.endswith(suffix)), None)
+            no_decay = mult is not None or p.ndim < 2 or "norm" in name.lower()
+            groups[(mult or 1.0, 0.0 if no_decay else wd)].append(p)
+        param_groups = [{"params": ps, "lr": base_lr * m, "weight_decay": d} for (m, d), ps in groups.items()]
+        return torch.optim.AdamW(param_groups, lr=base_lr, betas=(self.args.adam_beta1, self.args.adam_beta2),
+                                 eps=self.args.adam_epsilon)
