@@ -1,7 +1,8 @@
-import os
 """The WordNet database reader, on a tiny hand-written database and (slow) on the Debian files."""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 
