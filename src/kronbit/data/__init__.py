@@ -1,1 +1,2 @@
-"""Data: GLUE tasks (``glue``), metrics (``metrics``), language-modelling text (later issues)."""
+"""Data: GLUE tasks (``glue``), metrics (``metrics``), tokenized features (``features``),
+language-modelling text (``lm``), data augmentation (``augment``, ``wordnet``)."""
