@@ -66,6 +66,31 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from .recipe import load_recipe, run_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    table = run_recipe(recipe, model=args.model, task=args.task, data_dir=args.data_dir,
+                       output_dir=args.output_dir, max_steps=args.max_steps, overwrite=args.overwrite,
+                       resume=args.resume, recipe_source=str(args.recipe))
+    print(json.dumps(table))
+    return 0
+
+
+def cmd_perplexity(args: argparse.Namespace) -> int:
+    from .data.lm import read_text
+    from .decoders import load_causal_lm, load_causal_tokenizer
+    from .perplexity import perplexity
+
+    text = read_text(args.text)
+    model = load_causal_lm(args.model, trust_remote_code=args.trust_remote_code)
+    tokenizer = load_causal_tokenizer(args.model, trust_remote_code=args.trust_remote_code)
+    result = perplexity(model, tokenizer, text, max_length=args.max_length, stride=args.stride,
+                        batch_size=args.batch_size, bf16=args.bf16, max_tokens=args.max_tokens)
+    print(json.dumps({"model": args.model, "text": str(args.text), **result}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -92,6 +117,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-subset", type=int, help="use a seeded random subset of N training examples")
     _add_common_train_flags(p)
     p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("run", help="run a staged compression recipe (YAML), e.g. recipes/tspq/binary.yaml")
+    p.add_argument("recipe", help="recipe YAML file")
+    p.add_argument("--model", required=True,
+                   help="a fine-tuned teacher for the task (run or model directory), or a base model "
+                        "(then the recipe's teacher section fine-tunes it first)")
+    p.add_argument("--task", required=True)
+    p.add_argument("--data-dir", default=default_data or "hub")
+    p.add_argument("--output-dir", required=True)
+    p.add_argument("--max-steps", type=int, help="cap every stage at N steps (smoke runs)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe key, e.g. --set train.epochs=2 --set stages.0.w_bits=4")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    p.add_argument("--resume", action="store_true", help="skip finished stages of an existing run")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("perplexity", help="sliding-window perplexity of a causal LM on a text file")
+    p.add_argument("--model", required=True, help="hub id, local directory, .gguf file, or packaged:smollm2")
+    p.add_argument("--text", required=True,
+                   help="a text file, or wikitext2-test / wikitext2-valid / tinyshakespeare (from the data root)")
+    p.add_argument("--max-length", type=int, help="window length (default: model context, at most 1024)")
+    p.add_argument("--stride", type=int, help="new tokens per window (default: half the window)")
+    p.add_argument("--max-tokens", type=int, help="score only the first N tokens")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--bf16", action="store_true")
+    p.add_argument("--trust-remote-code", action="store_true")
+    p.set_defaults(func=cmd_perplexity)
 
     p = sub.add_parser("eval", help="evaluate a model or run directory on a GLUE split")
     p.add_argument("--model", required=True, help="run directory, model directory, or hub id")
