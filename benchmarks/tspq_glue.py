@@ -1,0 +1,118 @@
+"""TSPQ on GLUE: teacher, TSPQ W1A1 (with and without data augmentation), TSPQ ternary W2A8 without
+augmentation, and the two one-stage baselines (direct binarization, direct ternarization), on CoLA,
+SST-2, MRPC, RTE and STS-B, all distilled from the MiniLM-L6 teachers of `teacher_glue.py`.
+
+    python benchmarks/teacher_glue.py            # first: the teachers
+    python benchmarks/tspq_glue.py [--tasks rte mrpc] [--configs tspq_w1a1 direct_w1a1] [--redo]
+
+Each (task, config) result is written to docs/results/tspq_glue.json as soon as it finishes; a
+rerun skips finished ones and resumes an interrupted run's finished stages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import REPO, WORK, Results, data_root, md_table  # noqa: E402
+from teacher_glue import teacher_dir  # noqa: E402
+
+from kronbit.recipe import load_recipe, run_recipe  # noqa: E402
+
+CONFIGS = {
+    "tspq_w1a1": "binary.yaml",
+    "tspq_w1a1_da": "binary-da.yaml",
+    "tspq_w2a8": "ternary.yaml",
+    "direct_w1a1": "direct-binary.yaml",
+    "direct_w2a8": "direct-ternary.yaml",
+}
+# The budget per task: a seeded subset of the training set and a sequence length, so one task's
+# five configurations fit in about 45 minutes on 2 CPU cores (bf16). Every configuration of a task
+# sees the same examples for the same number of epochs in total.
+BUDGETS = {
+    "rte": {"train.train_subset": 2490, "train.max_seq_length": 128},
+    "mrpc": {"train.train_subset": 3668, "train.max_seq_length": 128},
+    "stsb": {"train.train_subset": 3000, "train.max_seq_length": 128},
+    "cola": {"train.train_subset": 4000, "train.max_seq_length": 64},
+    "sst2": {"train.train_subset": 4000, "train.max_seq_length": 64},
+}
+AUGMENT_BUDGET = {"augment.n_copies": 4}  # 4 copies per example on the DA stages (budget)
+PAPER = {  # GLUE averages reported by the papers (dev), for orientation: different model and tasks
+    "BiT W1A1 (BERT-base), no DA": 73.5, "BiT W1A1 (BERT-base), DA": 78.0, "BERT-base FP": 83.9,
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tasks", nargs="+", default=list(BUDGETS), choices=list(BUDGETS))
+    ap.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    ap.add_argument("--redo", action="store_true")
+    ap.add_argument("--max-steps", type=int, help="cap every stage (smoke test of the script)")
+    args = ap.parse_args()
+    res = Results("tspq_glue" if args.max_steps is None else "tspq_glue_smoke",
+                  "TSPQ vs one-stage baselines on five GLUE tasks (MiniLM-L6 teachers, dev)")
+    glue = data_root() / "glue"
+    teachers = Results("teacher_glue", "")
+    for task in args.tasks:
+        tdir = teacher_dir(task) / "model"
+        if not tdir.is_dir():
+            sys.exit(f"no teacher for {task} at {tdir}: run benchmarks/teacher_glue.py --tasks {task} first")
+        for name in args.configs:
+            key = f"{task}/{name}"
+            if res.done(key) and not args.redo:
+                print(f"[skip] {key}")
+                continue
+            overrides = [f"{k}={v}" for k, v in {**BUDGETS[task], **AUGMENT_BUDGET}.items()
+                         if not k.startswith("augment.") or "da" in name]
+            recipe = load_recipe(REPO / "recipes" / "tspq" / CONFIGS[name], overrides)
+            out = WORK / "tspq" / task / name
+            t0 = time.time()
+            table = run_recipe(recipe, model=str(tdir), task=task, data_dir=str(glue), output_dir=str(out),
+                               max_steps=args.max_steps, resume=out.is_dir() and not args.redo,
+                               overwrite=args.redo, recipe_source=f"recipes/tspq/{CONFIGS[name]}")
+            last = table["stages"][-1]
+            m = table["primary_metric"]
+            res.add(key, {"task": task, "config": name, "recipe": f"recipes/tspq/{CONFIGS[name]}",
+                          "overrides": overrides, "primary_metric": m, "score": last[m], "score_unit": "fraction",
+                          "teacher_score": teachers.data["rows"].get(task, {}).get("metrics", {}).get(m),
+                          "size_mb": last["size_mb"], "size_unit": "MB (estimated packed)",
+                          "stages": table["stages"], "wall_time_s": round(time.time() - t0, 1)})
+            res.save(render(res))
+    res.save(render(res))
+
+
+def render(res: Results) -> str:
+    rows_by = res.data["rows"]
+    tasks = [t for t in BUDGETS if any(k.startswith(t + "/") for k in rows_by)]
+    headers = ["config", *tasks, "avg", "% of teacher"]
+    out_rows = []
+    teacher = {t: next((r["teacher_score"] for k, r in rows_by.items() if k.startswith(t + "/")), None)
+               for t in tasks}
+    out_rows.append(["teacher (FP)", *[100 * teacher[t] if teacher[t] is not None else None for t in tasks],
+                     _avg([teacher[t] for t in tasks]), 100.0])
+    for name in CONFIGS:
+        scores = [rows_by.get(f"{t}/{name}", {}).get("score") for t in tasks]
+        if all(s is None for s in scores):
+            continue
+        avg = _avg(scores)
+        tavg = _avg([teacher[t] for t, s in zip(tasks, scores) if s is not None])
+        pct = 100 * avg / tavg if avg is not None and tavg else None
+        out_rows.append([name, *[None if s is None else 100 * s for s in scores], avg, pct])
+    head = ("# TSPQ on GLUE (MiniLM-L6 teachers; dev; primary metric ×100: CoLA MCC, MRPC F1, STS-B Pearson, "
+            "accuracy elsewhere)\n\nProduced by `python benchmarks/tspq_glue.py`; budgets, commands, dates and "
+            "machine in `tspq_glue.json`. The papers' numbers are for BERT-base on all of GLUE and are shown "
+            "for orientation only: " + "; ".join(f"{k}: {v}" for k, v in PAPER.items()) + ".\n\n")
+    return head + md_table(headers, out_rows)
+
+
+def _avg(values):
+    vals = [100 * v for v in values if v is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
+if __name__ == "__main__":
+    main()

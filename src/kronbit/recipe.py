@@ -1,0 +1,382 @@
+"""The ONE stage runner: a recipe is a list of stages, run in order, each resumable.
+
+A stage = build the student from a named earlier checkpoint (the teacher, the previous stage, or
+any earlier stage by name) → apply this stage's transform (quantize, or change bits of an already
+quantized model without rebuilding it) → distil from the full-precision teacher → evaluate → save
+a checkpoint and add a row to the stage table. A finished stage leaves ``result.json``; a rerun
+with ``--resume`` skips finished stages, so a run killed in stage 5 keeps stages 1-4.
+
+Two-stage progressive quantization (TSPQ) is a recipe of this runner: stage 1 lowers weight bits
+(8 → 4 → 2 → 1) with full-precision activations; stage 2 quantizes activations too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from . import rundir
+from .config import Config, apply_overrides, load_yaml
+from .distill.losses import KDConfig
+from .errors import ConfigError, KronbitError
+from .io import atomic_dir, write_json, write_text
+
+log = logging.getLogger("kronbit")
+
+RESERVED = ("teacher", "previous")
+
+
+@dataclass
+class TrainSettings(Config):
+    """How one stage trains (each stage may override epochs / learning_rate / max_steps)."""
+
+    epochs: float = 1.0
+    max_steps: int | None = None
+    learning_rate: float = 5e-5
+    batch_size: int = 32
+    eval_batch_size: int = 128
+    max_seq_length: int = 128
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.01
+    bf16: bool = True
+    seed: int = 42
+    train_subset: int | None = None
+    eval_every: int | None = None
+    scale_lr_multiplier: float = 1.0  # learning-rate multiplier for learnable quantizer scales
+
+    def validate(self) -> None:
+        if self.epochs <= 0:
+            raise ConfigError(f"epochs must be > 0, got {self.epochs}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ConfigError(f"max_steps must be ≥ 1, got {self.max_steps}")
+        if not 0 < self.learning_rate < 1:
+            raise ConfigError(f"learning_rate must be in (0, 1), got {self.learning_rate}")
+        if self.batch_size < 1 or self.eval_batch_size < 1:
+            raise ConfigError("batch sizes must be ≥ 1")
+        if not 8 <= self.max_seq_length <= 8192:
+            raise ConfigError(f"max_seq_length must be in [8, 8192], got {self.max_seq_length}")
+        if self.scale_lr_multiplier <= 0:
+            raise ConfigError(f"scale_lr_multiplier must be > 0, got {self.scale_lr_multiplier}")
+
+
+@dataclass
+class StageConfig(Config):
+    name: str
+    init_from: str = "previous"      # teacher | previous | the name of an earlier stage
+    w_bits: int = 32                 # 32 = full-precision weights
+    a_bits: int = 32                 # 32 = full-precision activations
+    augment: bool = False            # train on the augmented training set
+    epochs: float | None = None      # None: the recipe's train.epochs
+    learning_rate: float | None = None
+    max_steps: int | None = None
+    kd: dict[str, Any] | None = None  # per-stage KD weight overrides (merged onto the recipe's kd)
+
+    def validate(self) -> None:
+        if not self.name or not self.name.replace("-", "").replace("_", "").isalnum():
+            raise ConfigError(f"stage name {self.name!r} must be letters, digits, '-' or '_'")
+        if self.name in RESERVED:
+            raise ConfigError(f"stage name '{self.name}' is reserved (it is an init_from keyword)")
+
+
+@dataclass
+class Recipe(Config):
+    name: str
+    method: Literal["tspq"] = "tspq"
+    description: str = ""
+    recipe_version: int = 1
+    teacher: TrainSettings = field(default_factory=lambda: TrainSettings(epochs=3.0))
+    train: TrainSettings = field(default_factory=TrainSettings)
+    kd: KDConfig = field(default_factory=KDConfig)
+    quant: dict[str, Any] = field(default_factory=dict)    # QuantConfig keys except the bits
+    augment: dict[str, Any] = field(default_factory=dict)  # AugmentConfig keys
+    stages: list[StageConfig] = field(default_factory=list)
+
+    def validate(self) -> None:
+        if self.recipe_version != 1:
+            raise ConfigError(f"recipe_version {self.recipe_version} is not supported (this kronbit reads 1)")
+        if not self.stages:
+            raise ConfigError("a recipe needs at least one stage")
+        seen: list[str] = []
+        all_names = [s.name for s in self.stages]
+        for s in self.stages:
+            if s.name in seen:
+                raise ConfigError(f"stage name '{s.name}' is used twice")
+            if s.init_from not in RESERVED and s.init_from not in seen:
+                if s.init_from in all_names:
+                    raise ConfigError(f"stage '{s.name}': init_from '{s.init_from}' names a later stage; "
+                                      f"a stage can start only from teacher, previous, or an earlier stage")
+                choices = ", ".join([*RESERVED, *seen])
+                raise ConfigError(f"stage '{s.name}': init_from '{s.init_from}' names no earlier stage; "
+                                  f"choose one of: {choices}")
+            for key in ("quant",):
+                if "w_bits" in getattr(self, key) or "a_bits" in getattr(self, key):
+                    raise ConfigError("quant: set w_bits / a_bits per stage, not in the quant section")
+            self.quant_config(s)  # validates the bits against the chosen quantizers
+            if s.kd:
+                self.kd_config(s)
+            seen.append(s.name)
+        if any(s.augment for s in self.stages):
+            self.augment_config()
+
+    # Validated sub-configs, built from the recipe's sections (one place for the merge rules).
+    def quant_config(self, stage: StageConfig):
+        from .quant import QuantConfig
+
+        return QuantConfig.from_dict({**self.quant, "w_bits": stage.w_bits, "a_bits": stage.a_bits},
+                                     where=f"stage '{stage.name}' quant")
+
+    def kd_config(self, stage: StageConfig) -> KDConfig:
+        if not stage.kd:
+            return self.kd
+        return KDConfig.from_dict({**self.kd.to_dict(), **stage.kd}, where=f"stage '{stage.name}' kd")
+
+    def augment_config(self):
+        from .data.augment import AugmentConfig
+
+        return AugmentConfig.from_dict(self.augment, where="augment")
+
+    def train_settings(self, stage: StageConfig, max_steps_cap: int | None = None) -> TrainSettings:
+        t = dataclasses.replace(self.train)
+        if stage.epochs is not None:
+            t.epochs = stage.epochs
+        if stage.learning_rate is not None:
+            t.learning_rate = stage.learning_rate
+        if stage.max_steps is not None:
+            t.max_steps = stage.max_steps
+        if max_steps_cap is not None:
+            t.max_steps = min(t.max_steps or max_steps_cap, max_steps_cap)
+        return t
+
+    def resolve_init(self, index: int) -> str:
+        """The stage name (or 'teacher') that stage ``index`` starts from."""
+        s = self.stages[index]
+        if s.init_from == "previous":
+            return "teacher" if index == 0 else self.stages[index - 1].name
+        return s.init_from
+
+
+def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
+    data = load_yaml(path)
+    return Recipe.from_dict(apply_overrides(data, list(overrides)), where=Path(path).name)
+
+
+# ----------------------------------------------------------------------------------------------
+# Running
+
+
+def stage_dir(out: Path, index: int, name: str) -> Path:
+    return out / "stages" / f"{index + 1:02d}-{name}"
+
+
+def run_recipe(recipe: Recipe, *, model: str, task: str, data_dir: str, output_dir: str,
+               max_steps: int | None = None, overwrite: bool = False, resume: bool = False,
+               recipe_source: str | None = None) -> dict[str, Any]:
+    """Run every stage of ``recipe``; returns the stage table."""
+    from .checkpoint import compressed_dir, load_model
+    from .data.glue import get_task, load_split
+    from .finetune import FinetuneConfig, finetune
+    from .models import read_meta, resolve_model
+
+    t = get_task(task)
+    model_path = resolve_model(model)
+    train_ex = load_split(t, data_dir, "train")
+    dev_ex = load_split(t, data_dir, "dev")
+    if max_steps is not None and max_steps < 1:
+        raise ConfigError(f"--max-steps must be ≥ 1, got {max_steps}")
+    meta = read_meta(model_path) if Path(model_path).is_dir() else {}
+    has_teacher = meta.get("kind") == "teacher" and meta.get("task") == t.name
+    if compressed_dir(model_path) is not None:
+        raise KronbitError(f"{model}: is a compressed model; the teacher must be full precision")
+    if any(s.augment for s in recipe.stages):
+        from .data.augment import check_available
+
+        check_available(recipe.augment_config(), model_path)  # fail before any training
+
+    out = rundir.prepare(output_dir, {"command": "run", "recipe_source": recipe_source, "model": model,
+                                      "task": t.name, "data_dir": str(data_dir), "max_steps": max_steps,
+                                      "recipe": recipe.to_dict()}, overwrite=overwrite, resume=resume)
+    # 1. The teacher: given, or fine-tuned here first (as its own resumable step).
+    if has_teacher:
+        teacher_dir = Path(model_path)
+    else:
+        teacher_dir = out / "teacher" / "model"
+        if not (out / "teacher" / "metrics.json").is_file():
+            tt = recipe.teacher
+            fcfg = FinetuneConfig(model=model, task=t.name, output_dir=str(out / "teacher"), data_dir=str(data_dir),
+                                  epochs=tt.epochs, max_steps=_cap(tt.max_steps, max_steps), seed=tt.seed,
+                                  bf16=tt.bf16, learning_rate=tt.learning_rate, batch_size=tt.batch_size,
+                                  eval_batch_size=tt.eval_batch_size, max_seq_length=tt.max_seq_length,
+                                  warmup_ratio=tt.warmup_ratio, weight_decay=tt.weight_decay,
+                                  train_subset=tt.train_subset)
+            finetune(fcfg, overwrite=True)
+            rundir.attach_log_file(out / "train.log")
+    teacher_scores = read_meta(teacher_dir).get("dev_metrics", {})
+
+    table = StageTable(out, t, teacher_scores)
+    for i, stage in enumerate(recipe.stages):
+        sdir = stage_dir(out, i, stage.name)
+        if (sdir / "result.json").is_file():
+            table.load(sdir / "result.json")
+            log.info("stage %s already finished; skipping", stage.name)
+            continue
+        init = recipe.resolve_init(i)
+        init_dir = teacher_dir if init == "teacher" else stage_dir(out, _index(recipe, init), init) / "model"
+        row = run_stage(recipe, i, init_dir=init_dir, teacher_dir=teacher_dir, stage_out=sdir, task=t,
+                        train_ex=train_ex, dev_ex=dev_ex, max_steps=max_steps, load_model=load_model,
+                        run_out=out)
+        row["init_from"] = init
+        write_json(sdir / "result.json", row)
+        table.add(row)
+        table.write()
+    final = stage_dir(out, len(recipe.stages) - 1, recipe.stages[-1].name) / "model"
+    with atomic_dir(out / "model") as tmp:
+        shutil.copytree(final, tmp, dirs_exist_ok=True)
+    table.write()
+    return table.as_dict()
+
+
+def _cap(a: int | None, cap: int | None) -> int | None:
+    if cap is None:
+        return a
+    return min(a or cap, cap)
+
+
+def _index(recipe: Recipe, name: str) -> int:
+    return [s.name for s in recipe.stages].index(name)
+
+
+def run_stage(recipe: Recipe, index: int, *, init_dir: Path, teacher_dir: Path, stage_out: Path, task,
+              train_ex, dev_ex, max_steps, load_model, run_out: Path) -> dict[str, Any]:
+    from transformers import DataCollatorWithPadding, set_seed
+
+    from .checkpoint import save_compressed
+    from .data.features import subsample, tokenize
+    from .distill.trainer import DistillationTrainer
+    from .finetune import build_callbacks, glue_compute_metrics, training_arguments
+    from .models import load_classifier, load_tokenizer, read_meta
+    from .quant import quantize_, set_bits_
+
+    stage = recipe.stages[index]
+    settings = recipe.train_settings(stage, max_steps)
+    kd = recipe.kd_config(stage)
+    qcfg = recipe.quant_config(stage)
+    set_seed(settings.seed)
+    start = time.time()
+    if stage_out.exists():  # a stage interrupted earlier starts again from its init checkpoint
+        shutil.rmtree(stage_out)
+    stage_out.mkdir(parents=True)
+
+    tokenizer = load_tokenizer(teacher_dir)
+    student = load_model(init_dir)
+    transforms = list(read_meta(init_dir).get("transforms", []))
+    quant = next((tr for tr in transforms if tr["kind"] == "quant"), None)
+    if quant is None:
+        quantize_(student, qcfg)
+        transforms.append({"kind": "quant", "config": qcfg.to_dict()})
+    else:
+        # Same model, new bits: the progressive schedule lowers bits on the trained modules.
+        set_bits_(student, w_bits=stage.w_bits, a_bits=stage.a_bits)
+        quant["config"] = qcfg.to_dict()
+    teacher = load_classifier(teacher_dir)
+
+    examples = subsample(train_ex, settings.train_subset, settings.seed)
+    if stage.augment:
+        from .data.augment import augment_examples
+
+        acfg = recipe.augment_config()
+        if acfg.cache_dir is None:  # cache beside the run, so a resumed run does not redo it
+            acfg = acfg.replace(cache_dir=str(run_out / "augment-cache"))
+        examples = augment_examples(examples, task, acfg, str(teacher_dir))
+    train_ds = tokenize(examples, tokenizer, task, settings.max_seq_length)
+    dev_ds = tokenize(dev_ex, tokenizer, task, settings.max_seq_length)
+    args = training_arguments(settings, stage_out, len(train_ds), metric_for_best_model=task.primary_metric,
+                              greater_is_better=True)
+    trainer = DistillationTrainer(
+        model=student, args=args, train_dataset=train_ds, eval_dataset=dev_ds,
+        data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=glue_compute_metrics(task),
+        callbacks=build_callbacks(stage_out), teacher=teacher, kd=kd, regression=task.is_regression,
+        lr_multipliers=_scale_multipliers(settings.scale_lr_multiplier))
+    trainer.train()
+    metrics = {k.removeprefix("eval_"): v for k, v in trainer.evaluate().items()}
+    meta = {"kind": "compressed", "task": task.name, "stage": stage.name, "method": recipe.method,
+            "recipe": recipe.name, "dev_metrics": {m: metrics[m] for m in task.metrics}}
+    save_compressed(trainer.model, tokenizer, stage_out / "model", meta, transforms)
+    shutil.rmtree(stage_out / "checkpoints", ignore_errors=True)
+    from .quant.size import estimate_size
+
+    size = estimate_size(trainer.model)
+    return {"stage": stage.name, "w_bits": stage.w_bits, "a_bits": stage.a_bits, "augment": stage.augment,
+            **{m: metrics[m] for m in task.metrics}, "primary_metric": task.primary_metric,
+            "size_mb": round(size["total_bytes"] / 1e6, 3), "size_note": size["note"],
+            "train_examples": len(train_ds), "steps": trainer.state.global_step,
+            "wall_time_s": round(time.time() - start, 1)}
+
+
+def _scale_multipliers(mult: float) -> dict[str, float] | None:
+    if mult == 1.0:
+        return None
+    from .quant import SCALE_PARAM_SUFFIXES
+
+    return {suffix: mult for suffix in SCALE_PARAM_SUFFIXES}
+
+
+class StageTable:
+    """The stage table (bits, size, dev metric, wall time) as JSON, markdown and a plot."""
+
+    def __init__(self, out: Path, task, teacher_scores: dict[str, float]):
+        self.out, self.task, self.teacher = out, task, teacher_scores
+        self.rows: list[dict[str, Any]] = []
+
+    def load(self, path: Path) -> None:
+        import json
+
+        self.rows.append(json.loads(path.read_text()))
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"task": self.task.name, "primary_metric": self.task.primary_metric,
+                "teacher": self.teacher, "stages": self.rows}
+
+    def write(self) -> None:
+        write_json(self.out / "stages.json", self.as_dict())
+        m = self.task.primary_metric
+        lines = [f"# Stage table: {self.task.name} (dev {m} ×100)", "",
+                 "| stage | W bits | A bits | DA | dev " + m + " | size MB | steps | wall s |",
+                 "|---|---|---|---|---|---|---|---|"]
+        if m in self.teacher:
+            lines.append(f"| teacher | 32 | 32 |  | {100 * self.teacher[m]:.2f} |  |  |  |")
+        for r in self.rows:
+            lines.append(f"| {r['stage']} | {r['w_bits']} | {r['a_bits']} | {'yes' if r['augment'] else ''} | "
+                         f"{100 * r[m]:.2f} | {r['size_mb']:.2f} | {r['steps']} | {r['wall_time_s']:.0f} |")
+        write_text(self.out / "stages.md", "\n".join(lines) + "\n")
+        self._plot()
+
+    def _plot(self) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        from .io import atomic_path
+
+        m = self.task.primary_metric
+        names = [r["stage"] for r in self.rows]
+        values = [100 * r[m] for r in self.rows]
+        fig, ax = plt.subplots(figsize=(max(4, 1.1 * len(names) + 2), 3.2))
+        ax.plot(names, values, marker="o", label="student")
+        if m in self.teacher:
+            ax.axhline(100 * self.teacher[m], color="grey", linestyle="--", label="teacher")
+        ax.set_ylabel(f"dev {m} ×100")
+        ax.set_title(f"{self.task.name}: {m} by stage")
+        ax.legend(loc="best")
+        fig.tight_layout()
+        with atomic_path(self.out / "stages.png") as tmp:
+            fig.savefig(tmp, format="png", dpi=100)
+        plt.close(fig)
