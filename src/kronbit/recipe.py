@@ -127,8 +127,11 @@ class Recipe(Config):
     def quant_config(self, stage: StageConfig):
         from .quant import QuantConfig
 
-        return QuantConfig.from_dict({**self.quant, "w_bits": stage.w_bits, "a_bits": stage.a_bits},
-                                     where=f"stage '{stage.name}' quant")
+        where = f"stage '{stage.name}' quant"
+        try:
+            return QuantConfig.from_dict({**self.quant, "w_bits": stage.w_bits, "a_bits": stage.a_bits}, where=where)
+        except ConfigError as e:
+            raise ConfigError(str(e) if str(e).startswith(where) else f"{where}: {e}") from None
 
     def kd_config(self, stage: StageConfig) -> KDConfig:
         if not stage.kd:

@@ -60,6 +60,25 @@ class _SignSTE(torch.autograd.Function):
         return g * (u.abs() <= 1).to(g.dtype)
 
 
+class _Substitute(torch.autograd.Function):
+    """Forward: exactly ``q``. Backward: the gradient goes to ``x`` unchanged (identity STE).
+
+    ``x + (q - x).detach()`` would be the usual trick, but it is not exactly ``q`` in floating
+    point, and the packed export must reproduce the fake-quant forward bit for bit."""
+
+    @staticmethod
+    def forward(ctx, x, q):
+        return q
+
+    @staticmethod
+    def backward(ctx, g):
+        return g, None
+
+
+def substitute(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    return _Substitute.apply(x, q.detach())
+
+
 def round_ste(x: torch.Tensor) -> torch.Tensor:
     return _RoundSTE.apply(x)
 
@@ -202,8 +221,8 @@ class TWNWeight(WeightQuantizer):
 
     def forward(self, w):
         delta, alpha = self._params(w)
-        q = self._ternary(w, delta) * alpha
-        return (w + (q - w).detach()).to(w.dtype)  # identity STE
+        q = self._ternary(w.float(), delta) * alpha
+        return substitute(w, q.to(w.dtype))
 
 
 class BWNWeight(WeightQuantizer):
@@ -227,7 +246,7 @@ class BWNWeight(WeightQuantizer):
     def forward(self, w):
         c, alpha = self._centred(w)
         q = torch.where(c >= 0, 1.0, -1.0) * alpha
-        return (w + (q.to(w.dtype) - w).detach()).to(w.dtype)
+        return substitute(w, q.to(w.dtype))
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", mean_centering={self.mean_centering}"
@@ -256,7 +275,7 @@ class MinMaxAct(ActQuantizer):
     def forward(self, x):
         s = (x.detach().float().abs().amax() / self.qp).clamp_min(1e-8)
         q = torch.clamp(torch.round(x.detach().float() / s), -self.qp, self.qp) * s
-        return x + (q.to(x.dtype) - x).detach()
+        return substitute(x, q.to(x.dtype))
 
 
 class LSQAct(ActQuantizer):
