@@ -1,120 +1,162 @@
 """The quantization API in the torchao manner: ``quantize_(model, QuantConfig(...), filter_fn)``.
 
-``QuantConfig`` validates eagerly; ``quantize_`` swaps matching linear layers (``nn.Linear`` or
-``Conv1D``, matched by name with the one swap mechanism in ``kronbit.modules``) for
-``QuantLinear`` and, optionally, the word embeddings for ``QuantEmbedding``. ``set_bits_`` changes
-bits on an already quantized model; ``dequantize_`` swaps back to plain layers holding the
+``QuantConfig`` validates eagerly. ``quantize_`` swaps the matching linear layers (``nn.Linear``
+or ``Conv1D``, matched by name through the one swap mechanism in ``kronbit.modules``) for
+``QuantLinear`` and, optionally, the word embeddings for ``QuantEmbedding``, in place, and returns
+the swapped names. ``set_bits_`` changes the bits of an already quantized model without
+rebuilding it (the progressive schedule); ``dequantize_`` swaps back to plain layers holding the
 quantized weight values.
+
+Rebuilding: ``quantize_(fresh_model, QuantConfig.from_dict(config.to_dict()))`` followed by
+``load_state_dict(saved, strict=True)`` restores a quantized model exactly, learned scales
+included, because every quantizer's parameters and buffers have shapes fixed at construction.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from torch import nn
 
 from ..config import Config
 from ..errors import ConfigError
-from ..modules import FilterFn, is_linear_like, set_submodule, swap_modules
-from .layers import FULL, QuantEmbedding, QuantLinear
-from .quantizers import ACT_QUANTIZERS, AUTO_WEIGHT, WEIGHT_QUANTIZERS
+from ..modules import FilterFn, find_modules, is_linear_like, set_submodule, swap_modules
+from .layers import FULL, QuantEmbedding, QuantLinear, QuantOptions
+from .quantizers import ACT_QUANTIZERS, SCALE_PARAM_SUFFIXES, WEIGHT_QUANTIZERS, check_quantizer
 
 BITS = (1, 2, 4, 8, 32)
 # Every linear layer inside a transformer block, whatever the architecture calls its block list
-# (BERT: encoder.layer.N, GPT-2: h.N, Llama: layers.N): the pooler, classifier and LM head, which
-# the papers keep in full precision, are outside the blocks.
+# (BERT: encoder.layer.N, GPT-2: h.N, Llama: layers.N). For BERT that is query, key, value,
+# attention.output.dense, intermediate.dense and output.dense; the pooler, the classifier and an
+# LM head, which the papers keep in full precision, are outside the blocks.
 BLOCK_LINEARS = r".*\.(layer|h|layers|block|blocks)\.\d+\..*"
-# Outputs feeding the attention matmuls (Q, K, V) in BERT, GPT-2 (fused c_attn) and Llama.
+# Layers whose outputs are the inputs of the attention matmuls (Q, K, V): BERT, GPT-2 (fused
+# c_attn) and Llama names.
 ATTENTION_INPUTS = ("query", "key", "value", "c_attn", "q_proj", "k_proj", "v_proj")
 
 
 @dataclass
 class QuantConfig(Config):
+    """What to quantize and how. Bits: 1, 2, 4, 8, or 32 (= full precision on that side)."""
+
     w_bits: int = 32
     a_bits: int = 32
-    weight_quantizer: str = "auto"   # auto: uniform (8, 4 bits), twn (2), bwn (1)
-    act_quantizer: str = "auto"      # auto: minmax (8, 4, 2 bits), elastic (1)
-    granularity: Literal["row", "tensor"] = "row"
-    symmetric: bool = True           # uniform weight quantizer: symmetric or asymmetric min-max
-    mean_centering: bool = True      # bwn: binarize w - mean(w)
-    target_modules: str | list[str] = BLOCK_LINEARS
-    quantize_embeddings: bool = False  # the word embeddings (weights only)
+    weight_quantizer: str = "auto"   # auto: uniform (8, 4 bits), twn (2), bwn (1); or uniform/lsq/twn/bwn
+    act_quantizer: str = "auto"      # auto: minmax (8, 4, 2 bits), elastic (1); or minmax/lsq/elastic
+    granularity: Literal["row", "tensor"] = "row"  # weight scales per output row or per tensor
+    symmetric: bool = True           # uniform weights: symmetric or asymmetric min-max
+    act_symmetric: bool = True       # minmax activations: symmetric (TernaryBERT) or asymmetric
+    mean_centering: bool = True      # bwn: sign(w - mean(w)) as BiT (False: sign(w), BinaryBERT)
+    clip_ratio: float = 1.0          # uniform / minmax: clip range = clip_ratio × the min-max range
+    clip_val: float | None = None    # absolute clip before uniform/twn/bwn/minmax (TernaryBERT: 2.5)
+    target_modules: str | list[str] = BLOCK_LINEARS  # PEFT convention: names/suffixes, or one regex
+    quantize_embeddings: bool = False  # the word embeddings (weights only, per row)
     quantize_attention: bool = False   # also quantize Q/K/V outputs (inputs of the attention matmuls)
     version: int = 1
 
     def validate(self) -> None:
         for side, bits in (("w_bits", self.w_bits), ("a_bits", self.a_bits)):
-            if bits not in BITS:
-                raise ConfigError(f"{side}={bits} is not supported; choose one of {', '.join(map(str, BITS))}")
-        _check_quantizer("weight_quantizer", self.weight_quantizer, self.w_bits, WEIGHT_QUANTIZERS, "w_bits")
-        _check_quantizer("act_quantizer", self.act_quantizer, self.a_bits, ACT_QUANTIZERS, "a_bits")
+            _check_bits(side, bits)
+        check_quantizer("weight_quantizer", self.weight_quantizer, self.w_bits, WEIGHT_QUANTIZERS, "w_bits")
+        check_quantizer("act_quantizer", self.act_quantizer, self.a_bits, ACT_QUANTIZERS, "a_bits")
+        if not 0 < self.clip_ratio <= 1:
+            raise ConfigError(f"clip_ratio={self.clip_ratio} must be in (0, 1] (1 = the full min-max range)")
+        if self.clip_val is not None and not self.clip_val > 0:
+            raise ConfigError(f"clip_val={self.clip_val} must be a positive number, or null for no clipping")
         if self.version != 1:
-            raise ConfigError(f"QuantConfig version {self.version} is not supported (this kronbit reads 1)")
+            raise ConfigError(f"QuantConfig version {self.version} is not supported (this kronbit reads version 1)")
         if not self.target_modules:
-            raise ConfigError("target_modules is empty")
+            raise ConfigError("target_modules is empty; give module names (e.g. [query, value]) or a regex")
 
-    def weight_quantizer_for(self, bits: int) -> str:
-        return AUTO_WEIGHT.get(bits, "none") if self.weight_quantizer == "auto" else self.weight_quantizer
+    def options(self) -> QuantOptions:
+        return QuantOptions.of(self)
 
 
-def _check_quantizer(key: str, name: str, bits: int, registry, bits_key: str) -> None:
-    if name == "auto":
-        return
-    if name not in registry:
-        raise ConfigError(f"{key} '{name}' is unknown; choose auto or one of: "
-                          + ", ".join(f"{n} ({', '.join(map(str, b))} bits)" for n, (_, b) in registry.items()))
-    supported = registry[name][1]
-    if bits != FULL and bits not in supported:
-        others = [f"{n} ({', '.join(map(str, b))})" for n, (_, b) in registry.items() if bits in b]
-        raise ConfigError(f"{key} '{name}' supports {bits_key} {', '.join(map(str, supported))}, not {bits}; "
-                          f"for {bits} bits use auto or: {', '.join(others) or 'none'}")
+def _check_bits(side: str, bits: Any) -> None:
+    if bits not in BITS:
+        raise ConfigError(f"{side}={bits} is not supported; choose one of {', '.join(map(str, BITS))} "
+                          "(32 = full precision)")
 
 
 def quantize_(model: nn.Module, config: QuantConfig, filter_fn: FilterFn | None = None) -> list[str]:
-    """Swap the target linear layers (and optionally word embeddings) for quantized ones, in
-    place. Returns the swapped module names."""
-    targets = config.target_modules
+    """Swap the target linear layers (and, with ``quantize_embeddings``, the word embeddings) for
+    quantized ones, in place; return the swapped module names in model order.
 
-    def build(name: str, module: nn.Module):
-        out = config.quantize_attention and name.rsplit(".", 1)[-1] in ATTENTION_INPUTS
-        return QuantLinear.from_module(module, config, quantize_output=out)
+    ``filter_fn(module, name)`` can veto individual matches. Quantizing an already quantized
+    model again only touches layers that are still plain."""
+    targets = config.target_modules
+    if not find_modules(model, targets, filter_fn, is_linear_like) and quantized_modules(model):
+        raise ConfigError(f"{type(model).__name__} is already quantized; change bits with set_bits_, "
+                          "or dequantize_ first")
+
+    def build(name: str, module: nn.Module) -> QuantLinear:
+        quantize_output = config.quantize_attention and name.rsplit(".", 1)[-1] in ATTENTION_INPUTS
+        return QuantLinear.from_module(module, config, quantize_output=quantize_output)
 
     swapped = swap_modules(model, targets, build, filter_fn, kinds=is_linear_like, what="linear layer")
     if config.quantize_embeddings:
+        if not hasattr(model, "get_input_embeddings"):
+            raise ConfigError(f"quantize_embeddings needs a model with get_input_embeddings() (a Hugging Face "
+                              f"model); {type(model).__name__} has none")
         emb = model.get_input_embeddings()
-        name = next(n for n, m in model.named_modules() if m is emb)
-        if isinstance(emb, nn.Embedding) and (filter_fn is None or filter_fn(emb, name)):
+        name = next((n for n, m in model.named_modules() if m is emb), None)
+        if isinstance(emb, nn.Embedding) and name and (filter_fn is None or filter_fn(emb, name)):
             set_submodule(model, name, QuantEmbedding.from_module(emb, config))
             swapped.append(name)
     return swapped
 
 
 def quantized_modules(model: nn.Module) -> list[tuple[str, QuantLinear | QuantEmbedding]]:
+    """(name, module) of every QuantLinear / QuantEmbedding, in model order."""
     return [(n, m) for n, m in model.named_modules() if isinstance(m, (QuantLinear, QuantEmbedding))]
 
 
-def set_bits_(model: nn.Module, w_bits: int, a_bits: int) -> int:
-    """Change the bits of every quantized module in place (no rebuild); returns how many."""
+def set_bits_(model: nn.Module, w_bits: int | None, a_bits: int | None) -> list[str]:
+    """Change the bits of every quantized module in place (no rebuild; None = 32 = full
+    precision). Checked for every module before any changes, so a bad request changes nothing.
+    Returns the names of the modules set."""
+    w_bits, a_bits = (FULL if w_bits is None else w_bits), (FULL if a_bits is None else a_bits)
+    _check_bits("w_bits", w_bits)
+    _check_bits("a_bits", a_bits)
     mods = quantized_modules(model)
     if not mods:
         raise ConfigError("set_bits_: the model has no quantized modules; call quantize_ first")
-    for _, m in mods:
-        # Check against each module's own quantizer choice, e.g. an explicit 'twn' cannot do 4 bits.
-        _check_quantizer("weight_quantizer", m.weight_quantizer_name, w_bits, WEIGHT_QUANTIZERS, "w_bits")
-        _check_quantizer("act_quantizer", m.act_quantizer_name, a_bits, ACT_QUANTIZERS, "a_bits")
+    for _, m in mods:  # e.g. an explicit weight_quantizer 'twn' cannot do 4 bits
+        check_quantizer("weight_quantizer", m.options.weight_quantizer, w_bits, WEIGHT_QUANTIZERS, "w_bits")
+        if isinstance(m, QuantLinear):
+            check_quantizer("act_quantizer", m.options.act_quantizer, a_bits, ACT_QUANTIZERS, "a_bits")
     for _, m in mods:
         m.set_bits(w_bits, a_bits)
-    return len(mods)
+    return [n for n, _ in mods]
 
 
-def dequantize_(model: nn.Module) -> list[str]:
-    """Swap quantized modules back to plain ones holding the quantized weight values."""
-    names = []
-    for name, m in quantized_modules(model):
+def dequantize_(model: nn.Module, drop_activation_quantizers: bool = False) -> list[str]:
+    """Swap quantized modules back to plain ones (``to_module``) holding the quantized weight
+    values, so the converted model computes exactly what the fake-quant model computed — as long
+    as no activations are quantized. A plain layer cannot quantize its input, so with quantized
+    activations this refuses unless ``drop_activation_quantizers=True``."""
+    mods = quantized_modules(model)
+    active = [n for n, m in mods if isinstance(m, QuantLinear) and m.a_bits < FULL]
+    if active and not drop_activation_quantizers:
+        raise ConfigError(f"dequantize_: {len(active)} layers quantize activations (a_bits={mods[0][1].a_bits}), "
+                          "which plain layers cannot; pass drop_activation_quantizers=True to drop them")
+    for name, m in mods:
         set_submodule(model, name, m.to_module())
-        names.append(name)
-    return names
+    return [n for n, _ in mods]
+
+
+def quant_state(model: nn.Module) -> dict[str, dict[str, Any]]:
+    """Per quantized module: its bits and the quantizers in use ("auto" resolved; None = full
+    precision). For reports and for checking a schedule did what it should."""
+    state = {}
+    for name, m in quantized_modules(model):
+        is_linear = isinstance(m, QuantLinear)
+        state[name] = {"kind": type(m).__name__, "w_bits": m.w_bits, "a_bits": m.a_bits,
+                       "weight_quantizer": m.weight_quantizer_name,
+                       "act_quantizer": m.act_quantizer_name if is_linear else None,
+                       "quantize_output": bool(is_linear and m.quantize_output)}
+    return state
 
 
 def bits_summary(model: nn.Module) -> dict[str, int]:
@@ -125,3 +167,8 @@ def bits_summary(model: nn.Module) -> dict[str, int]:
         out[key] = out.get(key, 0) + 1
     return out
 
+
+def quantizer_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """The learnable quantizer parameters (LSQ step sizes, elastic α/β), found by the name
+    convention of ``SCALE_PARAM_SUFFIXES``, e.g. for their own optimizer param group."""
+    return [(n, p) for n, p in model.named_parameters() if n.endswith(SCALE_PARAM_SUFFIXES)]

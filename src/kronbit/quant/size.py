@@ -1,8 +1,11 @@
 """Estimated packed size of a (fake-)quantized model: what a packed export will weigh.
 
-Counts each quantized weight at its bit-width (codes) plus one fp32 scale per row (or tensor),
-and every other parameter at 4 bytes (fp32). Learnable activation-quantizer scalars count as fp32
-parameters. This is an estimate of the packed checkpoint's tensor bytes, not a file size.
+Counts each quantized weight at its bit-width (its integer codes) plus its fp32 scales and
+offsets exactly as ``quantized_weight()`` returns them, and every other parameter at 4 bytes
+(fp32), shared parameters once. A quantized weight tied to a full-precision module (GPT-2's LM
+head) is also counted at fp32, since that module needs it unquantized. Learnable
+activation-quantizer parameters count as fp32 parameters. This is the packed checkpoint's tensor
+bytes, not a file size.
 """
 
 from __future__ import annotations
@@ -14,21 +17,23 @@ from .layers import FULL, QuantEmbedding, QuantLinear
 
 def estimate_size(model: nn.Module) -> dict:
     quant_bytes = scale_bytes = 0.0
-    counted: set[int] = set()
     for m in model.modules():
         if isinstance(m, (QuantLinear, QuantEmbedding)) and m.w_bits < FULL:
-            counted.add(id(m.weight))
             quant_bytes += m.weight.numel() * m.w_bits / 8
-            rows = m.weight.shape[0] if m.granularity == "row" else 1
-            scale_bytes += 4 * rows
+            _, scale, offset = m.quantized_weight()
+            scale_bytes += 4 * (scale.numel() + (0 if offset is None else offset.numel()))
     fp_bytes = 0
     seen: set[int] = set()
-    for p in model.parameters():
-        if id(p) in counted or id(p) in seen:
-            continue
-        seen.add(id(p))
-        fp_bytes += 4 * p.numel()
+    for m in model.modules():
+        quantized = isinstance(m, (QuantLinear, QuantEmbedding)) and m.w_bits < FULL
+        for name, p in m.named_parameters(recurse=False):
+            if (quantized and name == "weight") or id(p) in seen:
+                continue
+            # A latent weight also used by a full-precision module (a tied LM head) is stored
+            # twice: packed for the quantized module, fp32 for the other.
+            seen.add(id(p))
+            fp_bytes += 4 * p.numel()
     total = quant_bytes + scale_bytes + fp_bytes
     return {"total_bytes": int(total), "quantized_weight_bytes": int(quant_bytes), "scale_bytes": int(scale_bytes),
             "fp32_bytes": int(fp_bytes),
-            "note": "estimate: quantized weights at their bit-width + fp32 row scales + fp32 for the rest"}
+            "note": "estimate: quantized weights at their bit-width + fp32 scales/offsets + fp32 for the rest"}
