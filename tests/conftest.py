@@ -7,12 +7,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def data_root() -> Path:
-    """The shared data folder: $KRONBIT_DATA_ROOT, else ../shared/data beside the repository."""
-    return Path(os.environ.get("KRONBIT_DATA_ROOT", REPO.parent / "shared" / "data"))
+from helpers import REPO, data_root, make_tiny_bert  # noqa: F401
 
 
 @pytest.fixture(scope="session")
@@ -38,48 +33,6 @@ def minilm_dir() -> Path:
         pytest.skip(str(e))
 
 
-WORDS = ("good great fine nice bad awful poor sad movie film plot actor the a is was very not "
-         "and it this that of story fun dull").split()
-
-
-def make_tiny_bert(path: Path, hidden: int = 32, layers: int = 2, heads: int = 2, seed: int = 0) -> Path:
-    """A random-init BERT with a tiny word-level vocabulary, saved as an HF directory."""
-    import torch
-    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
-
-    path.mkdir(parents=True, exist_ok=True)
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
-    # transformers 5 takes the vocabulary itself (vocab=), not a vocab_file path.
-    tok = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True)
-    torch.manual_seed(seed)
-    cfg = BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers,
-                     num_attention_heads=heads, intermediate_size=hidden * 2, max_position_embeddings=64)
-    BertForSequenceClassification(cfg).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
-
-
 @pytest.fixture
 def tiny_bert(tmp_path) -> Path:
     return make_tiny_bert(tmp_path / "tiny-bert")
-
-
-def write_tiny_sst2(root: Path, n_train: int = 64, n_dev: int = 32, seed: int = 0) -> Path:
-    """A learnable toy SST-2 in the GLUE TSV layout: label 1 iff a positive word appears."""
-    import random
-
-    rng = random.Random(seed)
-    pos, neg = ["good", "great", "fine", "nice"], ["bad", "awful", "poor", "sad"]
-    filler = ["movie", "film", "plot", "actor", "the", "a", "is", "was", "very", "story"]
-    folder = root / "SST-2"
-    folder.mkdir(parents=True, exist_ok=True)
-    for split, n in (("train", n_train), ("dev", n_dev)):
-        lines = ["sentence\tlabel"]
-        for i in range(n):
-            label = i % 2
-            words = rng.sample(filler, 4) + [rng.choice(pos if label else neg)]
-            rng.shuffle(words)
-            lines.append(f"{' '.join(words)}\t{label}")
-        (folder / f"{split}.tsv").write_text("\n".join(lines) + "\n")
-    (folder / "test.tsv").write_text("index\tsentence\n0\tgood movie\n")
-    return root

@@ -10,7 +10,7 @@ from kronbit.cli import main
 
 @pytest.fixture
 def base(tmp_path, tiny_bert):
-    from conftest import write_tiny_sst2
+    from helpers import write_tiny_sst2
 
     data = write_tiny_sst2(tmp_path / "glue")
     return ["finetune", "--model", str(tiny_bert), "--task", "sst2", "--data-dir", str(data),
@@ -41,7 +41,7 @@ def test_user_errors_are_one_line(base, capsys, change, message):
 
 
 def test_eval_errors(tmp_path, tiny_bert, capsys):
-    from conftest import write_tiny_sst2
+    from helpers import write_tiny_sst2
 
     data = write_tiny_sst2(tmp_path / "glue")
     assert main(["eval", "--model", str(tiny_bert), "--data-dir", str(data)]) == 2

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from conftest import write_tiny_sst2
+from helpers import write_tiny_sst2
 from kronbit.cli import main
 
 

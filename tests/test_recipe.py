@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, write_tiny_sst2
+from helpers import REPO, write_tiny_sst2
 from kronbit.cli import main
 from kronbit.errors import ConfigError
 from kronbit.recipe import Recipe, load_recipe

@@ -34,7 +34,7 @@ def test_identical_student_and_teacher_give_zero(attention_loss):
     cfg = ALL.replace(attention_loss=attention_loss)
     total, parts = distillation_loss(cfg, s, t, token_mask=mask, student_scores=s_rec, teacher_scores=t_rec)
     assert set(parts) == {"logits", "embedding", "hidden", "attention"}
-    assert float(total) == pytest.approx(0.0, abs=1e-7)
+    assert float(total.detach()) == pytest.approx(0.0, abs=1e-7)
 
 
 def test_different_models_give_positive_losses_and_gradients():
