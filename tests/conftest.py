@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO, data_root, make_tiny_bert  # noqa: F401
+from helpers import data_root, make_tiny_bert
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,6 @@
 """Recipes: every shipped recipe validates; bad recipes fail before training; a tiny staged run."""
 
 import json
-from pathlib import Path
 
 import pytest
 import yaml

@@ -16,7 +16,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
 from torch import nn
 
 from .errors import ModelError

@@ -7,7 +7,6 @@ metric.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -54,23 +53,28 @@ class FinetuneConfig(Config):
 
     def validate(self) -> None:
         get_task(self.task)
-        if self.epochs <= 0:
-            raise ConfigError(f"epochs must be > 0, got {self.epochs}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ConfigError(f"max_steps must be ≥ 1, got {self.max_steps}")
-        if not 0 < self.learning_rate < 1:
-            raise ConfigError(f"learning_rate must be in (0, 1), got {self.learning_rate}")
-        for name in ("batch_size", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be ≥ 1, got {getattr(self, name)}")
-        if not 8 <= self.max_seq_length <= 8192:
-            raise ConfigError(f"max_seq_length must be in [8, 8192], got {self.max_seq_length}")
-        if not 0 <= self.warmup_ratio < 1:
-            raise ConfigError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-        if self.train_subset is not None and self.train_subset < 1:
-            raise ConfigError(f"train_subset must be ≥ 1, got {self.train_subset}")
-        if self.eval_every is not None and self.eval_every < 1:
-            raise ConfigError(f"eval_every must be ≥ 1, got {self.eval_every}")
+        check_training(self)
+
+
+def check_training(cfg: Any) -> None:
+    """Checks shared by every config that trains (fine-tuning and recipe stages)."""
+    if cfg.epochs <= 0:
+        raise ConfigError(f"epochs must be > 0, got {cfg.epochs}")
+    if cfg.max_steps is not None and cfg.max_steps < 1:
+        raise ConfigError(f"max_steps must be ≥ 1, got {cfg.max_steps}")
+    if not 0 < cfg.learning_rate < 1:
+        raise ConfigError(f"learning_rate must be in (0, 1), got {cfg.learning_rate}")
+    for name in ("batch_size", "eval_batch_size"):
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"{name} must be ≥ 1, got {getattr(cfg, name)}")
+    if not 8 <= cfg.max_seq_length <= 8192:
+        raise ConfigError(f"max_seq_length must be in [8, 8192], got {cfg.max_seq_length}")
+    if not 0 <= cfg.warmup_ratio < 1:
+        raise ConfigError(f"warmup_ratio must be in [0, 1), got {cfg.warmup_ratio}")
+    if cfg.train_subset is not None and cfg.train_subset < 1:
+        raise ConfigError(f"train_subset must be ≥ 1, got {cfg.train_subset}")
+    if cfg.eval_every is not None and cfg.eval_every < 1:
+        raise ConfigError(f"eval_every must be ≥ 1, got {cfg.eval_every}")
 
 
 def glue_compute_metrics(task):
@@ -214,6 +218,3 @@ def finetune(cfg: FinetuneConfig, *, overwrite: bool = False, resume: bool = Fal
     log.info("done in %.0fs: %s", wall, result)
     return result
 
-
-def config_fields() -> list[str]:
-    return [f.name for f in dataclasses.fields(FinetuneConfig)]

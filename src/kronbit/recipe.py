@@ -50,16 +50,9 @@ class TrainSettings(Config):
     scale_lr_multiplier: float = 1.0  # learning-rate multiplier for learnable quantizer scales
 
     def validate(self) -> None:
-        if self.epochs <= 0:
-            raise ConfigError(f"epochs must be > 0, got {self.epochs}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ConfigError(f"max_steps must be ≥ 1, got {self.max_steps}")
-        if not 0 < self.learning_rate < 1:
-            raise ConfigError(f"learning_rate must be in (0, 1), got {self.learning_rate}")
-        if self.batch_size < 1 or self.eval_batch_size < 1:
-            raise ConfigError("batch sizes must be ≥ 1")
-        if not 8 <= self.max_seq_length <= 8192:
-            raise ConfigError(f"max_seq_length must be in [8, 8192], got {self.max_seq_length}")
+        from .finetune import check_training
+
+        check_training(self)
         if self.scale_lr_multiplier <= 0:
             raise ConfigError(f"scale_lr_multiplier must be > 0, got {self.scale_lr_multiplier}")
 
@@ -209,13 +202,11 @@ def run_recipe(recipe: Recipe, *, model: str, task: str, data_dir: str, output_d
     else:
         teacher_dir = out / "teacher" / "model"
         if not (out / "teacher" / "metrics.json").is_file():
-            tt = recipe.teacher
+            shared = set(FinetuneConfig.field_names()) & set(TrainSettings.field_names())
+            settings = {k: v for k, v in recipe.teacher.to_dict().items() if k in shared}
+            settings["max_steps"] = _cap(recipe.teacher.max_steps, max_steps)
             fcfg = FinetuneConfig(model=model, task=t.name, output_dir=str(out / "teacher"), data_dir=str(data_dir),
-                                  epochs=tt.epochs, max_steps=_cap(tt.max_steps, max_steps), seed=tt.seed,
-                                  bf16=tt.bf16, learning_rate=tt.learning_rate, batch_size=tt.batch_size,
-                                  eval_batch_size=tt.eval_batch_size, max_seq_length=tt.max_seq_length,
-                                  warmup_ratio=tt.warmup_ratio, weight_decay=tt.weight_decay,
-                                  train_subset=tt.train_subset)
+                                  **settings)
             finetune(fcfg, overwrite=True)
             rundir.attach_log_file(out / "train.log")
     teacher_scores = read_meta(teacher_dir).get("dev_metrics", {})

@@ -110,7 +110,7 @@ def kron_sum(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
         A = A.unsqueeze(0)
     if B.dim() == 2:
         B = B.unsqueeze(0)
-    (r, m1, n1), (_, m2, n2) = A.shape, B.shape
+    (_, m1, n1), (_, m2, n2) = A.shape, B.shape
     return torch.einsum("rac,rbd->abcd", A, B).reshape(m1 * m2, n1 * n2)
 
 
