@@ -54,3 +54,15 @@ def write_tiny_sst2(root: Path, n_train: int = 64, n_dev: int = 32, seed: int = 
         (folder / f"{split}.tsv").write_text("\n".join(lines) + "\n")
     (folder / "test.tsv").write_text("index\tsentence\n0\tgood movie\n")
     return root
+
+
+def single_thread():
+    """Generator for an autouse fixture: tiny-model tests run on one thread. On a CPU shared with
+    other jobs, two OpenMP threads on tiny matrices (SVD, small matmuls) can be many times slower
+    and far less steady than one; one thread loses nothing at these sizes."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

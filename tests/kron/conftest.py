@@ -4,16 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import single_thread
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # LAPACK (SVD / eigh) with 2 OpenMP threads on a CPU shared with other jobs can run 50× slower
-    # than with one; these tests use tiny matrices, so one thread loses nothing.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+_one_thread = pytest.fixture(autouse=True)(single_thread)
 
 
 def _make_gpt2(seed: int = 0, dtype=torch.float32):

@@ -5,18 +5,10 @@ from __future__ import annotations
 import os
 
 import pytest
+from helpers import single_thread
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny models run fastest single-threaded: on a busy machine each multi-threaded op waits
-    ~10 ms for a second core, which turned these tests from seconds into half a minute."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+_one_torch_thread = pytest.fixture(autouse=True)(single_thread)
 
 
 @pytest.fixture(scope="session")

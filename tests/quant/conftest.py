@@ -4,15 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import single_thread
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny matrices on a CPU shared with other jobs: one thread is as fast and far steadier.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+_one_thread = pytest.fixture(autouse=True)(single_thread)
 
 
 @pytest.fixture
