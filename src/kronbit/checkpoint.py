@@ -64,13 +64,22 @@ def save_compressed(model: nn.Module, tokenizer, path: str | Path, meta: dict[st
     from safetensors.torch import save_model
 
     with atomic_dir(path) as tmp:
-        model.config.save_pretrained(tmp)
+        save_base_config(model, tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         # save_model handles shared (tied) tensors, which save_file refuses.
         save_model(model, str(tmp / WEIGHTS_NAME))
         write_json(tmp / KRONBIT_META, {**meta, "format": "kronbit-compressed", "format_version": 1,
                                         "transforms": transforms})
+
+
+def save_base_config(model: nn.Module, directory: Path) -> None:
+    """config.json naming the model class, so loading rebuilds the same head (a model built from a
+    config, not loaded, has no ``architectures`` yet)."""
+    config = model.config
+    if not getattr(config, "architectures", None):
+        config.architectures = [type(model).__name__]
+    config.save_pretrained(directory)
 
 
 def build_base(model_dir: Path, kind: str = "auto") -> nn.Module:
@@ -131,7 +140,12 @@ def compressed_dir(name_or_path: str | Path) -> Path | None:
 
 
 def load_model(name_or_path: str | Path, task=None, **kwargs) -> nn.Module:
-    """Any model kronbit can evaluate: a compressed directory, a run directory, or an HF checkpoint."""
+    """Any model kronbit can evaluate: a packed or compressed directory, a run directory, or an HF
+    checkpoint."""
+    from .export import load_packed, packed_dir
+
+    if packed_dir(name_or_path) is not None:
+        return load_packed(name_or_path)
     cdir = compressed_dir(name_or_path)
     if cdir is not None:
         return load_compressed(cdir)

@@ -91,6 +91,22 @@ def cmd_perplexity(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_model
+
+    result = export_model(args.model, args.output_dir, dtype=args.dtype, overwrite=args.overwrite,
+                          onnx=args.onnx, onnx_seq_len=args.onnx_seq_len)
+    print(json.dumps(result))
+    return 0
+
+
+def cmd_size(args: argparse.Namespace) -> int:
+    from .export import size_report
+
+    print(json.dumps(size_report(args.path, in_memory=not args.no_memory)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -157,6 +173,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="allow model code from the checkpoint to run (off by default)")
     p.add_argument("--output", help="metrics JSON path (default: MODEL/eval-TASK-SPLIT.json)")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("export", help="write a compressed model as a packed checkpoint (real on-disk size)")
+    p.add_argument("--model", required=True, help="run directory or compressed model directory")
+    p.add_argument("--output-dir", required=True)
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+                   help="dtype of scales and full-precision parts (float32: reload is exact)")
+    p.add_argument("--onnx", action="store_true", help="also write model.onnx and check it in onnxruntime")
+    p.add_argument("--onnx-seq-len", type=int, default=128, help="example sequence length for the ONNX trace")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("size", help="on-disk and in-memory size of a model directory (JSON line)")
+    p.add_argument("path", help="packed, compressed, run or Hugging Face model directory")
+    p.add_argument("--no-memory", action="store_true", help="skip loading the model to measure memory")
+    p.set_defaults(func=cmd_size)
     return parser
 
 

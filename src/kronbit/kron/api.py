@@ -32,7 +32,7 @@ from torch import nn
 from ..config import Config
 from ..errors import ConfigError
 from ..modules import (FilterFn, count_parameters, find_modules, is_conv1d, is_linear_like, linear_weight,
-                       swap_modules)
+                       forget_transforms, record_transform, swap_modules)
 from .layers import KroneckerEmbedding, KroneckerLinear, KroneckerTiedHead, kron_flops
 from .nkp import divisors, relative_error, resolve_rank, resolve_shapes
 from .shapes import choose_shape
@@ -383,6 +383,8 @@ def kroneckerize_(model: nn.Module, config: KroneckerConfig | Mapping[str, Any],
         target_modules=[p.name for p in plans], layers=None, a_shape=None, b_shape=None, compression=None,
         layer_shapes={p.name: [*p.a_shape, *p.b_shape, p.rank] for p in plans},
         tie_head=(emb_plan.head_name is not None) if emb_plan is not None else None)
+    if rows:
+        record_transform(model, "kron", frozen.to_dict())
     return KroneckerReport(rows, frozen, params_before, count_parameters(model), notes)
 
 
@@ -422,6 +424,7 @@ def densify_(model: nn.Module) -> list[str]:
         tied = getattr(model, "all_tied_weights_keys", None)
         if isinstance(tied, dict):
             tied[f"{head_name}.weight"] = f"{emb_name}.weight"
+    forget_transforms(model, "kron")
     return swapped
 
 

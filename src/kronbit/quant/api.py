@@ -21,7 +21,8 @@ from torch import nn
 
 from ..config import Config
 from ..errors import ConfigError
-from ..modules import FilterFn, find_modules, is_linear_like, set_submodule, swap_modules
+from ..modules import (TRANSFORMS_ATTR, FilterFn, find_modules, forget_transforms, is_linear_like, record_transform, set_submodule,
+                       swap_modules)
 from .layers import FULL, QuantEmbedding, QuantLinear, QuantOptions
 from .quantizers import ACT_QUANTIZERS, SCALE_PARAM_SUFFIXES, WEIGHT_QUANTIZERS, check_quantizer
 
@@ -104,6 +105,8 @@ def quantize_(model: nn.Module, config: QuantConfig, filter_fn: FilterFn | None 
         if isinstance(emb, nn.Embedding) and name and (filter_fn is None or filter_fn(emb, name)):
             set_submodule(model, name, QuantEmbedding.from_module(emb, config))
             swapped.append(name)
+    if swapped:
+        record_transform(model, "quant", config.to_dict())
     return swapped
 
 
@@ -128,6 +131,9 @@ def set_bits_(model: nn.Module, w_bits: int | None, a_bits: int | None) -> list[
             check_quantizer("act_quantizer", m.options.act_quantizer, a_bits, ACT_QUANTIZERS, "a_bits")
     for _, m in mods:
         m.set_bits(w_bits, a_bits)
+    for t in model.__dict__.get(TRANSFORMS_ATTR, []):  # a rebuild must use the new bits
+        if t["kind"] == "quant":
+            t["config"].update(w_bits=w_bits, a_bits=a_bits)
     return [n for n, _ in mods]
 
 
@@ -143,6 +149,7 @@ def dequantize_(model: nn.Module, drop_activation_quantizers: bool = False) -> l
                           "which plain layers cannot; pass drop_activation_quantizers=True to drop them")
     for name, m in mods:
         set_submodule(model, name, m.to_module())
+    forget_transforms(model, "quant")
     return [n for n, _ in mods]
 
 

@@ -1,0 +1,182 @@
+"""Packed modules: the inference form of ``QuantLinear`` / ``QuantEmbedding``.
+
+A packed module holds its weight as packed integer codes (``quant.pack``: 1-bit 8 per byte,
+2-bit 4 per byte, 4-bit 2 per byte, 8-bit as int8) plus the scale (and offset) that turn codes into
+values — never the latent full-precision weight. Activation quantizers are kept as they are (their
+learned α/β/step sizes are part of the model).
+
+Forward of ``PackedLinear``, by case:
+  * ``mode="packed"`` and at most ``lut_max_tokens`` tokens and ≤ 4 bits: the lookup-table
+    matmul straight from the bit-planes (``pack.lut_matmul``); the weight is never expanded.
+    Equal to the fake-quant output up to float summation order (a different order of the same
+    additions: relative differences ~1e-6).
+  * otherwise (many tokens, 8-bit weights, or ``mode="dequantized"``): codes · scale (+ offset)
+    as a float matrix, then the same matmul call QuantLinear makes. With fp32 scales this is the
+    fake-quant output *bit for bit*, since the weight is the same tensor computed by the same
+    expression. ``mode="dequantized"`` computes it once and keeps it (fast, fp32-sized memory);
+    ``mode="packed"`` recomputes it per call, which a large batch amortises.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ModelError
+from . import pack
+from .layers import FULL, QuantEmbedding, QuantLinear
+
+MODES = ("packed", "dequantized")
+LUT_MAX_TOKENS = 8  # above this a dense matmul on the unpacked weight is faster here
+
+
+class _PackedWeight(nn.Module):
+    """Buffers ``packed_weight`` (uint8 / int8), ``weight_scale`` and optional ``weight_offset``."""
+
+    bits: int
+    rows: int
+    cols: int
+
+    def _init_packed(self, bits: int, rows: int, cols: int, scale_shape: tuple[int, ...], has_offset: bool,
+                     dtype: torch.dtype = torch.float32) -> None:
+        self.bits, self.rows, self.cols = bits, rows, cols
+        pdtype = torch.int8 if bits == 8 else torch.uint8
+        self.register_buffer("packed_weight", torch.zeros(rows, pack.packed_cols(cols, bits), dtype=pdtype))
+        self.register_buffer("weight_scale", torch.ones(scale_shape, dtype=dtype))
+        self.register_buffer("weight_offset", torch.zeros(scale_shape, dtype=dtype) if has_offset else None)
+
+    def _set_codes(self, codes: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor | None) -> None:
+        self.packed_weight = pack.pack_codes(codes, self.bits)
+        self.weight_scale = scale.detach().float().clone()
+        self.weight_offset = None if offset is None else offset.detach().float().clone()
+
+    def codes(self) -> torch.Tensor:
+        return pack.unpack_codes(self.packed_weight, self.bits, self.cols)
+
+    def dequantized_weight(self) -> torch.Tensor:
+        """codes · scale (+ offset) in float32 — the expression the quantizers use, so with fp32
+        scales it equals the fake-quant weight exactly."""
+        w = self.codes().float() * self.weight_scale.float()
+        return w if self.weight_offset is None else w + self.weight_offset.float()
+
+    def weight_nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.packed_weight, self.weight_scale, self.weight_offset)
+                   if t is not None)
+
+
+class PackedLinear(_PackedWeight):
+    def __init__(self, in_features: int, out_features: int, bits: int, *, bias: bool = True,
+                 fan_in_fan_out: bool = False, per_row: bool = True, has_offset: bool = False,
+                 mode: str = "packed"):
+        super().__init__()
+        if mode not in MODES:
+            raise ModelError(f"mode={mode!r}; choose one of {', '.join(MODES)}")
+        self.in_features, self.out_features = in_features, out_features
+        self.fan_in_fan_out, self.mode = fan_in_fan_out, mode
+        self.lut_max_tokens = LUT_MAX_TOKENS
+        self._init_packed(bits, out_features, in_features, (out_features, 1) if per_row else (), has_offset)
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+        self.register_module("input_quantizer", None)
+        self.register_module("output_quantizer", None)
+        self._planes: torch.Tensor | None = None
+        self._dense: torch.Tensor | None = None
+
+    @classmethod
+    def from_quant(cls, q: QuantLinear, mode: str = "packed") -> "PackedLinear":
+        """Pack a trained ``QuantLinear`` (its activation quantizers move over as they are)."""
+        if q.w_bits >= FULL:
+            raise ModelError("PackedLinear: the layer's weight is full precision (w_bits=32); nothing to pack")
+        codes, scale, offset = q.quantized_weight()
+        m = cls(q.in_features, q.out_features, q.w_bits, bias=q.bias is not None, fan_in_fan_out=q.fan_in_fan_out,
+                per_row=scale.dim() > 0, has_offset=offset is not None, mode=mode)
+        m._set_codes(codes, scale, offset)
+        if q.bias is not None:
+            m.bias = nn.Parameter(q.bias.detach().clone())
+        m.input_quantizer, m.output_quantizer = q.input_quantizer, q.output_quantizer
+        return m
+
+    @classmethod
+    def shell_of(cls, q: QuantLinear, bits: int, per_row: bool, has_offset: bool, mode: str) -> "PackedLinear":
+        """An empty PackedLinear shaped like ``q`` (its tensors come from a checkpoint next)."""
+        m = cls(q.in_features, q.out_features, bits, bias=q.bias is not None, fan_in_fan_out=q.fan_in_fan_out,
+                per_row=per_row, has_offset=has_offset, mode=mode)
+        m.input_quantizer, m.output_quantizer = q.input_quantizer, q.output_quantizer
+        return m
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._planes = self._dense = None  # derived caches belong to the old tensors
+
+    def _matmul_dense(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        if self.fan_in_fan_out:  # QuantLinear's Conv1D arithmetic, for bit-exact equality
+            bias = self.bias if self.bias is not None else w.new_zeros(self.out_features)
+            y = torch.addmm(bias, x.reshape(-1, self.in_features), w.t().contiguous())
+            return y.view(*x.shape[:-1], self.out_features)
+        return F.linear(x, w, self.bias)
+
+    def _matmul_lut(self, x: torch.Tensor) -> torch.Tensor:
+        if self._planes is None:
+            self._planes = pack.to_planes(self.packed_weight, self.bits, self.in_features)
+        flat = x.reshape(-1, self.in_features).float()
+        s = pack.lut_matmul(flat, self._planes, self.in_features)  # Σ u·x
+        a, z = pack.signed_affine(self.bits)
+        xsum = flat.sum(-1, keepdim=True)
+        y = (a * s - z * xsum) * self.weight_scale.float().reshape(1, -1) if self.weight_scale.dim() \
+            else (a * s - z * xsum) * self.weight_scale.float()
+        if self.weight_offset is not None:
+            y = y + xsum * self.weight_offset.float().reshape(1, -1)
+        if self.bias is not None:
+            y = y + self.bias.float()
+        return y.to(x.dtype).view(*x.shape[:-1], self.out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_quantizer is not None:
+            x = self.input_quantizer(x)
+        tokens = x.numel() // self.in_features
+        if self.mode == "dequantized":
+            if self._dense is None:
+                self._dense = self.dequantized_weight()
+            y = self._matmul_dense(x, self._dense)
+        elif (not torch.jit.is_tracing() and not torch.onnx.is_in_onnx_export() and self.bits <= 4
+              and tokens <= self.lut_max_tokens):
+            y = self._matmul_lut(x)
+        else:
+            y = self._matmul_dense(x, self.dequantized_weight().to(x.dtype))
+        if self.output_quantizer is not None:
+            y = self.output_quantizer(y)
+        return y
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, "
+                f"bias={self.bias is not None}, mode={self.mode}" + (", conv1d" if self.fan_in_fan_out else ""))
+
+
+class PackedEmbedding(_PackedWeight):
+    """Packed word embeddings: a lookup unpacks only the looked-up rows (per-row scales)."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, bits: int, padding_idx: int | None = None,
+                 has_offset: bool = False):
+        super().__init__()
+        self.num_embeddings, self.embedding_dim, self.padding_idx = num_embeddings, embedding_dim, padding_idx
+        self._init_packed(bits, num_embeddings, embedding_dim, (num_embeddings, 1), has_offset)
+
+    @classmethod
+    def from_quant(cls, q: QuantEmbedding) -> "PackedEmbedding":
+        if q.w_bits >= FULL:
+            raise ModelError("PackedEmbedding: the embedding is full precision (w_bits=32); nothing to pack")
+        codes, scale, offset = q.quantized_weight()
+        m = cls(q.num_embeddings, q.embedding_dim, q.w_bits, q.padding_idx, has_offset=offset is not None)
+        m._set_codes(codes, scale.reshape(-1, 1), None if offset is None else offset.reshape(-1, 1))
+        return m
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        flat = ids.reshape(-1)
+        codes = pack.unpack_codes(self.packed_weight[flat], self.bits, self.embedding_dim)
+        rows = codes.float() * self.weight_scale[flat].float()
+        if self.weight_offset is not None:
+            rows = rows + self.weight_offset[flat].float()
+        return rows.view(*ids.shape, self.embedding_dim)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, bits={self.bits}, padding_idx={self.padding_idx}"

@@ -1,0 +1,169 @@
+"""Packed export: reload equals fake-quant, the file really is small, bad files fail clearly."""
+
+import json
+
+import pytest
+import torch
+
+from kronbit import QuantConfig, kroneckerize_, quantize_
+from kronbit.errors import ModelError
+from kronbit.export import PACKED_WEIGHTS, export_packed, load_packed, module_bytes, size_report
+from kronbit.quant.layers import QuantLinear
+from kronbit.quant.packed import PackedLinear
+
+
+def _ids(seed=0, shape=(4, 12), vocab=25):
+    return torch.randint(0, vocab, shape, generator=torch.Generator().manual_seed(seed))
+
+
+def _logits(model, ids):
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+CASES = [dict(w_bits=1, a_bits=1), dict(w_bits=2, a_bits=8), dict(w_bits=4, a_bits=32),
+         dict(w_bits=8, a_bits=8), dict(w_bits=1, a_bits=32, granularity="tensor"),
+         dict(w_bits=4, a_bits=32, weight_quantizer="lsq"), dict(w_bits=2, a_bits=8, symmetric=False,
+                                                                 weight_quantizer="uniform")]
+
+
+@pytest.mark.parametrize("cfg", CASES, ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items()))
+def test_packed_reload_equals_fake_quant_exactly(make_bert, tmp_path, cfg):
+    model = make_bert()
+    quantize_(model, QuantConfig(quantize_embeddings=True, quantize_attention=True, **cfg))
+    ids = _ids()  # 48 tokens: above the LUT threshold, so the packed model takes the exact path
+    want = _logits(model, ids)
+    export_packed(model, tmp_path / "p")
+    for mode in ("packed", "dequantized"):
+        got = _logits(load_packed(tmp_path / "p", mode=mode), ids)
+        assert torch.equal(got, want), mode
+    # the source model is untouched by the export
+    assert any(isinstance(m, QuantLinear) for m in model.modules())
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4])
+def test_lut_path_matches_within_float_rounding(make_bert, tmp_path, bits):
+    model = make_bert()
+    quantize_(model, QuantConfig(w_bits=bits, a_bits=32))
+    ids = _ids(shape=(1, 6))  # 6 tokens: the lookup-table kernel
+    export_packed(model, tmp_path / "p")
+    packed = load_packed(tmp_path / "p")
+    lin = next(m for m in packed.modules() if isinstance(m, PackedLinear))
+    assert lin.bits <= 4 and 6 <= lin.lut_max_tokens
+    # a different order of the same float additions: ~1e-6 relative
+    torch.testing.assert_close(_logits(packed, ids), _logits(model, ids), rtol=1e-4, atol=1e-5)
+
+
+def test_packed_linear_conv1d_layout_and_dequantized_weight(make_gpt2):
+    model = make_gpt2()
+    quantize_(model, QuantConfig(w_bits=2, a_bits=8))
+    q = model.transformer.h[0].attn.c_attn
+    assert isinstance(q, QuantLinear) and q.fan_in_fan_out
+    p = PackedLinear.from_quant(q)
+    assert torch.equal(p.dequantized_weight(), q.fake_quant_weight())
+    x = torch.randn(2, 20, q.in_features)
+    with torch.no_grad():
+        assert torch.equal(p(x), q(x))
+
+
+def test_gpt2_with_tied_head_round_trip(make_gpt2, tmp_path):
+    model = make_gpt2()
+    quantize_(model, QuantConfig(w_bits=1, a_bits=8, quantize_embeddings=True))
+    ids = _ids(shape=(2, 16), vocab=100)
+    want = _logits(model, ids)
+    export_packed(model, tmp_path / "p")
+    got = _logits(load_packed(tmp_path / "p"), ids)
+    assert torch.equal(got, want)
+
+
+def test_kronecker_then_quantized_model_exports(make_gpt2, tmp_path):
+    model = make_gpt2()
+    kroneckerize_(model, {"compression": 2, "layers": "all"})
+    ids = _ids(shape=(2, 16), vocab=100)
+    want = _logits(model, ids)
+    desc = export_packed(model, tmp_path / "k")
+    assert [t["kind"] for t in desc["transforms"]] == ["kron"]
+    assert torch.equal(_logits(load_packed(tmp_path / "k"), ids), want)
+    # half-precision storage halves the Kronecker factors' bytes and changes outputs only slightly
+    export_packed(model, tmp_path / "k16", dtype="float16")
+    r32, r16 = size_report(tmp_path / "k", in_memory=False), size_report(tmp_path / "k16", in_memory=False)
+    assert r16["disk_bytes"] < 0.55 * r32["disk_bytes"]
+    torch.testing.assert_close(_logits(load_packed(tmp_path / "k16"), ids), want, rtol=0.05, atol=0.05)
+
+
+def test_size_arithmetic(make_bert, tmp_path):
+    model = make_bert()
+    n_params = sum(p.numel() for p in model.parameters())
+    quantize_(model, QuantConfig(w_bits=1, quantize_embeddings=True))
+    export_packed(model, tmp_path / "p")
+    report = size_report(tmp_path / "p")
+    assert report["fp32_parameters"] == n_params and report["fp32_bytes"] == 4 * n_params
+    assert report["disk_bytes"] == (tmp_path / "p" / PACKED_WEIGHTS).stat().st_size
+    assert report["ratio_vs_fp32"] == round(4 * n_params / report["disk_bytes"], 3)
+    # the breakdown covers every tensor byte of the file (the rest is the safetensors header)
+    total = sum(report["breakdown_mb"].values()) * 1e6
+    assert abs(report["disk_bytes"] - total) < 0.01 * report["disk_bytes"] + 20_000
+    # packed bits: one bit per weight for every quantized linear, padded to bytes per row
+    packed = load_packed(tmp_path / "p")
+    for m in packed.modules():
+        if isinstance(m, PackedLinear):
+            assert m.packed_weight.numel() == m.out_features * -(-m.in_features // 8)
+    assert report["memory_bytes"] == module_bytes(packed)
+
+
+def test_truncated_or_damaged_file_fails_clearly(make_bert, tmp_path):
+    model = make_bert()
+    quantize_(model, QuantConfig(w_bits=1))
+    export_packed(model, tmp_path / "p")
+    f = tmp_path / "p" / PACKED_WEIGHTS
+    data = f.read_bytes()
+    f.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelError, match="truncated|unreadable"):
+        load_packed(tmp_path / "p")
+    with pytest.raises(ModelError, match="truncated"):
+        size_report(tmp_path / "p", in_memory=False)
+    f.write_bytes(b"\x05")
+    with pytest.raises(ModelError, match="truncated|unreadable"):
+        load_packed(tmp_path / "p")
+
+
+def test_wrong_format_version_is_refused(make_bert, tmp_path):
+    model = make_bert()
+    quantize_(model, QuantConfig(w_bits=1))
+    export_packed(model, tmp_path / "p")
+    meta_path = tmp_path / "p" / "kronbit.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "format_version": 99}))
+    with pytest.raises(ModelError, match="format_version 99 is not supported"):
+        load_packed(tmp_path / "p")
+
+
+def test_export_refuses_a_plain_model_and_keeps_an_old_export(make_bert, tmp_path):
+    with pytest.raises(ModelError, match="nothing to pack"):
+        export_packed(make_bert(), tmp_path / "p")
+    model = make_bert()
+    quantize_(model, QuantConfig(w_bits=1))
+    export_packed(model, tmp_path / "p")
+    before = (tmp_path / "p" / PACKED_WEIGHTS).read_bytes()
+    with pytest.raises(ModelError, match="dtype='float8'"):
+        export_packed(model, tmp_path / "p", dtype="float8")
+    assert (tmp_path / "p" / PACKED_WEIGHTS).read_bytes() == before
+
+
+def test_onnx_export_matches_torch(make_bert, tmp_path, tiny_bert):
+    pytest.importorskip("onnxruntime")
+    from transformers import AutoTokenizer
+
+    from kronbit.export import export_onnx
+
+    model = make_bert()
+    quantize_(model, QuantConfig(w_bits=1, a_bits=8, quantize_embeddings=True))
+    export_packed(model, tmp_path / "p", tokenizer=AutoTokenizer.from_pretrained(tiny_bert))
+    result = export_onnx(tmp_path / "p", tmp_path / "p" / "model.onnx", seq_len=16)
+    assert result["max_abs_diff_vs_torch"] < 1e-5
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(tmp_path / "p" / "model.onnx")).graph
+    dtypes = {numpy_helper.to_array(i).dtype.name for i in graph.initializer}
+    assert "uint8" in dtypes  # the weights stay packed inside the ONNX file
