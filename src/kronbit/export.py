@@ -132,9 +132,11 @@ def read_packed_meta(model_dir: Path) -> dict[str, Any]:
     return meta
 
 
-def load_packed(path: str | Path, mode: str = "packed") -> nn.Module:
+def load_packed(path: str | Path, mode: str = "packed", compute_dtype: str = "float32") -> nn.Module:
     """Rebuild a packed model for inference. ``mode="packed"`` keeps weights packed (low-bit
-    kernel for small batches); ``"dequantized"`` expands them once at load (fp32 memory, exact)."""
+    kernel for small batches); ``"dequantized"`` expands them once at load (fp32 memory, exact).
+    ``compute_dtype="bfloat16"``: larger batches unpack codes to bf16 and use the bf16 matrix
+    units (faster, not exact); see ``quant.packed``."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -159,7 +161,7 @@ def load_packed(path: str | Path, mode: str = "packed") -> nn.Module:
     for name, info in meta["packed"].items():
         q = modules.get(name)
         if info["kind"] == "linear" and isinstance(q, QuantLinear):
-            new = PackedLinear.shell_of(q, info["bits"], info["per_row"], info["has_offset"], mode)
+            new = PackedLinear.shell_of(q, info["bits"], info["per_row"], info["has_offset"], mode, compute_dtype)
         elif info["kind"] == "embedding" and isinstance(q, QuantEmbedding):
             new = PackedEmbedding(q.num_embeddings, q.embedding_dim, info["bits"], q.padding_idx, info["has_offset"])
         else:

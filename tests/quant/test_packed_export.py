@@ -167,3 +167,20 @@ def test_onnx_export_matches_torch(make_bert, tmp_path, tiny_bert):
     graph = onnx.load(str(tmp_path / "p" / "model.onnx")).graph
     dtypes = {numpy_helper.to_array(i).dtype.name for i in graph.initializer}
     assert "uint8" in dtypes  # the weights stay packed inside the ONNX file
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4, 8])
+def test_bf16_path_is_close(make_bert, tmp_path, bits):
+    from kronbit.quant import pack
+
+    for b in (1, 2, 4):  # the byte tables give exactly the unpacked codes
+        c = torch.randint(*pack.code_range(b), (3, 21), dtype=torch.int8)
+        c = torch.where(c == 0, torch.ones_like(c), c) if b == 1 else c
+        assert torch.equal(pack.unpack_codes_as(pack.pack_codes(c, b), b, 21, torch.bfloat16).float(), c.float())
+    model = make_bert()
+    quantize_(model, QuantConfig(w_bits=bits, a_bits=8))
+    export_packed(model, tmp_path / "p")
+    ids = _ids(shape=(4, 16))
+    got = _logits(load_packed(tmp_path / "p", compute_dtype="bfloat16"), ids)
+    # bf16 inputs and products: ~3 significant digits per layer
+    torch.testing.assert_close(got, _logits(model, ids), rtol=0.05, atol=0.05)

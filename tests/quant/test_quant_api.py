@@ -205,7 +205,8 @@ def test_config_round_trip():
 
 
 def test_targets_matching_nothing_and_double_quantization_are_errors(make_bert):
-    with pytest.raises(ConfigError, match="matched no linear layer in BertForSequenceClassification; candidates: "
+    with pytest.raises(ConfigError, match="matched no linear layer or embedding in BertForSequenceClassification; "
+                                          "candidates: word_embeddings, position_embeddings, token_type_embeddings, "
                                           "query, key, value, dense"):
         quantize_(make_bert(), QuantConfig(w_bits=8, target_modules=["q_proj"]))
     m = make_bert()
@@ -231,3 +232,13 @@ def test_size_estimate_arithmetic(make_bert, make_gpt2):
     # the tied head still needs the latent embedding in fp32: it counts once at fp32, once packed
     assert estimate_size(g)["quantized_weight_bytes"] == (wte + 2 * 32 * 128) * 2 // 8
     assert estimate_size(g)["fp32_bytes"] == 4 * (sum(p.numel() for p in g.parameters()) - 2 * 32 * 128)
+
+
+def test_embeddings_named_in_targets_are_quantized(make_bert):
+    m = make_bert()
+    swapped = quantize_(m, QuantConfig(w_bits=1, target_modules=r".*(layer\.\d+\..*|position_embeddings)"))
+    assert "bert.embeddings.position_embeddings" in swapped
+    pos = m.bert.embeddings.position_embeddings
+    assert isinstance(pos, QuantEmbedding) and pos.w_bits == 1
+    ids = torch.arange(5).unsqueeze(0)
+    assert torch.equal(pos(ids)[0], pos.fake_quant_weight()[:5])

@@ -52,7 +52,8 @@ class QuantConfig(Config):
     clip_ratio: float = 1.0          # uniform / minmax: clip range = clip_ratio × the min-max range
     clip_val: float | None = None    # absolute clip before uniform/twn/bwn/minmax (TernaryBERT: 2.5)
     target_modules: str | list[str] = BLOCK_LINEARS  # PEFT convention: names/suffixes, or one regex
-    quantize_embeddings: bool = False  # the word embeddings (weights only, per row)
+    quantize_embeddings: bool = False  # the word embeddings (weights only, per row); other embeddings
+    #                                    (positions, token types) are quantized when target_modules names them
     quantize_attention: bool = False   # also quantize Q/K/V outputs (inputs of the attention matmuls)
     version: int = 1
 
@@ -91,23 +92,30 @@ def quantize_(model: nn.Module, config: QuantConfig, filter_fn: FilterFn | None 
         raise ConfigError(f"{type(model).__name__} is already quantized; change bits with set_bits_, "
                           "or dequantize_ first")
 
-    def build(name: str, module: nn.Module) -> QuantLinear:
+    def build(name: str, module: nn.Module) -> QuantLinear | QuantEmbedding:
+        if isinstance(module, nn.Embedding):  # an embedding named in target_modules (e.g. positions)
+            return QuantEmbedding.from_module(module, config)
         quantize_output = config.quantize_attention and name.rsplit(".", 1)[-1] in ATTENTION_INPUTS
         return QuantLinear.from_module(module, config, quantize_output=quantize_output)
 
-    swapped = swap_modules(model, targets, build, filter_fn, kinds=is_linear_like, what="linear layer")
+    swapped = swap_modules(model, targets, build, filter_fn, kinds=_linear_or_embedding,
+                           what="linear layer or embedding")
     if config.quantize_embeddings:
         if not hasattr(model, "get_input_embeddings"):
             raise ConfigError(f"quantize_embeddings needs a model with get_input_embeddings() (a Hugging Face "
                               f"model); {type(model).__name__} has none")
         emb = model.get_input_embeddings()
         name = next((n for n, m in model.named_modules() if m is emb), None)
-        if isinstance(emb, nn.Embedding) and name and (filter_fn is None or filter_fn(emb, name)):
+        if isinstance(emb, nn.Embedding) and not isinstance(emb, QuantEmbedding) and name and (filter_fn is None or filter_fn(emb, name)):
             set_submodule(model, name, QuantEmbedding.from_module(emb, config))
             swapped.append(name)
     if swapped:
         record_transform(model, "quant", config.to_dict())
     return swapped
+
+
+def _linear_or_embedding(module: nn.Module) -> bool:
+    return is_linear_like(module) or (isinstance(module, nn.Embedding) and not isinstance(module, QuantEmbedding))
 
 
 def quantized_modules(model: nn.Module) -> list[tuple[str, QuantLinear | QuantEmbedding]]:

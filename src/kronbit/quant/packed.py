@@ -10,6 +10,11 @@ Forward of ``PackedLinear``, by case:
     matmul straight from the bit-planes (``pack.lut_matmul``); the weight is never expanded.
     Equal to the fake-quant output up to float summation order (a different order of the same
     additions: relative differences ~1e-6).
+  * ``compute_dtype="bfloat16"`` (or inside a CPU bf16 autocast) with more tokens: the codes
+    are unpacked straight into bfloat16 (one table lookup per byte; ±1, {-1, 0, 1} and every
+    code up to 8 bits are exact in bf16), multiplied with the bf16-rounded input on the CPU's
+    bf16 matrix units, and the fp32 scales are applied to the result. Not exact: the input and
+    the product are rounded to bf16 (about 3 significant digits), as under bf16 autocast.
   * otherwise (many tokens, 8-bit weights, or ``mode="dequantized"``): codes · scale (+ offset)
     as a float matrix, then the same matmul call QuantLinear makes. With fp32 scales this is the
     fake-quant output *bit for bit*, since the weight is the same tensor computed by the same
@@ -28,6 +33,7 @@ from . import pack
 from .layers import FULL, QuantEmbedding, QuantLinear
 
 MODES = ("packed", "dequantized")
+COMPUTE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 LUT_MAX_TOKENS = 8  # above this a dense matmul on the unpacked weight is faster here
 
 
@@ -68,10 +74,13 @@ class _PackedWeight(nn.Module):
 class PackedLinear(_PackedWeight):
     def __init__(self, in_features: int, out_features: int, bits: int, *, bias: bool = True,
                  fan_in_fan_out: bool = False, per_row: bool = True, has_offset: bool = False,
-                 mode: str = "packed"):
+                 mode: str = "packed", compute_dtype: str = "float32"):
         super().__init__()
         if mode not in MODES:
             raise ModelError(f"mode={mode!r}; choose one of {', '.join(MODES)}")
+        if compute_dtype not in COMPUTE_DTYPES:
+            raise ModelError(f"compute_dtype={compute_dtype!r}; choose one of {', '.join(COMPUTE_DTYPES)}")
+        self.compute_dtype = compute_dtype
         self.in_features, self.out_features = in_features, out_features
         self.fan_in_fan_out, self.mode = fan_in_fan_out, mode
         self.lut_max_tokens = LUT_MAX_TOKENS
@@ -97,10 +106,11 @@ class PackedLinear(_PackedWeight):
         return m
 
     @classmethod
-    def shell_of(cls, q: QuantLinear, bits: int, per_row: bool, has_offset: bool, mode: str) -> "PackedLinear":
+    def shell_of(cls, q: QuantLinear, bits: int, per_row: bool, has_offset: bool, mode: str,
+                 compute_dtype: str = "float32") -> "PackedLinear":
         """An empty PackedLinear shaped like ``q`` (its tensors come from a checkpoint next)."""
         m = cls(q.in_features, q.out_features, bits, bias=q.bias is not None, fan_in_fan_out=q.fan_in_fan_out,
-                per_row=per_row, has_offset=has_offset, mode=mode)
+                per_row=per_row, has_offset=has_offset, mode=mode, compute_dtype=compute_dtype)
         m.input_quantizer, m.output_quantizer = q.input_quantizer, q.output_quantizer
         return m
 
@@ -115,20 +125,29 @@ class PackedLinear(_PackedWeight):
             return y.view(*x.shape[:-1], self.out_features)
         return F.linear(x, w, self.bias)
 
+    def _finish(self, x: torch.Tensor, flat: torch.Tensor, cx: torch.Tensor) -> torch.Tensor:
+        """Σ c·x (tokens, out) → y = scale·Σ c·x (+ offset·Σx) + bias, shaped like the input."""
+        y = cx * (self.weight_scale.float().reshape(1, -1) if self.weight_scale.dim() else self.weight_scale.float())
+        if self.weight_offset is not None:
+            y = y + flat.float().sum(-1, keepdim=True) * self.weight_offset.float().reshape(1, -1)
+        if self.bias is not None:
+            y = y + self.bias.float()
+        return y.to(x.dtype).view(*x.shape[:-1], self.out_features)
+
     def _matmul_lut(self, x: torch.Tensor) -> torch.Tensor:
         if self._planes is None:
             self._planes = pack.to_planes(self.packed_weight, self.bits, self.in_features)
         flat = x.reshape(-1, self.in_features).float()
         s = pack.lut_matmul(flat, self._planes, self.in_features)  # Σ u·x
         a, z = pack.signed_affine(self.bits)
-        xsum = flat.sum(-1, keepdim=True)
-        y = (a * s - z * xsum) * self.weight_scale.float().reshape(1, -1) if self.weight_scale.dim() \
-            else (a * s - z * xsum) * self.weight_scale.float()
-        if self.weight_offset is not None:
-            y = y + xsum * self.weight_offset.float().reshape(1, -1)
-        if self.bias is not None:
-            y = y + self.bias.float()
-        return y.to(x.dtype).view(*x.shape[:-1], self.out_features)
+        return self._finish(x, flat, a * s - z * flat.sum(-1, keepdim=True))
+
+    def _matmul_bf16(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, self.in_features)
+        codes = pack.unpack_codes_as(self.packed_weight, self.bits, self.in_features, torch.bfloat16)
+        with torch.autocast("cpu", enabled=False):
+            cx = F.linear(flat.to(torch.bfloat16), codes).float()
+        return self._finish(x, flat, cx)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_quantizer is not None:
@@ -138,9 +157,13 @@ class PackedLinear(_PackedWeight):
             if self._dense is None:
                 self._dense = self.dequantized_weight()
             y = self._matmul_dense(x, self._dense)
-        elif (not torch.jit.is_tracing() and not torch.onnx.is_in_onnx_export() and self.bits <= 4
-              and tokens <= self.lut_max_tokens):
+        elif torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            y = self._matmul_dense(x, self.dequantized_weight().to(x.dtype))
+        elif self.bits <= 4 and tokens <= self.lut_max_tokens:
             y = self._matmul_lut(x)
+        elif self.compute_dtype == "bfloat16" or (torch.is_autocast_enabled("cpu")
+                                                  and torch.get_autocast_dtype("cpu") == torch.bfloat16):
+            y = self._matmul_bf16(x)
         else:
             y = self._matmul_dense(x, self.dequantized_weight().to(x.dtype))
         if self.output_quantizer is not None:
@@ -149,7 +172,7 @@ class PackedLinear(_PackedWeight):
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, "
-                f"bias={self.bias is not None}, mode={self.mode}" + (", conv1d" if self.fan_in_fan_out else ""))
+                f"bias={self.bias is not None}, mode={self.mode}, compute_dtype={self.compute_dtype}" + (", conv1d" if self.fan_in_fan_out else ""))
 
 
 class PackedEmbedding(_PackedWeight):
