@@ -1,0 +1,259 @@
+"""Real compression: on-disk size of packed exports, and packed inference latency and memory.
+
+Part "size": BERT-base-shaped (random init; the size does not depend on the values) and the
+packaged MiniLM-L6, each as a sequence classifier (2 labels): the fp32 safetensors file written by
+``save_pretrained`` vs ``kronbit export`` files at several settings:
+  * recipe: what the TSPQ recipes quantize — the linear layers of the transformer blocks and the
+    word embeddings (per-row scales); everything else (position/token-type embeddings, pooler,
+    classifier, LayerNorms, biases, scales) stored in fp32;
+  * all: also the pooler and the position/token-type embeddings quantized, and scales plus the
+    remaining full-precision parts stored as float16;
+  * all, per-tensor scales: as "all" with one scale per linear weight instead of one per row.
+Targets (issue): binary ≥ 31.5x smaller than fp32 (BERT-base), ternary ≥ 15.5x.
+
+Part "latency": BERT-base-shaped classifier, forward only, one process, variants interleaved in
+rounds (medians): fp32 torch, fp32 torch under bf16 autocast, PyTorch int8 dynamic quantization
+(fbgemm), and packed W1A1 / W2A8 models (``kronbit.load_packed``) computing in fp32 (exact) or
+bf16. Shapes: batch 1 × seq 128, batch 32 × seq 128, batch 1 × seq 8 (the lookup-table kernel).
+Weight memory = bytes of parameters and buffers; resident memory = growth of the process's RSS
+when the model is loaded and run once, each variant in a fresh subprocess.
+Target (issue): packed ≤ 1.0x fp32 latency at batch 1 with ≥ 20x less weight memory.
+
+    python benchmarks/packed_export.py [--part size latency] [--rounds 3] [--redo]
+
+Run latency on an otherwise idle machine: two cores shared with another job halve everything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+
+from common import WORK, Results, md_table  # noqa: E402
+
+from kronbit import QuantConfig, quantize_  # noqa: E402
+from kronbit.export import export_packed, load_packed, module_bytes, size_report  # noqa: E402
+from kronbit.quant.api import BLOCK_LINEARS  # noqa: E402
+
+ALL_TARGETS = r".*(\.(layer|h|layers)\.\d+\..*|pooler\.dense|position_embeddings|token_type_embeddings)"
+SETTINGS = {  # name -> (QuantConfig kwargs, export dtype)
+    "recipe": ({"target_modules": BLOCK_LINEARS}, "float32"),
+    "all": ({"target_modules": ALL_TARGETS}, "float16"),
+    "all_tensor_scales": ({"target_modules": ALL_TARGETS, "granularity": "tensor"}, "float16"),
+}
+BITS = {"binary W1A1": (1, 1), "ternary W2A8": (2, 8)}
+
+
+def base_model(name: str):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    if name == "bert-base":
+        cfg = BertConfig(num_labels=2)  # BERT-base: 12 layers, hidden 768, vocab 30522
+        return BertForSequenceClassification(cfg).eval()
+    from kronbit.models import packaged_model_dir
+
+    return BertForSequenceClassification.from_pretrained(packaged_model_dir("minilm"), num_labels=2).eval()
+
+
+def size_part(res: Results, redo: bool) -> None:
+    for model_name in ("bert-base", "minilm-l6"):
+        work = WORK / "packed_export" / model_name
+        fp32_key = f"size/{model_name}/fp32"
+        if redo or not res.done(fp32_key):
+            m = base_model(model_name)
+            m.save_pretrained(work / "fp32")
+            f = work / "fp32" / "model.safetensors"
+            res.add(fp32_key, {"model": model_name, "setting": "fp32 save_pretrained", "bytes": f.stat().st_size,
+                               "mb": round(f.stat().st_size / 1e6, 3), "unit": "bytes / MB (1e6)",
+                               "parameters": sum(p.numel() for p in m.parameters())})
+        fp32_bytes = res.data["rows"][fp32_key]["bytes"]
+        for bits_name, (w, a) in BITS.items():
+            for setting, (kwargs, dtype) in SETTINGS.items():
+                key = f"size/{model_name}/{bits_name}/{setting}"
+                if res.done(key) and not redo:
+                    continue
+                m = base_model(model_name)
+                quantize_(m, QuantConfig(w_bits=w, a_bits=a, quantize_embeddings=True, **kwargs))
+                out = work / f"w{w}a{a}-{setting}"
+                export_packed(m, out, dtype=dtype)
+                r = size_report(out, in_memory=False)
+                res.add(key, {"model": model_name, "bits": bits_name, "setting": setting, "dtype": dtype,
+                              "bytes": r["disk_bytes"], "mb": r["disk_mb"], "mib": r["disk_mib"],
+                              "unit": "bytes / MB (1e6) / MiB", "ratio_vs_fp32_file": round(fp32_bytes / r["disk_bytes"], 2),
+                              "breakdown_mb": r["breakdown_mb"]})
+                print(key, res.data["rows"][key]["ratio_vs_fp32_file"], flush=True)
+                del m
+                gc.collect()
+
+
+LAT_SHAPES = [(1, 128), (32, 128), (1, 8)]
+
+
+def _variants(work: Path):
+    """name -> builder of the model (each built once, kept for the timing rounds)."""
+    def fp32():
+        return base_model("bert-base")
+
+    def int8_dynamic():
+        from torch.ao.quantization import quantize_dynamic
+
+        return quantize_dynamic(base_model("bert-base"), {torch.nn.Linear}, dtype=torch.qint8)
+
+    def packed(w, a, compute):
+        def build():
+            out = work / f"w{w}a{a}-recipe"
+            if not out.is_dir():
+                m = base_model("bert-base")
+                quantize_(m, QuantConfig(w_bits=w, a_bits=a, quantize_embeddings=True))
+                export_packed(m, out)
+            return load_packed(out, compute_dtype=compute)
+        return build
+
+    return {"fp32": (fp32, False), "fp32 + bf16 autocast": (fp32, True), "int8 dynamic (fbgemm)": (int8_dynamic, False),
+            "packed W1A1 fp32": (packed(1, 1, "float32"), False), "packed W1A1 bf16": (packed(1, 1, "bfloat16"), False),
+            "packed W2A8 bf16": (packed(2, 8, "bfloat16"), False)}
+
+
+def _time(model, ids, autocast: bool, reps: int) -> float:
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        model(input_ids=ids)  # warm-up (kernel build, caches)
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            model(input_ids=ids)
+    return (time.perf_counter() - t0) / reps
+
+
+def latency_part(res: Results, rounds: int, redo: bool) -> None:
+    work = WORK / "packed_export" / "bert-base"
+    variants = _variants(work)
+    built = {name: build() for name, (build, _) in variants.items()}
+    for batch, seq in LAT_SHAPES:
+        key = f"latency/b{batch}xs{seq}"
+        if res.done(key) and not redo:
+            continue
+        ids = torch.randint(1000, 20000, (batch, seq), generator=torch.Generator().manual_seed(0))
+        reps = 2 if batch * seq >= 4096 else 10
+        times: dict[str, list[float]] = {n: [] for n in variants}
+        for _ in range(rounds):
+            for name, (_, autocast) in variants.items():
+                times[name].append(_time(built[name], ids, autocast, reps))
+        med = {n: statistics.median(t) for n, t in times.items()}
+        res.add(key, {"batch": batch, "seq": seq, "unit": "ms per forward (median of rounds)",
+                      "ms": {n: round(1e3 * v, 3) for n, v in med.items()},
+                      "ratio_vs_fp32": {n: round(v / med["fp32"], 3) for n, v in med.items()},
+                      "rounds": rounds, "reps_per_round": reps, "threads": torch.get_num_threads()})
+        print(key, res.data["rows"][key]["ms"], flush=True)
+    key = "memory"
+    if redo or not res.done(key):
+        rows = {}
+        for name in variants:
+            weight = module_bytes(built[name]) if "int8" not in name else _int8_bytes(built[name])
+            rss = _resident(name)
+            rows[name] = {"weight_bytes": weight, "weight_mb": round(weight / 1e6, 2), "rss_growth_mb": rss}
+        fp = rows["fp32"]["weight_bytes"]
+        for r in rows.values():
+            r["weight_ratio_vs_fp32"] = round(fp / r["weight_bytes"], 2)
+        res.add(key, {"unit": "bytes / MB; rss_growth_mb = VmRSS after load + one batch-1 forward minus before",
+                      "variants": rows})
+
+
+def _int8_bytes(model) -> int:
+    """int8 dynamic quantization keeps packed weights outside parameters: count them."""
+    total = module_bytes(model)
+    for m in model.modules():
+        if hasattr(m, "_packed_params"):
+            w, b = m._packed_params._weight_bias()
+            total += w.int_repr().numel() + (0 if b is None else 4 * b.numel())
+    return total
+
+
+def _resident(name: str) -> float:
+    code = f"""
+import sys, gc, ctypes, torch
+sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})
+def rss():
+    for line in open('/proc/self/status'):
+        if line.startswith('VmRSS'):
+            return int(line.split()[1]) / 1024
+import packed_export as pe
+import kronbit.export, transformers
+before = rss()
+build, autocast = pe._variants(pe.WORK / 'packed_export' / 'bert-base')[{name!r}]
+m = build()
+gc.collect()
+try:
+    ctypes.CDLL('libc.so.6').malloc_trim(0)  # give freed construction memory back before measuring
+except OSError:
+    pass
+with torch.inference_mode(), torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
+    m(input_ids=torch.ones(1, 128, dtype=torch.long))
+print(round(rss() - before, 1))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr[-2000:])
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def render(res: Results) -> str:
+    rows = res.data["rows"]
+    parts = ["# Packed export: size on disk, latency, memory\n\nProduced by `python benchmarks/packed_export.py`; "
+             "commands, dates and machine in `packed_export.json`. Sizes are the safetensors files (fp32: "
+             "`save_pretrained`; others: `kronbit export`). Paper: binary BERT-base ~13.4 MB, 31x (BinaryBERT 16.5 MB); "
+             "the 1-bit limit is 32x.\n"]
+    size_rows = []
+    for key, r in rows.items():
+        if key.startswith("size/") and "ratio_vs_fp32_file" in r:
+            b = r["breakdown_mb"]
+            size_rows.append([r["model"], r["bits"], r["setting"], r["dtype"], r["mb"], r["ratio_vs_fp32_file"],
+                              b["embeddings"], b["encoder_weights"], b["scales"], b["full_precision"]])
+        elif key.startswith("size/"):
+            size_rows.append([r["model"], "fp32", "save_pretrained", "float32", r["mb"], 1.0, None, None, None, None])
+    if size_rows:
+        parts.append("## Size on disk (MB = 1e6 bytes)\n\n" + md_table(
+            ["model", "bits", "setting", "dtype", "file MB", "x smaller", "emb MB", "encoder MB", "scales MB",
+             "fp parts MB"], size_rows))
+    lat = [(k, r) for k, r in rows.items() if k.startswith("latency/")]
+    if lat:
+        names = list(lat[0][1]["ms"])
+        parts.append("## Latency (ms per forward, BERT-base shape, median; ratio to fp32 in brackets)\n\n" + md_table(
+            ["batch × seq", *names],
+            [[f"{r['batch']} × {r['seq']}", *[f"{r['ms'][n]:.1f} ({r['ratio_vs_fp32'][n]:.2f}x)" for n in names]]
+             for _, r in lat]))
+    if "memory" in rows:
+        v = rows["memory"]["variants"]
+        parts.append("## Memory (BERT-base shape)\n\n" + md_table(
+            ["variant", "weight MB", "x less than fp32", "RSS growth MB"],
+            [[n, r["weight_mb"], r["weight_ratio_vs_fp32"], r["rss_growth_mb"]] for n, r in v.items()]))
+    return "\n".join(parts)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--part", nargs="+", default=["size", "latency"], choices=["size", "latency"])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--redo", action="store_true")
+    args = ap.parse_args()
+    res = Results("packed_export", "packed export: on-disk size, latency and memory")
+    if "size" in args.part:
+        size_part(res, args.redo)
+        res.save(render(res))
+    if "latency" in args.part:
+        latency_part(res, args.rounds, args.redo)
+        res.save(render(res))
+
+
+if __name__ == "__main__":
+    main()
