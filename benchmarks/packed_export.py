@@ -173,9 +173,9 @@ def _int8_bytes(model) -> int:
     """int8 dynamic quantization keeps packed weights outside parameters: count them."""
     total = module_bytes(model)
     for m in model.modules():
-        if hasattr(m, "_packed_params"):
-            w, b = m._packed_params._weight_bias()
-            total += w.int_repr().numel() + (0 if b is None else 4 * b.numel())
+        if hasattr(m, "_packed_params") and callable(getattr(m, "weight", None)):
+            b = m.bias()
+            total += m.weight().int_repr().numel() + (0 if b is None else 4 * b.numel())
     return total
 
 
@@ -236,7 +236,11 @@ def render(res: Results) -> str:
         v = rows["memory"]["variants"]
         parts.append("## Memory (BERT-base shape)\n\n" + md_table(
             ["variant", "weight MB", "x less than fp32", "RSS growth MB"],
-            [[n, r["weight_mb"], r["weight_ratio_vs_fp32"], r["rss_growth_mb"]] for n, r in v.items()]))
+            [[n, r["weight_mb"], r["weight_ratio_vs_fp32"], r["rss_growth_mb"]] for n, r in v.items()])
+            + "\nWeight MB counts parameters and buffers (the int8 model's packed weights included). The packed "
+              "models here use the recipe setting (fp32 position embeddings, pooler, classifier, LayerNorms). RSS "
+              "growth also holds what loading leaves behind: the loader first builds the fp32 architecture from "
+              "config.json, and freed memory is not always returned to the OS.\n")
     return "\n".join(parts)
 
 
