@@ -139,8 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True,
                    help="a fine-tuned teacher for the task (run or model directory), or a base model "
                         "(then the recipe's teacher section fine-tunes it first)")
-    p.add_argument("--task", required=True)
-    p.add_argument("--data-dir", default=default_data or "hub")
+    p.add_argument("--task", help="GLUE task (tspq recipes); kngpt2 language-model recipes take none")
+    p.add_argument("--data-dir", default=default_data or "hub",
+                   help="GLUE TSV root (tspq) or the data root holding lm/ (kngpt2)")
     p.add_argument("--output-dir", required=True)
     p.add_argument("--max-steps", type=int, help="cap every stage at N steps (smoke runs)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

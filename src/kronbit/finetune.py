@@ -91,7 +91,7 @@ def glue_compute_metrics(task):
     return compute
 
 
-def build_callbacks(out: Path) -> list:
+def build_callbacks(out: Path, evaluate: bool = True) -> list:
     from transformers import TrainerCallback
 
     class RunLog(TrainerCallback):
@@ -118,16 +118,21 @@ def build_callbacks(out: Path) -> list:
                 control.should_save = True
             return control
 
-    return [RunLog(), EvaluateAtEnd()]
+    return [RunLog(), EvaluateAtEnd()] if evaluate else [RunLog()]
 
 
-def training_arguments(cfg: Any, out: Path, n_train: int, **extra):
-    """TrainingArguments shared by fine-tuning and distillation stages."""
+def training_arguments(cfg: Any, out: Path, n_train: int, evaluate: bool = True, **extra):
+    """TrainingArguments shared by fine-tuning and distillation stages. ``evaluate=False``
+    (language-model stages, scored by perplexity afterwards): no evaluation during training,
+    checkpoints every ``eval_every`` steps (default once per epoch) for resuming, no best-model
+    selection."""
     from transformers import TrainingArguments
 
     steps_per_epoch = max(1, math.ceil(n_train / cfg.batch_size))
     total = cfg.max_steps or math.ceil(steps_per_epoch * cfg.epochs)
     every = min(cfg.eval_every or steps_per_epoch, total)
+    if not evaluate:
+        extra = {"eval_strategy": "no", "load_best_model_at_end": False, **extra}
     return TrainingArguments(
         output_dir=str(out / "checkpoints"),
         per_device_train_batch_size=cfg.batch_size,
@@ -141,12 +146,12 @@ def training_arguments(cfg: Any, out: Path, n_train: int, **extra):
         use_cpu=not _has_cuda(),
         seed=cfg.seed,
         data_seed=cfg.seed,
-        eval_strategy="steps",
+        eval_strategy=extra.pop("eval_strategy", "steps"),
         eval_steps=every,
         save_strategy="steps",
         save_steps=every,
         save_total_limit=2,             # with load_best_model_at_end: the best and the latest
-        load_best_model_at_end=True,
+        load_best_model_at_end=extra.pop("load_best_model_at_end", True),
         logging_steps=max(1, min(50, every)),
         report_to="none",
         dataloader_num_workers=0,

@@ -68,6 +68,8 @@ class StageConfig(Config):
     learning_rate: float | None = None
     max_steps: int | None = None
     kd: dict[str, Any] | None = None  # per-stage KD weight overrides (merged onto the recipe's kd)
+    kron: dict[str, Any] | None = None       # kngpt2: KroneckerConfig keys (decompose this stage's start)
+    layerdrop: dict[str, Any] | None = None  # kngpt2: LayerDropConfig keys (keep / target_params)
 
     def validate(self) -> None:
         if not self.name or not self.name.replace("-", "").replace("_", "").isalnum():
@@ -79,7 +81,7 @@ class StageConfig(Config):
 @dataclass
 class Recipe(Config):
     name: str
-    method: Literal["tspq"] = "tspq"
+    method: Literal["tspq", "kngpt2"] = "tspq"   # tspq: GLUE stages; kngpt2: language-model stages
     description: str = ""
     recipe_version: int = 1
     teacher: TrainSettings = field(default_factory=lambda: TrainSettings(epochs=3.0))
@@ -88,24 +90,25 @@ class Recipe(Config):
     quant: dict[str, Any] = field(default_factory=dict)    # QuantConfig keys except the bits
     augment: dict[str, Any] = field(default_factory=dict)  # AugmentConfig keys
     stages: list[StageConfig] = field(default_factory=list)
+    lm: dict[str, Any] = field(default_factory=dict)          # kngpt2: LMDataConfig keys (training text)
+    perplexity: dict[str, Any] = field(default_factory=dict)  # kngpt2: PerplexityConfig keys (evaluation)
 
     def validate(self) -> None:
+        if self.method == "kngpt2":
+            from .lm_stage import validate_lm_recipe
+
+            validate_lm_recipe(self)
+            return
+        for s in self.stages:
+            if s.kron is not None or s.layerdrop is not None:
+                raise ConfigError(f"stage '{s.name}': kron / layerdrop stages need method: kngpt2")
         if self.recipe_version != 1:
             raise ConfigError(f"recipe_version {self.recipe_version} is not supported (this kronbit reads 1)")
         if not self.stages:
             raise ConfigError("a recipe needs at least one stage")
         seen: list[str] = []
-        all_names = [s.name for s in self.stages]
         for s in self.stages:
-            if s.name in seen:
-                raise ConfigError(f"stage name '{s.name}' is used twice")
-            if s.init_from not in RESERVED and s.init_from not in seen:
-                if s.init_from in all_names:
-                    raise ConfigError(f"stage '{s.name}': init_from '{s.init_from}' names a later stage; "
-                                      f"a stage can start only from teacher, previous, or an earlier stage")
-                choices = ", ".join([*RESERVED, *seen])
-                raise ConfigError(f"stage '{s.name}': init_from '{s.init_from}' names no earlier stage; "
-                                  f"choose one of: {choices}")
+            self.check_stage_order(s, seen)
             for key in ("quant",):
                 if "w_bits" in getattr(self, key) or "a_bits" in getattr(self, key):
                     raise ConfigError("quant: set w_bits / a_bits per stage, not in the quant section")
@@ -115,6 +118,18 @@ class Recipe(Config):
             seen.append(s.name)
         if any(s.augment for s in self.stages):
             self.augment_config()
+
+    def check_stage_order(self, s: StageConfig, seen: list[str]) -> None:
+        """Unique names; ``init_from`` names the teacher, the previous stage or an earlier one."""
+        if s.name in seen:
+            raise ConfigError(f"stage name '{s.name}' is used twice")
+        if s.init_from not in RESERVED and s.init_from not in seen:
+            if s.init_from in [x.name for x in self.stages]:
+                raise ConfigError(f"stage '{s.name}': init_from '{s.init_from}' names a later stage; "
+                                  f"a stage can start only from teacher, previous, or an earlier stage")
+            choices = ", ".join([*RESERVED, *seen])
+            raise ConfigError(f"stage '{s.name}': init_from '{s.init_from}' names no earlier stage; "
+                              f"choose one of: {choices}")
 
     # Validated sub-configs, built from the recipe's sections (one place for the merge rules).
     def quant_config(self, stage: StageConfig):
@@ -169,10 +184,17 @@ def stage_dir(out: Path, index: int, name: str) -> Path:
     return out / "stages" / f"{index + 1:02d}-{name}"
 
 
-def run_recipe(recipe: Recipe, *, model: str, task: str, data_dir: str, output_dir: str,
+def run_recipe(recipe: Recipe, *, model: str, task: str | None, data_dir: str, output_dir: str,
                max_steps: int | None = None, overwrite: bool = False, resume: bool = False,
                recipe_source: str | None = None) -> dict[str, Any]:
     """Run every stage of ``recipe``; returns the stage table."""
+    if recipe.method == "kngpt2":
+        from .lm_stage import run_lm_recipe
+
+        return run_lm_recipe(recipe, model=model, data_dir=data_dir, output_dir=output_dir, max_steps=max_steps,
+                             overwrite=overwrite, resume=resume, recipe_source=recipe_source)
+    if not task:
+        raise ConfigError(f"recipe '{recipe.name}' (method tspq) needs --task")
     from .checkpoint import compressed_dir, load_model
     from .data.glue import get_task, load_split
     from .finetune import FinetuneConfig, finetune
@@ -212,6 +234,20 @@ def run_recipe(recipe: Recipe, *, model: str, task: str, data_dir: str, output_d
     teacher_scores = read_meta(teacher_dir).get("dev_metrics", {})
 
     table = StageTable(out, t, teacher_scores)
+
+    def run_one(i: int, init_dir: Path, sdir: Path) -> dict[str, Any]:
+        return run_stage(recipe, i, init_dir=init_dir, teacher_dir=teacher_dir, stage_out=sdir, task=t,
+                         train_ex=train_ex, dev_ex=dev_ex, max_steps=max_steps, load_model=load_model, run_out=out)
+
+    run_stages(recipe, out, table, teacher_dir, run_one)
+    return table.as_dict()
+
+
+def run_stages(recipe: "Recipe", out: Path, table: "StageTable", teacher_ref: Path,
+               run_one) -> None:
+    """The stage loop every method shares: skip finished stages (their ``result.json``), start
+    each stage from the checkpoint its ``init_from`` names, record its row, and finally copy the
+    last stage's model to ``OUT/model``. ``run_one(index, init_dir, stage_dir) -> row``."""
     for i, stage in enumerate(recipe.stages):
         sdir = stage_dir(out, i, stage.name)
         if (sdir / "result.json").is_file():
@@ -219,10 +255,8 @@ def run_recipe(recipe: Recipe, *, model: str, task: str, data_dir: str, output_d
             log.info("stage %s already finished; skipping", stage.name)
             continue
         init = recipe.resolve_init(i)
-        init_dir = teacher_dir if init == "teacher" else stage_dir(out, _index(recipe, init), init) / "model"
-        row = run_stage(recipe, i, init_dir=init_dir, teacher_dir=teacher_dir, stage_out=sdir, task=t,
-                        train_ex=train_ex, dev_ex=dev_ex, max_steps=max_steps, load_model=load_model,
-                        run_out=out)
+        init_dir = teacher_ref if init == "teacher" else stage_dir(out, _index(recipe, init), init) / "model"
+        row = run_one(i, init_dir, sdir)
         row["init_from"] = init
         write_json(sdir / "result.json", row)
         table.add(row)
@@ -231,7 +265,6 @@ def run_recipe(recipe: Recipe, *, model: str, task: str, data_dir: str, output_d
     with atomic_dir(out / "model") as tmp:
         shutil.copytree(final, tmp, dirs_exist_ok=True)
     table.write()
-    return table.as_dict()
 
 
 def _cap(a: int | None, cap: int | None) -> int | None:
