@@ -19,3 +19,7 @@ class DataError(KronbitError):
 
 class ModelError(KronbitError):
     """A model path/id or checkpoint cannot be used."""
+
+
+class NumericalError(KronbitError):
+    """Training diverged (NaN/inf loss or gradients); the last good checkpoint is kept."""

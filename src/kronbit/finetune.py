@@ -118,7 +118,26 @@ def build_callbacks(out: Path, evaluate: bool = True) -> list:
                 control.should_save = True
             return control
 
-    return [RunLog(), EvaluateAtEnd()] if evaluate else [RunLog()]
+    class NumericalGuard(TrainerCallback):
+        """Stop before an optimizer step that would apply NaN/inf gradients (a NaN/inf loss gives
+        those too): the weights and the last checkpoint stay good, and the user gets one line."""
+
+        def on_pre_optimizer_step(self, args, state, control, model=None, **kw):
+            import torch
+
+            grads = [p.grad for p in model.parameters() if p.grad is not None] if model is not None else []
+            if grads and not bool(torch.isfinite(torch.stack([g.detach().abs().amax().float() for g in grads])).all()):
+                from . import rundir
+                from .errors import NumericalError
+
+                last = rundir.latest_checkpoint(Path(args.output_dir))
+                kept = f"the last good checkpoint is {last}" if last else "no checkpoint had been written yet"
+                raise NumericalError(f"training diverged at step {state.global_step + 1}: NaN/inf in the loss or "
+                                     f"gradients; stopped before updating the weights ({kept}); lower the learning "
+                                     "rate or check the data")
+
+    base = [RunLog(), NumericalGuard()]
+    return base + [EvaluateAtEnd()] if evaluate else base
 
 
 def training_arguments(cfg: Any, out: Path, n_train: int, evaluate: bool = True, **extra):
@@ -202,8 +221,8 @@ def finetune(cfg: FinetuneConfig, *, overwrite: bool = False, resume: bool = Fal
     trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=dev_ds,
                       data_collator=DataCollatorWithPadding(tokenizer),
                       compute_metrics=glue_compute_metrics(task), callbacks=build_callbacks(out))
-    has_ckpt = resume and any((out / "checkpoints").glob("checkpoint-*"))
-    trainer.train(resume_from_checkpoint=True if has_ckpt else None)
+    ckpt = rundir.latest_checkpoint(out / "checkpoints") if resume else None
+    trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
     final = trainer.evaluate()
     metrics = {k.removeprefix("eval_"): v for k, v in final.items()}
     wall = time.time() - start

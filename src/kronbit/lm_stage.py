@@ -182,15 +182,14 @@ def run_lm_stage(recipe, index: int, *, init, teacher, tokenizer, train_ds, eval
     from .kron import KroneckerConfig, kroneckerize_
     from .layerdrop import drop_layers, plan_for_params
     from .modules import count_parameters, recorded_transforms
+    from .recipe import resume_point
 
     stage = recipe.stages[index]
     settings = recipe.train_settings(stage, max_steps)
     kd = recipe.kd_config(stage)
     set_seed(settings.seed)
     start = time.time()
-    if stage_out.exists():  # an interrupted stage starts again from its init checkpoint
-        shutil.rmtree(stage_out)
-    stage_out.mkdir(parents=True)
+    ckpt = resume_point(stage_out)
 
     student = load_student(init)
     info: dict[str, Any] = {}
@@ -225,7 +224,7 @@ def run_lm_stage(recipe, index: int, *, init, teacher, tokenizer, train_ds, eval
     args = training_arguments(settings, stage_out, len(train_ds), evaluate=False)
     trainer = DistillationTrainer(model=student, args=args, train_dataset=train_ds, callbacks=build_callbacks(stage_out, evaluate=False),
                                   teacher=teacher, kd=kd)
-    trainer.train()
+    trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
     after = _ppl(trainer.model, tokenizer, eval_text, ppl_cfg)
     meta = {"kind": "student", "stage": stage.name, "method": recipe.method, "recipe": recipe.name,
             "source": str(source), "ppl": after["ppl"]}

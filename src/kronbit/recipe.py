@@ -229,7 +229,8 @@ def run_recipe(recipe: Recipe, *, model: str, task: str | None, data_dir: str, o
             settings["max_steps"] = _cap(recipe.teacher.max_steps, max_steps)
             fcfg = FinetuneConfig(model=model, task=t.name, output_dir=str(out / "teacher"), data_dir=str(data_dir),
                                   **settings)
-            finetune(fcfg, overwrite=True)
+            teacher_ckpt = rundir.latest_checkpoint(out / "teacher" / "checkpoints")
+            finetune(fcfg, overwrite=teacher_ckpt is None, resume=teacher_ckpt is not None)
             rundir.attach_log_file(out / "train.log")
     teacher_scores = read_meta(teacher_dir).get("dev_metrics", {})
 
@@ -267,6 +268,20 @@ def run_stages(recipe: "Recipe", out: Path, table: "StageTable", teacher_ref: Pa
     table.write()
 
 
+def resume_point(stage_out: Path) -> Path | None:
+    """Where an interrupted stage continues: its newest complete Trainer checkpoint (weights,
+    learned quantizer scales, optimizer, scheduler, RNG states and data position), or None — then
+    the stage starts again from its init checkpoint in a clean directory."""
+    ckpt = rundir.latest_checkpoint(stage_out / "checkpoints")
+    if ckpt is not None:
+        log.info("stage %s: resuming from %s", stage_out.name, ckpt.name)
+        return ckpt
+    if stage_out.exists():
+        shutil.rmtree(stage_out)
+    stage_out.mkdir(parents=True)
+    return None
+
+
 def _cap(a: int | None, cap: int | None) -> int | None:
     if cap is None:
         return a
@@ -294,9 +309,7 @@ def run_stage(recipe: Recipe, index: int, *, init_dir: Path, teacher_dir: Path, 
     qcfg = recipe.quant_config(stage)
     set_seed(settings.seed)
     start = time.time()
-    if stage_out.exists():  # a stage interrupted earlier starts again from its init checkpoint
-        shutil.rmtree(stage_out)
-    stage_out.mkdir(parents=True)
+    ckpt = resume_point(stage_out)
 
     tokenizer = load_tokenizer(teacher_dir)
     student = load_model(init_dir)
@@ -328,7 +341,7 @@ def run_stage(recipe: Recipe, index: int, *, init_dir: Path, teacher_dir: Path, 
         data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=glue_compute_metrics(task),
         callbacks=build_callbacks(stage_out), teacher=teacher, kd=kd, regression=task.is_regression,
         lr_multipliers=_scale_multipliers(settings.scale_lr_multiplier))
-    trainer.train()
+    trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
     metrics = {k.removeprefix("eval_"): v for k, v in trainer.evaluate().items()}
     meta = {"kind": "compressed", "task": task.name, "stage": stage.name, "method": recipe.method,
             "recipe": recipe.name, "dev_metrics": {m: metrics[m] for m in task.metrics}}

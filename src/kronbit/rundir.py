@@ -63,3 +63,17 @@ def attach_log_file(path: Path) -> None:
     console.setLevel(logging.WARNING)
     console._kronbit_file = True  # type: ignore[attr-defined]
     logger.addHandler(console)
+
+
+def latest_checkpoint(checkpoints: Path) -> Path | None:
+    """The newest complete Trainer checkpoint (``checkpoint-N`` with its ``trainer_state.json``,
+    which the Trainer writes last) under ``checkpoints``, or None. A checkpoint cut short by a
+    kill has no trainer state and is skipped."""
+    if not checkpoints.is_dir():
+        return None
+    done = []
+    for d in checkpoints.glob("checkpoint-*"):
+        step = d.name.rsplit("-", 1)[-1]
+        if step.isdigit() and (d / "trainer_state.json").is_file() and any(d.glob("*.safetensors")):
+            done.append((int(step), d))
+    return max(done)[1] if done else None
