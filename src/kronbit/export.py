@@ -48,11 +48,18 @@ def _dtype(name: str) -> torch.dtype:
 def pack_model_(model: nn.Module, mode: str = "packed") -> dict[str, dict[str, Any]]:
     """Swap every quantized module with quantized weights for its packed form, in place; return
     the ``packed`` description (name → kind, bits, scale layout) that rebuilds the same shells."""
+    from .quant.kron_layers import QuantKroneckerLinear
     from .quant.layers import FULL, QuantEmbedding, QuantLinear
-    from .quant.packed import PackedEmbedding, PackedLinear
+    from .quant.packed import PackedEmbedding, PackedKroneckerLinear, PackedLinear
 
     info: dict[str, dict[str, Any]] = {}
     for name, m in list(model.named_modules()):
+        if isinstance(m, QuantKroneckerLinear) and m.w_bits < FULL:
+            new = PackedKroneckerLinear.from_quant(m)
+            info[name] = {"kind": "kron_linear", "bits": m.w_bits, "per_row": new.a_scale.dim() > 0,
+                          "has_offset": new.a_offset is not None}
+            set_submodule(model, name, new)
+            continue
         if isinstance(m, QuantLinear) and m.w_bits < FULL:
             new = PackedLinear.from_quant(m, mode=mode)
             info[name] = {"kind": "linear", "bits": m.w_bits, "per_row": new.weight_scale.dim() > 0,
@@ -141,8 +148,9 @@ def load_packed(path: str | Path, mode: str = "packed", compute_dtype: str = "fl
     from safetensors.torch import load_file
 
     from .checkpoint import apply_transform, build_base
+    from .quant.kron_layers import QuantKroneckerLinear
     from .quant.layers import QuantEmbedding, QuantLinear
-    from .quant.packed import PackedEmbedding, PackedLinear
+    from .quant.packed import PackedEmbedding, PackedKroneckerLinear, PackedLinear
 
     d = packed_dir(path)
     if d is None:
@@ -162,6 +170,8 @@ def load_packed(path: str | Path, mode: str = "packed", compute_dtype: str = "fl
         q = modules.get(name)
         if info["kind"] == "linear" and isinstance(q, QuantLinear):
             new = PackedLinear.shell_of(q, info["bits"], info["per_row"], info["has_offset"], mode, compute_dtype)
+        elif info["kind"] == "kron_linear" and isinstance(q, QuantKroneckerLinear):
+            new = PackedKroneckerLinear.shell_of(q, info["bits"], info["per_row"], info["has_offset"])
         elif info["kind"] == "embedding" and isinstance(q, QuantEmbedding):
             new = PackedEmbedding(q.num_embeddings, q.embedding_dim, info["bits"], q.padding_idx, info["has_offset"])
         else:
@@ -210,11 +220,11 @@ def _safetensors_header(path: Path) -> dict[str, Any]:
 def _category(name: str, packed_names: set[str]) -> str:
     module = name.rsplit(".", 1)[0]
     leaf = name.rsplit(".", 1)[-1]
-    if leaf in ("weight_scale", "weight_offset") or "_quantizer." in name:
+    if leaf in ("weight_scale", "weight_offset", "a_scale", "a_offset", "b_scale", "b_offset") or "_quantizer." in name:
         return "scales"
     if "embed" in name or module.endswith(("wte", "wpe")):
         return "embeddings"
-    if leaf == "packed_weight" or (leaf in ("a", "b") and module not in packed_names):
+    if leaf in ("packed_weight", "packed_a", "packed_b") or (leaf in ("a", "b") and module not in packed_names):
         return "encoder_weights"
     if leaf == "weight" and ("layer." in name or ".h." in name or "layers." in name) and "LayerNorm" not in name \
             and "norm" not in module.rsplit(".", 1)[-1].lower():

@@ -184,3 +184,31 @@ def test_bf16_path_is_close(make_bert, tmp_path, bits):
     got = _logits(load_packed(tmp_path / "p", compute_dtype="bfloat16"), ids)
     # bf16 inputs and products: ~3 significant digits per layer
     torch.testing.assert_close(got, _logits(model, ids), rtol=0.05, atol=0.05)
+
+
+@pytest.mark.parametrize("bits", [1, 2, 8])
+def test_quantized_kronecker_factors_train_and_export_exactly(make_gpt2, tmp_path, bits):
+    from kronbit.quant import quant_state, set_bits_
+    from kronbit.quant.kron_layers import QuantKroneckerLinear
+    from kronbit.quant.size import estimate_size
+
+    model = make_gpt2()
+    kroneckerize_(model, {"compression": 2, "layers": "all"})
+    dense_kron_bytes = estimate_size(model)["total_bytes"]
+    quantize_(model, QuantConfig(w_bits=4, a_bits=8))
+    qk = [m for m in model.modules() if isinstance(m, QuantKroneckerLinear)]
+    assert qk and all(isinstance(m.a, torch.nn.Parameter) for m in qk)
+    set_bits_(model, w_bits=bits, a_bits=8)  # the progressive schedule works on Kronecker factors too
+    assert {s["w_bits"] for s in quant_state(model).values()} == {bits}
+    # the factors get gradients through the fake quantizers
+    ids = _ids(shape=(2, 16), vocab=100)
+    model.train()
+    model(input_ids=ids, labels=ids).loss.backward()
+    assert all(m.a.grad is not None and m.b.grad is not None for m in qk)
+    model.eval()
+    want = _logits(model, ids)
+    desc = export_packed(model, tmp_path / "qk")
+    assert [t["kind"] for t in desc["transforms"]] == ["kron", "quant"]
+    assert {v["kind"] for v in desc["packed"].values()} == {"kron_linear"}
+    assert torch.equal(_logits(load_packed(tmp_path / "qk"), ids), want)
+    assert estimate_size(model)["total_bytes"] < dense_kron_bytes

@@ -23,6 +23,8 @@ from ..config import Config
 from ..errors import ConfigError
 from ..modules import (TRANSFORMS_ATTR, FilterFn, find_modules, forget_transforms, is_linear_like, record_transform, set_submodule,
                        swap_modules)
+from ..kron.layers import KroneckerLinear
+from .kron_layers import QuantKroneckerLinear
 from .layers import FULL, QuantEmbedding, QuantLinear, QuantOptions
 from .quantizers import ACT_QUANTIZERS, SCALE_PARAM_SUFFIXES, WEIGHT_QUANTIZERS, check_quantizer
 
@@ -88,13 +90,15 @@ def quantize_(model: nn.Module, config: QuantConfig, filter_fn: FilterFn | None 
     ``filter_fn(module, name)`` can veto individual matches. Quantizing an already quantized
     model again only touches layers that are still plain."""
     targets = config.target_modules
-    if not find_modules(model, targets, filter_fn, is_linear_like) and quantized_modules(model):
+    if not find_modules(model, targets, filter_fn, _linear_or_embedding) and quantized_modules(model):
         raise ConfigError(f"{type(model).__name__} is already quantized; change bits with set_bits_, "
                           "or dequantize_ first")
 
-    def build(name: str, module: nn.Module) -> QuantLinear | QuantEmbedding:
+    def build(name: str, module: nn.Module) -> nn.Module:
         if isinstance(module, nn.Embedding):  # an embedding named in target_modules (e.g. positions)
             return QuantEmbedding.from_module(module, config)
+        if isinstance(module, KroneckerLinear):  # quantized Kronecker factors
+            return QuantKroneckerLinear.from_module(module, config)
         quantize_output = config.quantize_attention and name.rsplit(".", 1)[-1] in ATTENTION_INPUTS
         return QuantLinear.from_module(module, config, quantize_output=quantize_output)
 
@@ -115,12 +119,14 @@ def quantize_(model: nn.Module, config: QuantConfig, filter_fn: FilterFn | None 
 
 
 def _linear_or_embedding(module: nn.Module) -> bool:
-    return is_linear_like(module) or (isinstance(module, nn.Embedding) and not isinstance(module, QuantEmbedding))
+    return (is_linear_like(module) or isinstance(module, KroneckerLinear)
+            or (isinstance(module, nn.Embedding) and not isinstance(module, QuantEmbedding)))
 
 
 def quantized_modules(model: nn.Module) -> list[tuple[str, QuantLinear | QuantEmbedding]]:
     """(name, module) of every QuantLinear / QuantEmbedding, in model order."""
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, (QuantLinear, QuantEmbedding))]
+    return [(n, m) for n, m in model.named_modules()
+            if isinstance(m, (QuantLinear, QuantEmbedding, QuantKroneckerLinear))]
 
 
 def set_bits_(model: nn.Module, w_bits: int | None, a_bits: int | None) -> list[str]:
@@ -135,7 +141,7 @@ def set_bits_(model: nn.Module, w_bits: int | None, a_bits: int | None) -> list[
         raise ConfigError("set_bits_: the model has no quantized modules; call quantize_ first")
     for _, m in mods:  # e.g. an explicit weight_quantizer 'twn' cannot do 4 bits
         check_quantizer("weight_quantizer", m.options.weight_quantizer, w_bits, WEIGHT_QUANTIZERS, "w_bits")
-        if isinstance(m, QuantLinear):
+        if isinstance(m, (QuantLinear, QuantKroneckerLinear)):
             check_quantizer("act_quantizer", m.options.act_quantizer, a_bits, ACT_QUANTIZERS, "a_bits")
     for _, m in mods:
         m.set_bits(w_bits, a_bits)
@@ -151,7 +157,7 @@ def dequantize_(model: nn.Module, drop_activation_quantizers: bool = False) -> l
     as no activations are quantized. A plain layer cannot quantize its input, so with quantized
     activations this refuses unless ``drop_activation_quantizers=True``."""
     mods = quantized_modules(model)
-    active = [n for n, m in mods if isinstance(m, QuantLinear) and m.a_bits < FULL]
+    active = [n for n, m in mods if isinstance(m, (QuantLinear, QuantKroneckerLinear)) and m.a_bits < FULL]
     if active and not drop_activation_quantizers:
         raise ConfigError(f"dequantize_: {len(active)} layers quantize activations (a_bits={mods[0][1].a_bits}), "
                           "which plain layers cannot; pass drop_activation_quantizers=True to drop them")
@@ -166,7 +172,7 @@ def quant_state(model: nn.Module) -> dict[str, dict[str, Any]]:
     precision). For reports and for checking a schedule did what it should."""
     state = {}
     for name, m in quantized_modules(model):
-        is_linear = isinstance(m, QuantLinear)
+        is_linear = isinstance(m, (QuantLinear, QuantKroneckerLinear))
         state[name] = {"kind": type(m).__name__, "w_bits": m.w_bits, "a_bits": m.a_bits,
                        "weight_quantizer": m.weight_quantizer_name,
                        "act_quantizer": m.act_quantizer_name if is_linear else None,

@@ -203,3 +203,61 @@ class PackedEmbedding(_PackedWeight):
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}, bits={self.bits}, padding_idx={self.padding_idx}"
+
+
+class PackedKroneckerLinear(nn.Module):
+    """A quantized Kronecker layer with packed factor codes: the factors are dequantized (they are
+    small) and contracted as in ``KroneckerLinear``, so outputs equal the fake-quant layer's."""
+
+    def __init__(self, in_features: int, out_features: int, a_shape, b_shape, rank: int, bits: int, *,
+                 bias: bool = True, order: str = "b_first", per_row: bool = True, has_offset: bool = False):
+        super().__init__()
+        self.in_features, self.out_features, self.bits, self.order = in_features, out_features, bits, order
+        self.a_shape, self.b_shape, self.rank = tuple(a_shape), tuple(b_shape), rank
+        pdtype = torch.int8 if bits == 8 else torch.uint8
+        for f, (m, n) in (("a", self.a_shape), ("b", self.b_shape)):
+            scale_shape = (rank, 1, 1) if per_row else ()
+            self.register_buffer(f"packed_{f}", torch.zeros(rank, m, pack.packed_cols(n, bits), dtype=pdtype))
+            self.register_buffer(f"{f}_scale", torch.ones(scale_shape))
+            self.register_buffer(f"{f}_offset", torch.zeros(scale_shape) if has_offset else None)
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+        self.register_module("input_quantizer", None)
+
+    @classmethod
+    def from_quant(cls, q) -> "PackedKroneckerLinear":
+        codes = q.factor_codes()
+        (_, sa, oa) = codes["a"]
+        m = cls(q.in_features, q.out_features, q.a_shape, q.b_shape, q.rank, q.w_bits, bias=q.bias is not None,
+                order=q.order, per_row=sa.dim() > 0, has_offset=oa is not None)
+        for f, (c, s, o) in codes.items():
+            setattr(m, f"packed_{f}", pack.pack_codes(c, q.w_bits))
+            setattr(m, f"{f}_scale", s.detach().float().clone())
+            setattr(m, f"{f}_offset", None if o is None else o.detach().float().clone())
+        if q.bias is not None:
+            m.bias = nn.Parameter(q.bias.detach().clone())
+        m.input_quantizer = q.input_quantizer
+        return m
+
+    @classmethod
+    def shell_of(cls, q, bits: int, per_row: bool, has_offset: bool) -> "PackedKroneckerLinear":
+        m = cls(q.in_features, q.out_features, q.a_shape, q.b_shape, q.rank, bits, bias=q.bias is not None,
+                order=q.order, per_row=per_row, has_offset=has_offset)
+        m.input_quantizer = q.input_quantizer
+        return m
+
+    def factor(self, f: str) -> torch.Tensor:
+        n = (self.a_shape if f == "a" else self.b_shape)[1]
+        w = pack.unpack_codes(getattr(self, f"packed_{f}"), self.bits, n).float() * getattr(self, f"{f}_scale").float()
+        offset = getattr(self, f"{f}_offset")
+        return w if offset is None else w + offset.float()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from ..kron.layers import kron_linear
+
+        if self.input_quantizer is not None:
+            x = self.input_quantizer(x)
+        return kron_linear(x, self.factor("a").to(x.dtype), self.factor("b").to(x.dtype), self.bias, self.order)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, A={self.a_shape}, " \
+               f"B={self.b_shape}, rank={self.rank}, bits={self.bits}"
