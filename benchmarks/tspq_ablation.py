@@ -31,6 +31,8 @@ VARIANTS = {  # name -> overrides of the w1a1 stage (index 4)
     "lr 2e-4": ["stages.4.learning_rate=2e-4"],
     "prob KL + lr 2e-4": ["kd.attention_loss=prob_kl", "stages.4.learning_rate=2e-4"],
     "no attention KD + lr 2e-4": ["kd.attention=0", "stages.4.learning_rate=2e-4"],
+    "no attention KD": ["kd.attention=0"],
+    "logits KD only + lr 2e-4": ["kd.attention=0", "kd.hidden=0", "kd.embedding=0", "stages.4.learning_rate=2e-4"],
 }
 
 
