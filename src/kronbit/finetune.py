@@ -30,12 +30,11 @@ from .models import KRONBIT_META, load_classifier, load_tokenizer, resolve_model
 log = logging.getLogger("kronbit")
 
 
-@dataclass
-class FinetuneConfig(Config):
-    model: str
-    task: str
-    output_dir: str
-    data_dir: str = "hub"          # a GLUE TSV root (CoLA/, SST-2/, ...) or "hub"
+@dataclass(kw_only=True)
+class TrainingOptions(Config):
+    """How a model trains: shared by fine-tuning (``FinetuneConfig``) and recipe stages
+    (``recipe.TrainSettings``), validated by one set of checks."""
+
     epochs: float = 3.0
     max_steps: int | None = None   # caps training; overrides epochs when set
     seed: int = 42
@@ -47,7 +46,18 @@ class FinetuneConfig(Config):
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
     train_subset: int | None = None  # seeded random subset of the training split (budgets)
-    eval_every: int | None = None    # steps between evaluations; default once per epoch
+    eval_every: int | None = None    # steps between evaluations (and checkpoints); default once per epoch
+
+    def validate(self) -> None:
+        check_training(self)
+
+
+@dataclass(kw_only=True)
+class FinetuneConfig(TrainingOptions):
+    model: str
+    task: str
+    output_dir: str
+    data_dir: str = "hub"          # a GLUE TSV root (CoLA/, SST-2/, ...) or "hub"
     keep_checkpoints: bool = False   # keep Trainer checkpoints after a successful run
     trust_remote_code: bool = False
 

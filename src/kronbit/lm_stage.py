@@ -28,6 +28,7 @@ from typing import Any
 from . import rundir
 from .config import Config
 from .errors import ConfigError
+from .recipe import StageRows
 
 log = logging.getLogger("kronbit")
 
@@ -241,19 +242,12 @@ def run_lm_stage(recipe, index: int, *, init, teacher, tokenizer, train_ds, eval
             "steps": trainer.state.global_step, "wall_time_s": round(time.time() - start, 1), **info}
 
 
-class LMStageTable:
+class LMStageTable(StageRows):
     """The stage table of a language-model recipe: parameters, perplexity before/after, tokens."""
 
     def __init__(self, out: Path):
-        self.out = out
+        super().__init__(out)
         self.teacher: dict[str, Any] = {}
-        self.rows: list[dict[str, Any]] = []
-
-    def load(self, path: Path) -> None:
-        self.rows.append(json.loads(path.read_text()))
-
-    def add(self, row: dict[str, Any]) -> None:
-        self.rows.append(row)
 
     def as_dict(self) -> dict[str, Any]:
         return {"metric": "ppl", "teacher": self.teacher, "stages": self.rows}

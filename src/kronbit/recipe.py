@@ -24,6 +24,7 @@ from . import rundir
 from .config import Config, apply_overrides, load_yaml
 from .distill.losses import KDConfig
 from .errors import ConfigError, KronbitError
+from .finetune import TrainingOptions
 from .io import atomic_dir, write_json, write_text
 
 log = logging.getLogger("kronbit")
@@ -31,28 +32,16 @@ log = logging.getLogger("kronbit")
 RESERVED = ("teacher", "previous")
 
 
-@dataclass
-class TrainSettings(Config):
+@dataclass(kw_only=True)
+class TrainSettings(TrainingOptions):
     """How one stage trains (each stage may override epochs / learning_rate / max_steps)."""
 
     epochs: float = 1.0
-    max_steps: int | None = None
-    learning_rate: float = 5e-5
-    batch_size: int = 32
-    eval_batch_size: int = 128
-    max_seq_length: int = 128
-    warmup_ratio: float = 0.1
-    weight_decay: float = 0.01
     bf16: bool = True
-    seed: int = 42
-    train_subset: int | None = None
-    eval_every: int | None = None
     scale_lr_multiplier: float = 1.0  # learning-rate multiplier for learnable quantizer scales
 
     def validate(self) -> None:
-        from .finetune import check_training
-
-        check_training(self)
+        super().validate()
         if self.scale_lr_multiplier <= 0:
             raise ConfigError(f"scale_lr_multiplier must be > 0, got {self.scale_lr_multiplier}")
 
@@ -365,11 +354,12 @@ def _scale_multipliers(mult: float) -> dict[str, float] | None:
     return {suffix: mult for suffix in SCALE_PARAM_SUFFIXES}
 
 
-class StageTable:
-    """The stage table (bits, size, dev metric, wall time) as JSON, markdown and a plot."""
+class StageRows:
+    """Rows of finished stages (loaded from ``result.json`` or added as stages finish); each
+    method's table renders them (``write``)."""
 
-    def __init__(self, out: Path, task, teacher_scores: dict[str, float]):
-        self.out, self.task, self.teacher = out, task, teacher_scores
+    def __init__(self, out: Path):
+        self.out = out
         self.rows: list[dict[str, Any]] = []
 
     def load(self, path: Path) -> None:
@@ -379,6 +369,17 @@ class StageTable:
 
     def add(self, row: dict[str, Any]) -> None:
         self.rows.append(row)
+
+    def write(self) -> None:
+        raise NotImplementedError
+
+
+class StageTable(StageRows):
+    """The TSPQ stage table (bits, size, dev metric, wall time) as JSON, markdown and a plot."""
+
+    def __init__(self, out: Path, task, teacher_scores: dict[str, float]):
+        super().__init__(out)
+        self.task, self.teacher = task, teacher_scores
 
     def as_dict(self) -> dict[str, Any]:
         return {"task": self.task.name, "primary_metric": self.task.primary_metric,
