@@ -7,6 +7,7 @@ target are on the same filesystem, which a sibling temp file guarantees.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -29,8 +30,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp_path
         os.replace(tmp_path, path)
-    except BaseException:
+    except BaseException as e:
         tmp_path.unlink(missing_ok=True)
+        _raise_if_disk_full(e, path)
         raise
 
 
@@ -59,8 +61,9 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        _raise_if_disk_full(e, path)
         raise
     old = None
     if path.exists():
@@ -71,3 +74,12 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     os.replace(tmp, path)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _raise_if_disk_full(e: BaseException, path: Path) -> None:
+    """A full disk is the user's to fix, not a kronbit bug: one line, and the old output stays."""
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        from .errors import KronbitError
+
+        raise KronbitError(f"disk full while writing {path}; the previous version (if any) is kept — "
+                           "free some space and run again") from None
