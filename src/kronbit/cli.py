@@ -44,7 +44,10 @@ def cmd_finetune(args: argparse.Namespace) -> int:
                                "train_subset"])
     cfg = FinetuneConfig.from_dict(data, where="finetune config")
     result = finetune(cfg, overwrite=args.overwrite, resume=args.resume)
-    print(json.dumps(result))
+    from .distributed import is_main_process
+
+    if is_main_process():
+        print(json.dumps(result))
     return 0
 
 

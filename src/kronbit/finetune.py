@@ -184,6 +184,9 @@ def training_arguments(cfg: Any, out: Path, n_train: int, evaluate: bool = True,
         logging_steps=max(1, min(50, every)),
         report_to="none",
         dataloader_num_workers=0,
+        # kronbit's losses (task and distillation) are means over the local batch; with this left
+        # on, the Trainer scales them by the number of processes under DDP, doubling gradients.
+        average_tokens_across_devices=False,
         **extra,
     )
 
@@ -245,10 +248,14 @@ def finetune(cfg: FinetuneConfig, *, overwrite: bool = False, resume: bool = Fal
     meta = {"kronbit_version": __version__, "kind": "teacher", "task": task.name,
             "source_model": str(cfg.model), "data": "hub" if is_hub(cfg.data_dir) else "glue-tsv",
             "dev_metrics": {m: metrics[m] for m in task.metrics}}
-    save_model(trainer.model, tokenizer, out / "model", meta)
-    write_json(out / "metrics.json", result)
-    if not cfg.keep_checkpoints:
-        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    from . import distributed
+
+    if distributed.is_main_process():  # under torchrun: written once
+        save_model(trainer.model, tokenizer, out / "model", meta)
+        write_json(out / "metrics.json", result)
+        if not cfg.keep_checkpoints:
+            shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    distributed.barrier()
     log.info("done in %.0fs: %s", wall, result)
     return result
 

@@ -177,6 +177,13 @@ def run_recipe(recipe: Recipe, *, model: str, task: str | None, data_dir: str, o
                max_steps: int | None = None, overwrite: bool = False, resume: bool = False,
                recipe_source: str | None = None) -> dict[str, Any]:
     """Run every stage of ``recipe``; returns the stage table."""
+    from . import distributed
+
+    if distributed.world_size() > 1:
+        # Stage directories are created and cleaned between Trainer runs, outside any process
+        # group; until that is coordinated, refuse rather than let processes race on them.
+        raise KronbitError("kronbit run does not support multi-process launches yet; run it in one process "
+                           "(kronbit finetune runs under torchrun / accelerate launch)")
     if recipe.method == "kngpt2":
         from .lm_stage import run_lm_recipe
 

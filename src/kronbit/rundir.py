@@ -27,7 +27,12 @@ log = logging.getLogger("kronbit")
 
 
 def prepare(output_dir: str | Path, config: dict, *, overwrite: bool = False, resume: bool = False) -> Path:
+    from . import distributed
+
     out = Path(output_dir)
+    if not distributed.is_main_process():  # the main process checks and creates; the others wait
+        distributed.wait_until_prepared(out)
+        return out
     if out.exists() and not out.is_dir():
         raise KronbitError(f"output path exists and is a file: {out}")
     existing = out.is_dir() and any(out.iterdir())
@@ -43,6 +48,7 @@ def prepare(output_dir: str | Path, config: dict, *, overwrite: bool = False, re
     out.mkdir(parents=True, exist_ok=True)
     write_yaml(out / "config.yaml", {"kronbit_version": __version__, **config})
     attach_log_file(out / "train.log")
+    distributed.mark_prepared(out)
     return out
 
 
