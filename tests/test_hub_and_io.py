@@ -55,7 +55,10 @@ def test_hub_route_without_datasets(monkeypatch):
 def test_write_json_is_atomic_on_failure(tmp_path):
     path = tmp_path / "m.json"
     write_json(path, {"a": 1})
-    with pytest.raises(OSError):
+    from kronbit.errors import KronbitError
+
+    # a full disk is reported as a user-facing error (one line), and the old file stays
+    with pytest.raises(KronbitError, match="disk full while writing .*m.json; the previous version"):
         with atomic_path(path) as tmp:
             tmp.write_text('{"a": 2, "b": [')  # half written, then the disk fills
             raise OSError(28, "No space left on device")
