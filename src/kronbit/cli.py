@@ -76,7 +76,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     table = run_recipe(recipe, model=args.model, task=args.task, data_dir=args.data_dir,
                        output_dir=args.output_dir, max_steps=args.max_steps, overwrite=args.overwrite,
                        resume=args.resume, recipe_source=str(args.recipe))
-    print(json.dumps(table))
+    from .distributed import is_main_process
+
+    if is_main_process():
+        print(json.dumps(table))
     return 0
 
 
@@ -199,6 +202,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        from .distributed import init
+
+        init()  # join a torchrun / accelerate launch's process group (no-op otherwise)
         return args.func(args)
     except KronbitError as e:
         print(f"kronbit: error: {e}", file=sys.stderr)

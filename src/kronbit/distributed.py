@@ -1,22 +1,16 @@
 """Multi-process runs through the existing engine (torchrun / Accelerate launch, DDP via the
 Hugging Face Trainer). kronbit adds no training engine of its own; it only makes sure that the
-work around the Trainer — creating the run directory, writing metrics, saving the final model —
-happens once, on the main process, while the other processes wait.
+work around the Trainer — creating run and stage directories, writing metrics and tables, saving
+models — happens once, on the main process, while the others wait at a barrier.
 
-The process group does not exist yet when the run directory is prepared (the Trainer creates it
-later), so the first rendezvous is a marker file: the main process writes the run directory and a
-marker holding the launcher's run id; the others wait for that marker.
+The process group is created at the start of a command (``init``), before any directory is
+touched, with the backend the Trainer would pick (NCCL on GPUs, gloo on CPU); Accelerate then uses
+that group instead of creating its own.
 """
 
 from __future__ import annotations
 
 import os
-import time
-from pathlib import Path
-
-from .errors import KronbitError
-
-MARKER = ".kronbit-launch"
 
 
 def rank() -> int:
@@ -31,34 +25,43 @@ def is_main_process() -> bool:
     return rank() == 0
 
 
-def launch_id() -> str:
-    """The same string on every process of one launch (torchrun sets TORCHELASTIC_RUN_ID)."""
-    return os.environ.get("TORCHELASTIC_RUN_ID") or os.environ.get("MASTER_PORT", "") + "-" + str(world_size())
+def init() -> None:
+    """Join the launcher's process group (a no-op in a single process)."""
+    if world_size() <= 1:
+        return
+    import torch
+    import torch.distributed as dist
 
-
-def mark_prepared(out: Path) -> None:
-    if world_size() > 1:
-        (out / MARKER).write_text(launch_id())
-
-
-def wait_until_prepared(out: Path, timeout: float = 600.0) -> None:
-    """Non-main processes: wait for the main process to have prepared ``out`` for this launch."""
-    deadline = time.time() + timeout
-    marker = out / MARKER
-    while True:
-        try:
-            if marker.read_text() == launch_id():
-                return
-        except OSError:
-            pass
-        if time.time() > deadline:
-            raise KronbitError(f"process {rank()}: the main process did not prepare {out} within {timeout:.0f}s")
-        time.sleep(0.1)
+    if dist.is_available() and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
 
 
 def barrier() -> None:
-    """Wait for every process (a no-op in a single process or before the process group exists)."""
+    """Wait for every process (a no-op in a single process)."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+def on_main(fn, *args, **kwargs):
+    """Run ``fn`` on the main process only (directory checks and writes); the others wait and
+    get its result. A user error there (``KronbitError``) is raised on every process, so no
+    process is left waiting for one that gave up."""
+    import torch.distributed as dist
+
+    from .errors import KronbitError
+
+    if world_size() <= 1 or not (dist.is_available() and dist.is_initialized()):
+        return fn(*args, **kwargs)
+    box: list = [None]
+    if is_main_process():
+        try:
+            box[0] = ("ok", fn(*args, **kwargs))
+        except KronbitError as e:
+            box[0] = ("error", str(e))
+    dist.broadcast_object_list(box, src=0)
+    status, value = box[0]
+    if status == "error":
+        raise KronbitError(value)
+    return value

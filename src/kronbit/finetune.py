@@ -250,12 +250,13 @@ def finetune(cfg: FinetuneConfig, *, overwrite: bool = False, resume: bool = Fal
             "dev_metrics": {m: metrics[m] for m in task.metrics}}
     from . import distributed
 
-    if distributed.is_main_process():  # under torchrun: written once
+    def save() -> None:  # under torchrun: written once, by the main process
         save_model(trainer.model, tokenizer, out / "model", meta)
         write_json(out / "metrics.json", result)
         if not cfg.keep_checkpoints:
             shutil.rmtree(out / "checkpoints", ignore_errors=True)
-    distributed.barrier()
+
+    distributed.on_main(save)
     log.info("done in %.0fs: %s", wall, result)
     return result
 

@@ -140,9 +140,10 @@ def run_lm_recipe(recipe, *, model: str, data_dir: str | None, output_dir: str, 
         from .modules import count_parameters
 
         table.teacher = {"params": count_parameters(teacher), **_ppl(teacher, tokenizer, eval_text, ppl_cfg)}
+        from . import distributed
         from .io import write_json
 
-        write_json(teacher_row, table.teacher)
+        distributed.on_main(write_json, teacher_row, table.teacher)
 
     def run_one(i: int, init_dir, sdir: Path) -> dict[str, Any]:
         return run_lm_stage(recipe, i, init=init_dir, teacher=teacher, tokenizer=tokenizer, train_ds=train_ds,
@@ -230,11 +231,17 @@ def run_lm_stage(recipe, index: int, *, init, teacher, tokenizer, train_ds, eval
     meta = {"kind": "student", "stage": stage.name, "method": recipe.method, "recipe": recipe.name,
             "source": str(source), "ppl": after["ppl"]}
     transforms = recorded_transforms(trainer.model)
-    if transforms:
-        save_compressed(trainer.model, tokenizer, stage_out / "model", meta, transforms)
-    else:
-        save_model(trainer.model, tokenizer, stage_out / "model", meta)
-    shutil.rmtree(stage_out / "checkpoints", ignore_errors=True)
+
+    def save() -> None:
+        if transforms:
+            save_compressed(trainer.model, tokenizer, stage_out / "model", meta, transforms)
+        else:
+            save_model(trainer.model, tokenizer, stage_out / "model", meta)
+        shutil.rmtree(stage_out / "checkpoints", ignore_errors=True)
+
+    from . import distributed
+
+    distributed.on_main(save)
     return {"stage": stage.name, "kind": "kron" if stage.kron is not None else
             "layerdrop" if stage.layerdrop is not None else "distill", "params": params,
             "ppl_before": before["ppl"], "ppl": after["ppl"], "ppl_tokens": after["ppl_tokens"],

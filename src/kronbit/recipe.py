@@ -177,13 +177,6 @@ def run_recipe(recipe: Recipe, *, model: str, task: str | None, data_dir: str, o
                max_steps: int | None = None, overwrite: bool = False, resume: bool = False,
                recipe_source: str | None = None) -> dict[str, Any]:
     """Run every stage of ``recipe``; returns the stage table."""
-    from . import distributed
-
-    if distributed.world_size() > 1:
-        # Stage directories are created and cleaned between Trainer runs, outside any process
-        # group; until that is coordinated, refuse rather than let processes race on them.
-        raise KronbitError("kronbit run does not support multi-process launches yet; run it in one process "
-                           "(kronbit finetune runs under torchrun / accelerate launch)")
     if recipe.method == "kngpt2":
         from .lm_stage import run_lm_recipe
 
@@ -244,7 +237,10 @@ def run_stages(recipe: "Recipe", out: Path, table: "StageTable", teacher_ref: Pa
                run_one) -> None:
     """The stage loop every method shares: skip finished stages (their ``result.json``), start
     each stage from the checkpoint its ``init_from`` names, record its row, and finally copy the
-    last stage's model to ``OUT/model``. ``run_one(index, init_dir, stage_dir) -> row``."""
+    last stage's model to ``OUT/model``. ``run_one(index, init_dir, stage_dir) -> row``. Under a
+    multi-process launch every process trains; files are written by the main one."""
+    from . import distributed
+
     for i, stage in enumerate(recipe.stages):
         sdir = stage_dir(out, i, stage.name)
         if (sdir / "result.json").is_file():
@@ -255,19 +251,40 @@ def run_stages(recipe: "Recipe", out: Path, table: "StageTable", teacher_ref: Pa
         init_dir = teacher_ref if init == "teacher" else stage_dir(out, _index(recipe, init), init) / "model"
         row = run_one(i, init_dir, sdir)
         row["init_from"] = init
-        write_json(sdir / "result.json", row)
         table.add(row)
-        table.write()
+        distributed.on_main(_record_stage, sdir, row, table)  # written once under torchrun
     final = stage_dir(out, len(recipe.stages) - 1, recipe.stages[-1].name) / "model"
+    distributed.on_main(_finish_run, final, out, table)
+
+
+def _record_stage(sdir: Path, row: dict[str, Any], table: "StageRows") -> None:
+    write_json(sdir / "result.json", row)
+    table.write()
+
+
+def _finish_run(final: Path, out: Path, table: "StageRows") -> None:
     with atomic_dir(out / "model") as tmp:
         shutil.copytree(final, tmp, dirs_exist_ok=True)
     table.write()
+
+
+def _save_stage(model, tokenizer, stage_out: Path, meta: dict[str, Any], transforms: list) -> None:
+    from .checkpoint import save_compressed
+
+    save_compressed(model, tokenizer, stage_out / "model", meta, transforms)
+    shutil.rmtree(stage_out / "checkpoints", ignore_errors=True)
 
 
 def resume_point(stage_out: Path) -> Path | None:
     """Where an interrupted stage continues: its newest complete Trainer checkpoint (weights,
     learned quantizer scales, optimizer, scheduler, RNG states and data position), or None — then
     the stage starts again from its init checkpoint in a clean directory."""
+    from . import distributed
+
+    return distributed.on_main(_resume_point, stage_out)
+
+
+def _resume_point(stage_out: Path) -> Path | None:
     ckpt = rundir.latest_checkpoint(stage_out / "checkpoints")
     if ckpt is not None:
         log.info("stage %s: resuming from %s", stage_out.name, ckpt.name)
@@ -341,8 +358,9 @@ def run_stage(recipe: Recipe, index: int, *, init_dir: Path, teacher_dir: Path, 
     metrics = {k.removeprefix("eval_"): v for k, v in trainer.evaluate().items()}
     meta = {"kind": "compressed", "task": task.name, "stage": stage.name, "method": recipe.method,
             "recipe": recipe.name, "dev_metrics": {m: metrics[m] for m in task.metrics}}
-    save_compressed(trainer.model, tokenizer, stage_out / "model", meta, transforms)
-    shutil.rmtree(stage_out / "checkpoints", ignore_errors=True)
+    from . import distributed
+
+    distributed.on_main(_save_stage, trainer.model, tokenizer, stage_out, meta, transforms)
     from .quant.size import estimate_size
 
     size = estimate_size(trainer.model)

@@ -27,12 +27,14 @@ log = logging.getLogger("kronbit")
 
 
 def prepare(output_dir: str | Path, config: dict, *, overwrite: bool = False, resume: bool = False) -> Path:
+    """Check and create a run directory (on the main process only under a multi-process launch)."""
     from . import distributed
 
+    return Path(distributed.on_main(_prepare, output_dir, config, overwrite=overwrite, resume=resume))
+
+
+def _prepare(output_dir: str | Path, config: dict, *, overwrite: bool = False, resume: bool = False) -> Path:
     out = Path(output_dir)
-    if not distributed.is_main_process():  # the main process checks and creates; the others wait
-        distributed.wait_until_prepared(out)
-        return out
     if out.exists() and not out.is_dir():
         raise KronbitError(f"output path exists and is a file: {out}")
     existing = out.is_dir() and any(out.iterdir())
@@ -48,7 +50,6 @@ def prepare(output_dir: str | Path, config: dict, *, overwrite: bool = False, re
     out.mkdir(parents=True, exist_ok=True)
     write_yaml(out / "config.yaml", {"kronbit_version": __version__, **config})
     attach_log_file(out / "train.log")
-    distributed.mark_prepared(out)
     return out
 
 
