@@ -28,11 +28,9 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 

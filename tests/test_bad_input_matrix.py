@@ -36,7 +36,7 @@ def world(tmp_path_factory, request):
 
     root = tmp_path_factory.mktemp("world")
     tiny = make_tiny_bert(root / "tiny")
-    glue = write_tiny_sst2(root / "glue")
+    write_tiny_sst2(root / "glue")
     model = BertForSequenceClassification.from_pretrained(tiny)
     cfg = QuantConfig(w_bits=1, a_bits=1)
     quantize_(model, cfg)

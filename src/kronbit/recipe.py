@@ -309,7 +309,6 @@ def run_stage(recipe: Recipe, index: int, *, init_dir: Path, teacher_dir: Path, 
               train_ex, dev_ex, max_steps, load_model, run_out: Path) -> dict[str, Any]:
     from transformers import DataCollatorWithPadding, set_seed
 
-    from .checkpoint import save_compressed
     from .data.features import subsample, tokenize
     from .distill.trainer import DistillationTrainer
     from .finetune import build_callbacks, glue_compute_metrics, training_arguments
