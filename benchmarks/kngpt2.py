@@ -93,8 +93,11 @@ def render(res: Results) -> str:
            + ".\n\n" + md_table(["model", "params (M)", "PPL before KD", "PPL after KD", "KD tokens", "wall (min)"], table))
     if "kronecker" in rows and "layerdrop" in rows:
         k, d = rows["kronecker"]["ppl"], rows["layerdrop"]["ppl"]
-        out += (f"\nKronecker vs layer-drop: {100 * (d - k) / d:.1f}% lower perplexity (target ≥ 13%); sizes "
-                f"{rows['kronecker']['params'] / 1e6:.2f}M vs {rows['layerdrop']['params'] / 1e6:.2f}M.\n")
+        gain = 100 * (d - k) / d
+        verdict = f"{gain:.1f}% lower" if gain >= 0 else f"{-gain:.1f}% higher (layer-drop {100 * (k - d) / k:.1f}% lower)"
+        out += (f"\nKronecker vs layer-drop perplexity: Kronecker {verdict} (target: Kronecker ≥ 13% lower); sizes "
+                f"{rows['kronecker']['params'] / 1e6:.2f}M vs {rows['layerdrop']['params'] / 1e6:.2f}M, same "
+                f"{rows['kronecker']['train_tokens']} distillation tokens.\n")
     return out
 
 
