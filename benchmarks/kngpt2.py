@@ -53,11 +53,13 @@ def main() -> None:
             if kron_params is None:
                 sys.exit("the Kronecker student must finish first (its size sets the baseline's)")
             overrides += ["stages.0.layerdrop.keep=null", f"stages.0.layerdrop.target_params={kron_params}"]
-        if res.done(name) and not args.redo:
+        out = WORK / "kngpt2" / name
+        # A finished row is skipped only while its student is still on disk: the GLUE step
+        # fine-tunes that student (a fresh machine re-distils it, re-measuring the row).
+        if res.done(name) and (out / "model").is_dir() and not args.redo:
             print(f"[skip] {name}")
             kron_params = res.data["rows"][name]["params"] if name == "kronecker" else kron_params
             continue
-        out = WORK / "kngpt2" / name
         recipe = load_recipe(REPO / "recipes" / "kngpt2" / recipe_file, overrides)
         t0 = time.time()
         table = run_recipe(recipe, model=TEACHER, task=None, data_dir=str(data_root()), output_dir=str(out),

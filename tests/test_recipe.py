@@ -26,7 +26,7 @@ def test_every_recipe_loads_and_validates(path):
     for i, stage in enumerate(recipe.stages):
         recipe.quant_config(stage)
         init = recipe.resolve_init(i)
-        assert init == "teacher" or init in [s.name for s in recipe.stages[:i]]
+        assert init in ("teacher", "student") or init in [s.name for s in recipe.stages[:i]]
 
 
 BASE = {"name": "t", "stages": [{"name": "a", "w_bits": 8, "init_from": "teacher"}, {"name": "b", "w_bits": 2}]}
@@ -39,7 +39,7 @@ def _with(**stage_b):
 
 
 @pytest.mark.parametrize("data, message", [
-    (_with(init_from="c"), "stage 'b': init_from 'c' names no earlier stage; choose one of: teacher, previous, a"),
+    (_with(init_from="c"), "stage 'b': init_from 'c' names no earlier stage; choose one of: teacher, previous, student, a"),
     ({"name": "t", "stages": [{"name": "a", "init_from": "b"}, {"name": "b"}]},
      "stage 'a': init_from 'b' names a later stage"),
     (_with(w_bits=3), "w_bits=3 is not supported"),

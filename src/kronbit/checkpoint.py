@@ -75,10 +75,10 @@ def save_compressed(model: nn.Module, tokenizer, path: str | Path, meta: dict[st
 
 def save_base_config(model: nn.Module, directory: Path) -> None:
     """config.json naming the model class, so loading rebuilds the same head (a model built from a
-    config, not loaded, has no ``architectures`` yet)."""
+    config, not loaded, has no ``architectures`` yet, and a classifier built from a language
+    model's config still names the language model)."""
     config = model.config
-    if not getattr(config, "architectures", None):
-        config.architectures = [type(model).__name__]
+    config.architectures = [type(model).__name__]
     config.save_pretrained(directory)
 
 
@@ -98,7 +98,38 @@ def build_base(model_dir: Path, kind: str = "auto") -> nn.Module:
     return factory.from_config(config)
 
 
-def load_compressed(model_dir: str | Path) -> nn.Module:
+def _classifier_for(model_dir: Path, task) -> nn.Module | None:
+    """For a compressed checkpoint that is not yet a classifier for ``task`` (a KnGPT2 student
+    after language-model pre-training), the same backbone under a new sequence-classification
+    head; None when the checkpoint already is one (it is then rebuilt as it was saved)."""
+    from transformers import AutoConfig
+
+    from .models import classifier_config
+
+    config = AutoConfig.from_pretrained(model_dir)
+    archs = getattr(config, "architectures", None) or []
+    if any(a.endswith("ForSequenceClassification") for a in archs) and config.num_labels == task.num_labels:
+        return None
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_config(classifier_config(config, task))
+    if getattr(model.config, "pad_token_id", None) is None:  # decoders: see load_classifier
+        model.config.pad_token_id = getattr(model.config, "eos_token_id", None)
+    return model
+
+
+def _for_classifier(transform: dict[str, Any]) -> dict[str, Any]:
+    """A transform recorded on a language model, replayed on its classifier: a classifier has no
+    LM head, so a Kronecker embedding is no longer tied to one."""
+    if transform["kind"] == "kron" and transform["config"].get("tie_head"):
+        return {**transform, "config": {**transform["config"], "tie_head": False}}
+    return transform
+
+
+def load_compressed(model_dir: str | Path, task=None) -> nn.Module:
+    """Rebuild a compressed model from its description, then load its tensors. With ``task`` (a
+    GlueTask), a checkpoint that is not a classifier for it comes back as one: its backbone
+    loaded, the head new (like ``load_classifier`` for a plain checkpoint)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -110,7 +141,12 @@ def load_compressed(model_dir: str | Path) -> nn.Module:
     if meta.get("format_version", 1) > 1:
         raise ModelError(f"{model_dir}: format_version {meta['format_version']} is newer than this kronbit "
                          "reads (1); upgrade kronbit")
-    model = build_base(model_dir)
+    model = _classifier_for(model_dir, task) if task is not None else None
+    new_head = model is not None
+    if new_head:
+        transforms = [_for_classifier(t) for t in transforms]
+    else:
+        model = build_base(model_dir)
     for t in transforms:
         apply_transform(model, t["kind"], t["config"])
     try:
@@ -121,6 +157,12 @@ def load_compressed(model_dir: str | Path) -> nn.Module:
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = set(getattr(model, "all_tied_weights_keys", {}) or {})
     missing = [k for k in missing if k not in tied]
+    if new_head:
+        # Only the heads may differ: the new classification head is missing, the old (LM) head
+        # unexpected; every backbone tensor must match.
+        body = f"{model.base_model_prefix}."
+        missing = [k for k in missing if k.startswith(body)]
+        unexpected = [k for k in unexpected if k.startswith(body)]
     if missing or unexpected:
         raise ModelError(f"{model_dir / WEIGHTS_NAME} does not match its transforms: "
                          f"{len(missing)} missing tensor(s) (e.g. {missing[:2]}), "
@@ -148,5 +190,5 @@ def load_model(name_or_path: str | Path, task=None, **kwargs) -> nn.Module:
         return load_packed(name_or_path)
     cdir = compressed_dir(name_or_path)
     if cdir is not None:
-        return load_compressed(cdir)
+        return load_compressed(cdir, task)
     return load_classifier(resolve_model(name_or_path), task, **kwargs)

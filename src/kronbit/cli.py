@@ -75,7 +75,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe, args.overrides)
     table = run_recipe(recipe, model=args.model, task=args.task, data_dir=args.data_dir,
                        output_dir=args.output_dir, max_steps=args.max_steps, overwrite=args.overwrite,
-                       resume=args.resume, recipe_source=str(args.recipe))
+                       resume=args.resume, recipe_source=str(args.recipe), student=args.student)
     from .distributed import is_main_process
 
     if is_main_process():
@@ -145,7 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True,
                    help="a fine-tuned teacher for the task (run or model directory), or a base model "
                         "(then the recipe's teacher section fine-tunes it first)")
-    p.add_argument("--task", help="GLUE task (tspq recipes); kngpt2 language-model recipes take none")
+    p.add_argument("--task", help="GLUE task (tspq / glue recipes); kngpt2 language-model recipes take none")
+    p.add_argument("--student", help="the model stages with init_from: student start from, e.g. the run "
+                                     "directory of a kngpt2 pre-training (recipes/kngpt2/glue.yaml)")
     p.add_argument("--data-dir", default=default_data or "hub",
                    help="GLUE TSV root (tspq) or the data root holding lm/ (kngpt2)")
     p.add_argument("--output-dir", required=True)

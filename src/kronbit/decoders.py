@@ -83,6 +83,14 @@ def _packaged_gguf(alias: str) -> Path:
     return path
 
 
+def packaged_decoder_dir(alias: str) -> Path:
+    """The plain Hugging Face directory of a packaged decoder (its GGUF converted once, cached),
+    so every HF loader (``AutoModelForSequenceClassification`` for GLUE teachers too) reads it."""
+    folder = _gguf_dir(str(_packaged_gguf(alias)), cache=True)
+    assert folder is not None
+    return folder
+
+
 def _require_gguf_reader() -> None:
     if importlib.util.find_spec("gguf") is None:
         raise ModelError("reading GGUF files needs the gguf package: pip install gguf")

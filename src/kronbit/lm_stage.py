@@ -113,8 +113,10 @@ def load_student(init: str | Path):
 
 
 def run_lm_recipe(recipe, *, model: str, data_dir: str | None, output_dir: str, max_steps: int | None = None,
-                  overwrite: bool = False, resume: bool = False, recipe_source: str | None = None) -> dict[str, Any]:
-    """Run a ``method: kngpt2`` recipe; returns the stage table."""
+                  overwrite: bool = False, resume: bool = False, recipe_source: str | None = None,
+                  student: Path | None = None) -> dict[str, Any]:
+    """Run a ``method: kngpt2`` recipe; returns the stage table. ``student``: where stages with
+    ``init_from: student`` start (e.g. more pre-training of an earlier run's student)."""
     from .data.lm import build_lm_dataset, read_text
     from .decoders import load_causal_lm, load_causal_tokenizer
     from .recipe import run_stages
@@ -130,7 +132,8 @@ def run_lm_recipe(recipe, *, model: str, data_dir: str | None, output_dir: str, 
     train_ds = build_lm_dataset(lm_cfg, tokenizer, root=root)
 
     out = rundir.prepare(output_dir, {"command": "run", "recipe_source": recipe_source, "model": model,
-                                      "data_dir": str(data_dir), "max_steps": max_steps,
+                                      "student": student and str(student), "data_dir": str(data_dir),
+                                      "max_steps": max_steps,
                                       "recipe": recipe.to_dict()}, overwrite=overwrite, resume=resume)
     table = LMStageTable(out)
     teacher_row = out / "teacher.json"
@@ -150,7 +153,7 @@ def run_lm_recipe(recipe, *, model: str, data_dir: str | None, output_dir: str, 
                             eval_text=eval_text, ppl_cfg=ppl_cfg, stage_out=sdir, max_steps=max_steps,
                             source=model)
 
-    run_stages(recipe, out, table, model, run_one)
+    run_stages(recipe, out, table, model, run_one, student)
     return table.as_dict()
 
 
@@ -181,8 +184,10 @@ def run_lm_stage(recipe, index: int, *, init, teacher, tokenizer, train_ds, eval
     from .checkpoint import save_compressed
     from .distill.trainer import DistillationTrainer
     from .finetune import build_callbacks, save_model, training_arguments
+    from .distill.mapping import kept_layer_map
     from .kron import KroneckerConfig, kroneckerize_
     from .layerdrop import drop_layers, plan_for_params
+    from .models import read_meta
     from .modules import count_parameters, recorded_transforms
     from .recipe import resume_point
 
@@ -212,12 +217,16 @@ def run_lm_stage(recipe, index: int, *, init, teacher, tokenizer, train_ds, eval
                 log.warning("stage %s: %s", stage.name, plan.describe())
         from .layerdrop import decoder_layers, resolve_keep
 
+        # Indices into the starting model's blocks; for a start that was itself layer-dropped,
+        # into the teacher's blocks through its own kept list.
+        kept_before = read_meta(init).get("kept_layers") if Path(init).is_dir() else None
         keep = resolve_keep(keep, len(decoder_layers(student)[1]))
         student = drop_layers(student, keep)
-        info["kept_layers"] = keep
-        if kd.layer_map in ("identity", "uniform"):
-            # each kept block keeps learning from the teacher block it was copied from
-            kd = kd.replace(layer_map=",".join(str(k + 1) for k in keep))
+        info["kept_layers"] = [kept_before[k] for k in keep] if kept_before else keep
+    elif Path(init).is_dir() and read_meta(init).get("kept_layers"):
+        info["kept_layers"] = read_meta(init)["kept_layers"]
+    if "kept_layers" in info:
+        kd = kd.replace(layer_map=kept_layer_map(kd.layer_map, info["kept_layers"]))
     if kd.needs_attention:
         student.set_attn_implementation("eager")
     params = count_parameters(student)
@@ -230,6 +239,10 @@ def run_lm_stage(recipe, index: int, *, init, teacher, tokenizer, train_ds, eval
     after = _ppl(trainer.model, tokenizer, eval_text, ppl_cfg)
     meta = {"kind": "student", "stage": stage.name, "method": recipe.method, "recipe": recipe.name,
             "source": str(source), "ppl": after["ppl"]}
+    if "kept_layers" in info:
+        # Which teacher block each student block came from: later stages (more distillation,
+        # GLUE fine-tuning) map their layer losses with it.
+        meta["kept_layers"] = info["kept_layers"]
     transforms = recorded_transforms(trainer.model)
 
     def save() -> None:

@@ -28,7 +28,10 @@ KRONBIT_META = "kronbit.json"
 def packaged_model_dir(alias: str = "minilm") -> Path:
     """Local directory of a model shipped inside a PyPI package."""
     if alias not in PACKAGED_MODELS:
-        raise ModelError(f"unknown packaged model '{alias}'; available: {', '.join(PACKAGED_MODELS)}")
+        from .decoders import PACKAGED_DECODERS
+
+        known = [*PACKAGED_MODELS, *PACKAGED_DECODERS]
+        raise ModelError(f"unknown packaged model '{alias}'; available: {', '.join(known)}")
     dist, module, sub = PACKAGED_MODELS[alias]
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
@@ -49,7 +52,15 @@ def resolve_model(name_or_path: str | Path) -> str:
     """
     s = str(name_or_path)
     if s.startswith("packaged:"):
-        return str(packaged_model_dir(s.split(":", 1)[1]))
+        alias = s.split(":", 1)[1]
+        if alias not in PACKAGED_MODELS:
+            # A packaged decoder (GGUF inside a PyPI package): its plain HF conversion, made once
+            # and cached. Imported here because decoders builds on this module.
+            from .decoders import PACKAGED_DECODERS, packaged_decoder_dir
+
+            if alias in PACKAGED_DECODERS:
+                return str(packaged_decoder_dir(alias))
+        return str(packaged_model_dir(alias))
     p = Path(s).expanduser()
     if p.is_dir():
         if (p / "config.json").is_file():
@@ -89,6 +100,16 @@ def load_tokenizer(name_or_path: str | Path, trust_remote_code: bool = False):
     return _from_pretrained(AutoTokenizer, resolve_model(name_or_path), trust_remote_code=trust_remote_code)
 
 
+def classifier_config(config, task):
+    """``config`` set up for ``task``'s labels (in place; returned for chaining)."""
+    config.num_labels = task.num_labels
+    config.problem_type = "regression" if task.is_regression else "single_label_classification"
+    labels = task.labels or ("score",)
+    config.id2label = dict(enumerate(labels))
+    config.label2id = {v: k for k, v in config.id2label.items()}
+    return config
+
+
 def load_classifier(name_or_path: str | Path, task=None, *, attentions: bool = False,
                     trust_remote_code: bool = False):
     """A sequence classifier for ``task`` (a GlueTask) from any HF checkpoint.
@@ -108,12 +129,7 @@ def load_classifier(name_or_path: str | Path, task=None, *, attentions: bool = F
                 and config.num_labels != task.num_labels:
             # A classifier for other labels: keep its body, start a new head.
             kwargs["ignore_mismatched_sizes"] = True
-        config.num_labels = task.num_labels
-        config.problem_type = "regression" if task.is_regression else "single_label_classification"
-        labels = task.labels or ("score",)
-        config.id2label = dict(enumerate(labels))
-        config.label2id = {v: k for k, v in config.id2label.items()}
-        kwargs["config"] = config
+        kwargs["config"] = classifier_config(config, task)
     if attentions:
         kwargs["attn_implementation"] = "eager"
     model = _from_pretrained(AutoModelForSequenceClassification, name, **kwargs)

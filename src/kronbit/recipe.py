@@ -7,7 +7,10 @@ a checkpoint and add a row to the stage table. A finished stage leaves ``result.
 with ``--resume`` skips finished stages, so a run killed in stage 5 keeps stages 1-4.
 
 Two-stage progressive quantization (TSPQ) is a recipe of this runner: stage 1 lowers weight bits
-(8 → 4 → 2 → 1) with full-precision activations; stage 2 quantizes activations too.
+(8 → 4 → 2 → 1) with full-precision activations; stage 2 quantizes activations too. KnGPT2's GLUE
+fine-tuning is another (``method: glue``): its first stage starts from a student given on the
+command line (``init_from: student``, e.g. a Kronecker decoder after language-model pre-training),
+stays at full precision (32 bits) and distils from the fine-tuned teacher.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ from .io import atomic_dir, write_json, write_text
 
 log = logging.getLogger("kronbit")
 
-RESERVED = ("teacher", "previous")
+# init_from keywords: the fine-tuned teacher, the stage before, the model given as ``--student``.
+RESERVED = ("teacher", "previous", "student")
 
 
 @dataclass(kw_only=True)
@@ -49,7 +53,7 @@ class TrainSettings(TrainingOptions):
 @dataclass
 class StageConfig(Config):
     name: str
-    init_from: str = "previous"      # teacher | previous | the name of an earlier stage
+    init_from: str = "previous"      # teacher | previous | student | the name of an earlier stage
     w_bits: int = 32                 # 32 = full-precision weights
     a_bits: int = 32                 # 32 = full-precision activations
     augment: bool = False            # train on the augmented training set
@@ -70,7 +74,9 @@ class StageConfig(Config):
 @dataclass
 class Recipe(Config):
     name: str
-    method: Literal["tspq", "kngpt2"] = "tspq"   # tspq: GLUE stages; kngpt2: language-model stages
+    # tspq / glue: GLUE distillation stages (glue: the neutral name, used for decoder students);
+    # kngpt2: language-model stages
+    method: Literal["tspq", "glue", "kngpt2"] = "tspq"
     description: str = ""
     recipe_version: int = 1
     teacher: TrainSettings = field(default_factory=lambda: TrainSettings(epochs=3.0))
@@ -90,7 +96,9 @@ class Recipe(Config):
             return
         for s in self.stages:
             if s.kron is not None or s.layerdrop is not None:
-                raise ConfigError(f"stage '{s.name}': kron / layerdrop stages need method: kngpt2")
+                raise ConfigError(f"stage '{s.name}': kron / layerdrop stages need method: kngpt2 (language-model "
+                                  "stages); GLUE stages fine-tune a student decomposed by one "
+                                  "(init_from: student)")
         if self.recipe_version != 1:
             raise ConfigError(f"recipe_version {self.recipe_version} is not supported (this kronbit reads 1)")
         if not self.stages:
@@ -152,6 +160,10 @@ class Recipe(Config):
             t.max_steps = min(t.max_steps or max_steps_cap, max_steps_cap)
         return t
 
+    @property
+    def needs_student(self) -> bool:
+        return any(s.init_from == "student" for s in self.stages)
+
     def resolve_init(self, index: int) -> str:
         """The stage name (or 'teacher') that stage ``index`` starts from."""
         s = self.stages[index]
@@ -173,17 +185,40 @@ def stage_dir(out: Path, index: int, name: str) -> Path:
     return out / "stages" / f"{index + 1:02d}-{name}"
 
 
+def resolve_student(recipe: Recipe, student: str | Path | None) -> Path | None:
+    """The ``--student`` model (a run or model directory) when a stage starts from it; one line
+    when it is missing or given to a recipe that never uses it."""
+    if not recipe.needs_student:
+        if student is not None:
+            raise ConfigError(f"--student given, but no stage of recipe '{recipe.name}' starts from it "
+                              "(init_from: student)")
+        return None
+    if student is None:
+        first = next(s.name for s in recipe.stages if s.init_from == "student")
+        raise ConfigError(f"stage '{first}' starts from the student (init_from: student): pass --student DIR "
+                          "(e.g. the run directory of a kngpt2 pre-training recipe)")
+    from .checkpoint import compressed_dir
+    from .models import resolve_model
+
+    p = Path(student)
+    if not p.is_dir():
+        raise ConfigError(f"--student {student}: no such directory")
+    return compressed_dir(p) or Path(resolve_model(p))
+
+
 def run_recipe(recipe: Recipe, *, model: str, task: str | None, data_dir: str, output_dir: str,
                max_steps: int | None = None, overwrite: bool = False, resume: bool = False,
-               recipe_source: str | None = None) -> dict[str, Any]:
-    """Run every stage of ``recipe``; returns the stage table."""
+               recipe_source: str | None = None, student: str | Path | None = None) -> dict[str, Any]:
+    """Run every stage of ``recipe``; returns the stage table. ``student``: the model stages with
+    ``init_from: student`` start from."""
+    student_dir = resolve_student(recipe, student)
     if recipe.method == "kngpt2":
         from .lm_stage import run_lm_recipe
 
         return run_lm_recipe(recipe, model=model, data_dir=data_dir, output_dir=output_dir, max_steps=max_steps,
-                             overwrite=overwrite, resume=resume, recipe_source=recipe_source)
+                             overwrite=overwrite, resume=resume, recipe_source=recipe_source, student=student_dir)
     if not task:
-        raise ConfigError(f"recipe '{recipe.name}' (method tspq) needs --task")
+        raise ConfigError(f"recipe '{recipe.name}' (method {recipe.method}) needs --task")
     from .checkpoint import compressed_dir, load_model
     from .data.glue import get_task, load_split
     from .finetune import FinetuneConfig, finetune
@@ -205,7 +240,8 @@ def run_recipe(recipe: Recipe, *, model: str, task: str | None, data_dir: str, o
         check_available(recipe.augment_config(), model_path)  # fail before any training
 
     out = rundir.prepare(output_dir, {"command": "run", "recipe_source": recipe_source, "model": model,
-                                      "task": t.name, "data_dir": str(data_dir), "max_steps": max_steps,
+                                      "student": student_dir and str(student_dir), "task": t.name,
+                                      "data_dir": str(data_dir), "max_steps": max_steps,
                                       "recipe": recipe.to_dict()}, overwrite=overwrite, resume=resume)
     # 1. The teacher: given, or fine-tuned here first (as its own resumable step).
     if has_teacher:
@@ -229,12 +265,12 @@ def run_recipe(recipe: Recipe, *, model: str, task: str | None, data_dir: str, o
         return run_stage(recipe, i, init_dir=init_dir, teacher_dir=teacher_dir, stage_out=sdir, task=t,
                          train_ex=train_ex, dev_ex=dev_ex, max_steps=max_steps, load_model=load_model, run_out=out)
 
-    run_stages(recipe, out, table, teacher_dir, run_one)
+    run_stages(recipe, out, table, teacher_dir, run_one, student_dir)
     return table.as_dict()
 
 
 def run_stages(recipe: "Recipe", out: Path, table: "StageTable", teacher_ref: Path,
-               run_one) -> None:
+               run_one, student_ref: Path | None = None) -> None:
     """The stage loop every method shares: skip finished stages (their ``result.json``), start
     each stage from the checkpoint its ``init_from`` names, record its row, and finally copy the
     last stage's model to ``OUT/model``. ``run_one(index, init_dir, stage_dir) -> row``. Under a
@@ -248,7 +284,8 @@ def run_stages(recipe: "Recipe", out: Path, table: "StageTable", teacher_ref: Pa
             log.info("stage %s already finished; skipping", stage.name)
             continue
         init = recipe.resolve_init(i)
-        init_dir = teacher_ref if init == "teacher" else stage_dir(out, _index(recipe, init), init) / "model"
+        init_dir = (teacher_ref if init == "teacher" else student_ref if init == "student"
+                    else stage_dir(out, _index(recipe, init), init) / "model")
         row = run_one(i, init_dir, sdir)
         row["init_from"] = init
         table.add(row)
@@ -310,9 +347,11 @@ def run_stage(recipe: Recipe, index: int, *, init_dir: Path, teacher_dir: Path, 
     from transformers import DataCollatorWithPadding, set_seed
 
     from .data.features import subsample, tokenize
+    from .distill.mapping import kept_layer_map
     from .distill.trainer import DistillationTrainer
     from .finetune import build_callbacks, glue_compute_metrics, training_arguments
     from .models import load_classifier, load_tokenizer, read_meta
+    from .modules import recorded_transforms
     from .quant import quantize_, set_bits_
 
     stage = recipe.stages[index]
@@ -324,16 +363,17 @@ def run_stage(recipe: Recipe, index: int, *, init_dir: Path, teacher_dir: Path, 
     ckpt = resume_point(stage_out)
 
     tokenizer = load_tokenizer(teacher_dir)
-    student = load_model(init_dir)
-    transforms = list(read_meta(init_dir).get("transforms", []))
-    quant = next((tr for tr in transforms if tr["kind"] == "quant"), None)
-    if quant is None:
-        quantize_(student, qcfg)
-        transforms.append({"kind": "quant", "config": qcfg.to_dict()})
-    else:
+    student = load_model(init_dir, task)  # a language model (a KnGPT2 student) gets a new head
+    init_meta = read_meta(init_dir)
+    # A layer-dropped student learns each block from the teacher block it was copied from.
+    kept = init_meta.get("kept_layers")
+    kd = kd.replace(layer_map=kept_layer_map(kd.layer_map, kept))
+    already_quantized = any(t["kind"] == "quant" for t in recorded_transforms(student))
+    if already_quantized:
         # Same model, new bits: the progressive schedule lowers bits on the trained modules.
         set_bits_(student, w_bits=stage.w_bits, a_bits=stage.a_bits)
-        quant["config"] = qcfg.to_dict()
+    elif not stage.w_bits == stage.a_bits == 32:  # 32/32 (decoder GLUE fine-tuning): nothing to quantize
+        quantize_(student, qcfg)
     teacher = load_classifier(teacher_dir)
 
     examples = subsample(train_ex, settings.train_subset, settings.seed)
@@ -356,9 +396,13 @@ def run_stage(recipe: Recipe, index: int, *, init_dir: Path, teacher_dir: Path, 
     trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
     metrics = {k.removeprefix("eval_"): v for k, v in trainer.evaluate().items()}
     meta = {"kind": "compressed", "task": task.name, "stage": stage.name, "method": recipe.method,
-            "recipe": recipe.name, "dev_metrics": {m: metrics[m] for m in task.metrics}}
+            "recipe": recipe.name, "dev_metrics": {m: metrics[m] for m in task.metrics},
+            **({"kept_layers": kept} if kept else {})}
     from . import distributed
 
+    # What the student went through (replayed on load, then quantized or re-bitted here), as the
+    # swap APIs recorded it: a rebuild from this list gives the same modules.
+    transforms = recorded_transforms(trainer.model)
     distributed.on_main(_save_stage, trainer.model, tokenizer, stage_out, meta, transforms)
     from .quant.size import estimate_size
 

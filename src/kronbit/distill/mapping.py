@@ -55,3 +55,12 @@ def layer_map(n_student: int, n_teacher: int, kind: str = "uniform") -> list[tup
     if bad:
         raise ConfigError(f"layer_map names teacher layer {bad[0]}, but the teacher has layers 1..{n_teacher}")
     return [(i + 1, t) for i, t in enumerate(teacher)]
+
+
+def kept_layer_map(kind: str, kept: list[int] | None) -> str:
+    """The layer map for a student whose blocks were copied from teacher blocks ``kept`` (0-based,
+    a layer-dropped student): with ``identity`` or ``uniform``, each student block learns from the
+    teacher block it came from; an explicit map or ``last-K`` is the user's choice and stays."""
+    if not kept or parse_kind(kind) not in ("identity", "uniform"):
+        return kind
+    return ",".join(str(k + 1) for k in kept)
