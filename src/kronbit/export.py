@@ -9,8 +9,11 @@ A packed directory holds
   * ``kronbit_packed.safetensors``: packed integer codes (``uint8``, ``int8`` for 8 bits) and
     everything else in the declared dtype. Latent full-precision weights are not stored.
 
-Loading = build the base model from ``config.json`` → replay the transforms → swap each quantized
-module named in ``packed`` for its packed form → strict ``load_state_dict``. With the default
+Loading = build the base model from ``config.json`` with its parameters on the meta device (no
+fp32 weights allocated or initialised) → replay the transforms → swap each quantized module named
+in ``packed`` for its packed form → strict ``load_state_dict(assign=True)``, so the only tensors
+materialised are the checkpoint's (plus the small buffers the architecture computes itself, such as
+BERT's ``position_ids``). With the default
 ``dtype="float32"`` the reloaded model's outputs equal the fake-quant model's exactly on the
 dequantized path (see ``quant.packed``); float16/bfloat16 trades that for a smaller file (scales,
 biases and LayerNorms rounded to 16 bits).
@@ -21,6 +24,8 @@ from __future__ import annotations
 import copy
 import json
 import struct
+from contextlib import contextmanager
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -144,52 +149,118 @@ def load_packed(path: str | Path, mode: str = "packed", compute_dtype: str = "fl
     kernel for small batches); ``"dequantized"`` expands them once at load (fp32 memory, exact).
     ``compute_dtype="bfloat16"``: larger batches unpack codes to bf16 and use the bf16 matrix
     units (faster, not exact); see ``quant.packed``."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     from .checkpoint import apply_transform, build_base
-    from .quant.kron_layers import QuantKroneckerLinear
-    from .quant.layers import QuantEmbedding, QuantLinear
-    from .quant.packed import PackedEmbedding, PackedKroneckerLinear, PackedLinear
 
     d = packed_dir(path)
     if d is None:
         raise ModelError(f"{path}: no packed model here (expected {PACKED_WEIGHTS}; create one with kronbit export)")
     meta = read_packed_meta(d)
     _dtype(meta["dtype"])
-    try:
-        state = load_file(str(d / PACKED_WEIGHTS))
-    except (SafetensorError, OSError) as e:
-        raise ModelError(f"{d / PACKED_WEIGHTS}: unreadable safetensors file ({str(e).splitlines()[0]}); "
-                         "the file is damaged or truncated — export it again") from None
-    model = build_base(d)
-    for t in meta["transforms"]:
-        apply_transform(model, t["kind"], t["config"])
-    modules = dict(model.named_modules())
-    for name, info in meta["packed"].items():
-        q = modules.get(name)
-        if info["kind"] == "linear" and isinstance(q, QuantLinear):
-            new = PackedLinear.shell_of(q, info["bits"], info["per_row"], info["has_offset"], mode, compute_dtype)
-        elif info["kind"] == "kron_linear" and isinstance(q, QuantKroneckerLinear):
-            new = PackedKroneckerLinear.shell_of(q, info["bits"], info["per_row"], info["has_offset"])
-        elif info["kind"] == "embedding" and isinstance(q, QuantEmbedding):
-            new = PackedEmbedding(q.num_embeddings, q.embedding_dim, info["bits"], q.padding_idx, info["has_offset"])
-        else:
-            raise ModelError(f"{d / KRONBIT_META}: packed module '{name}' ({info.get('kind')}) does not match "
-                             "the rebuilt model; the description is inconsistent")
-        set_submodule(model, name, new)
-    for name, t in list(state.items()):
-        if t.is_floating_point():
-            state[name] = t.float()
+    state = _read_packed_tensors(d / PACKED_WEIGHTS)
+    with parameters_on_meta():
+        model = build_base(d)
+        for t in meta["transforms"]:
+            apply_transform(model, t["kind"], t["config"])
+    _swap_in_packed_shells(model, meta["packed"], d, mode, compute_dtype)
     for alias, orig in meta.get("aliases", {}).items():
         if orig in state:
             state[alias] = state[orig]
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = _tied_names(model)
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     if missing or unexpected:
         raise ModelError(f"{d / PACKED_WEIGHTS} does not match its description: {len(missing)} missing tensor(s) "
                          f"(e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})")
+    _retie(model, tied)
+    left = [n for n, t in chain(model.named_parameters(), model.named_buffers()) if t.is_meta]
+    if left:  # a tensor that is neither in the file nor computed by the architecture
+        raise ModelError(f"{d / PACKED_WEIGHTS} does not hold {len(left)} tensor(s) the rebuilt model needs "
+                         f"(e.g. {left[:2]}); the description is inconsistent")
     model.__dict__["kronbit_packed"] = meta["packed"]
     return model.eval()
+
+
+def _read_packed_tensors(f: Path) -> dict[str, torch.Tensor]:
+    """The file's tensors, floats as float32, copied out of safetensors' file mapping: the model
+    keeps these very tensors (``assign=True``), and a view of the mapped file would change with,
+    or crash on, a later in-place rewrite or truncation of the file."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(str(f))
+    except (SafetensorError, OSError) as e:
+        raise ModelError(f"{f}: unreadable safetensors file ({str(e).splitlines()[0]}); "
+                         "the file is damaged or truncated — export it again") from None
+    return {name: t.to(torch.float32 if t.is_floating_point() else t.dtype, copy=True) for name, t in state.items()}
+
+
+@contextmanager
+def parameters_on_meta():
+    """Every parameter registered inside goes to the meta device: no memory, and the initialisation
+    that runs on it (``reset_parameters``, Hugging Face's ``_init_weights``) does nothing. Buffers
+    stay real on purpose: the non-persistent ones (BERT's ``position_ids``, rotary ``inv_freq``)
+    are computed in ``__init__`` and are in no checkpoint, and ``torch.device("meta")`` would
+    leave them without values. (accelerate's ``init_empty_weights(include_buffers=False)``.)
+    Not thread-safe: it patches ``nn.Module.register_parameter`` while active."""
+    register = nn.Module.register_parameter
+
+    def register_on_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        if param is not None and not param.is_meta:
+            param = nn.Parameter(param.data.to("meta"), requires_grad=param.requires_grad)
+        register(module, name, param)
+
+    nn.Module.register_parameter = register_on_meta  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = register  # type: ignore[method-assign]
+
+
+def _swap_in_packed_shells(model: nn.Module, packed: dict[str, dict[str, Any]], d: Path, mode: str,
+                           compute_dtype: str) -> None:
+    """Replace each quantized module named in ``packed`` by an empty packed module of its shape,
+    built on the meta device (all of its tensors are in the checkpoint)."""
+    from .quant.kron_layers import QuantKroneckerLinear
+    from .quant.layers import QuantEmbedding, QuantLinear
+    from .quant.packed import PackedEmbedding, PackedKroneckerLinear, PackedLinear
+
+    modules = dict(model.named_modules())
+    for name, info in packed.items():
+        q = modules.get(name)
+        with torch.device("meta"):
+            if info["kind"] == "linear" and isinstance(q, QuantLinear):
+                new = PackedLinear.shell_of(q, info["bits"], info["per_row"], info["has_offset"], mode, compute_dtype)
+            elif info["kind"] == "kron_linear" and isinstance(q, QuantKroneckerLinear):
+                new = PackedKroneckerLinear.shell_of(q, info["bits"], info["per_row"], info["has_offset"])
+            elif info["kind"] == "embedding" and isinstance(q, QuantEmbedding):
+                new = PackedEmbedding(q.num_embeddings, q.embedding_dim, info["bits"], q.padding_idx,
+                                      info["has_offset"])
+            else:
+                raise ModelError(f"{d / KRONBIT_META}: packed module '{name}' ({info.get('kind')}) does not match "
+                                 "the rebuilt model; the description is inconsistent")
+        set_submodule(model, name, new)
+
+
+def _tied_names(model: nn.Module) -> dict[str, str]:
+    """name → the first name of the same tensor object, for every parameter or buffer that is
+    reachable under two names (a tied head: GPT-2's ``lm_head.weight`` is the word embedding)."""
+    first: dict[int, str] = {}
+    tied: dict[str, str] = {}
+    for name, t in chain(model.named_parameters(remove_duplicate=False), model.named_buffers(remove_duplicate=False)):
+        if id(t) in first:
+            tied[name] = first[id(t)]
+        else:
+            first[id(t)] = name
+    return tied
+
+
+def _retie(model: nn.Module, tied: dict[str, str]) -> None:
+    """``assign=True`` gives every state-dict name its own Parameter (sharing the storage at best);
+    make tied tensors one object again, as the rebuilt architecture had them."""
+    for name, source in tied.items():
+        src_module, _, src_leaf = source.rpartition(".")
+        module, _, leaf = name.rpartition(".")
+        setattr(model.get_submodule(module), leaf, getattr(model.get_submodule(src_module), src_leaf))
 
 
 # ------------------------------------------------------------------------------------------------

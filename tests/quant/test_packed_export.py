@@ -212,3 +212,62 @@ def test_quantized_kronecker_factors_train_and_export_exactly(make_gpt2, tmp_pat
     assert {v["kind"] for v in desc["packed"].values()} == {"kron_linear"}
     assert torch.equal(_logits(load_packed(tmp_path / "qk"), ids), want)
     assert estimate_size(model)["total_bytes"] < dense_kron_bytes
+
+
+def _tiny_llama():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                      num_key_value_heads=2, vocab_size=100, tie_word_embeddings=True)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def _on_meta(model):
+    return [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+
+
+@pytest.mark.parametrize("arch", ["bert", "gpt2", "gpt2-kron-embedding", "llama"])
+def test_packed_load_materialises_every_tensor(make_bert, make_gpt2, tmp_path, arch):
+    """The architecture is built with its parameters on the meta device; after loading nothing may
+    be left there, the buffers the checkpoint does not hold (BERT's position_ids / token_type_ids,
+    Llama's rotary inv_freq) must have their values, and a tied head must still be tied."""
+    model = {"bert": make_bert, "gpt2": make_gpt2, "gpt2-kron-embedding": make_gpt2, "llama": _tiny_llama}[arch]()
+    if arch == "gpt2-kron-embedding":  # a KroneckerTiedHead reads the embedding's factors
+        kroneckerize_(model, {"compression": 2, "layers": "all", "embeddings": True})
+    quantize_(model, QuantConfig(w_bits=2, a_bits=8))  # the word embeddings (and a tied head) stay fp32
+    vocab = 25 if arch == "bert" else 100
+    ids = _ids(shape=(2, 16), vocab=vocab)
+    want = _logits(model, ids)
+    export_packed(model, tmp_path / "p")
+    loaded = load_packed(tmp_path / "p")
+    assert _on_meta(loaded) == []
+    source_buffers = dict(model.named_buffers())
+    for name, b in loaded.named_buffers():
+        if name in source_buffers:
+            assert torch.equal(b, source_buffers[name]), name
+    if arch == "bert":
+        assert torch.equal(loaded.bert.embeddings.position_ids[0], torch.arange(64))
+    if arch in ("gpt2", "llama"):
+        assert loaded.get_output_embeddings().weight is loaded.get_input_embeddings().weight
+    assert torch.equal(_logits(loaded, ids), want)
+
+
+def test_packed_load_runs_no_weight_initialisation(make_bert, make_gpt2, tmp_path, monkeypatch):
+    """Rebuilding the architecture must not allocate and randomly initialise the fp32 weights the
+    checkpoint replaces: no random initialiser may write to a real (non-meta) tensor."""
+    for name, make in (("bert", make_bert), ("gpt2", make_gpt2)):
+        model = make()
+        quantize_(model, QuantConfig(w_bits=1, a_bits=8, quantize_embeddings=True))
+        export_packed(model, tmp_path / name)
+    written = []
+    for op in ("normal_", "uniform_"):  # what nn.init and Hugging Face's _init_weights end in
+        def spy(t, *args, _op=getattr(torch.Tensor, op), **kwargs):
+            if not t.is_meta:
+                written.append(tuple(t.shape))
+            return _op(t, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, op, spy)
+    for name in ("bert", "gpt2"):
+        assert _on_meta(load_packed(tmp_path / name)) == []
+    assert written == []

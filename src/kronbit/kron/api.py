@@ -304,6 +304,12 @@ def _untie_in_hf_config(model: nn.Module, gone: set[str]) -> bool:
     return bool(hit)
 
 
+def _error(W, A, B) -> float | None:
+    """The decomposition error, or None for meta-device weights: a structure-only rebuild
+    (``load_packed``) has no values to compare, and its factors come from the checkpoint."""
+    return None if W.is_meta else relative_error(W, A, B)
+
+
 def _params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters(recurse=False))
 
@@ -336,7 +342,7 @@ def kroneckerize_(model: nn.Module, config: KroneckerConfig | Mapping[str, Any],
         new = KroneckerLinear.from_module(module, p.a_shape, p.b_shape, p.rank)
         rows.append(LayerReport(name, "conv1d" if is_conv1d(module) else "linear", list(W.shape),
                                 list(p.a_shape), list(p.b_shape), p.rank, _params(module), _params(new),
-                                relative_error(W, new.a, new.b), new.order,
+                                _error(W, new.a, new.b), new.order,
                                 W.numel() / kron_flops(p.a_shape, p.b_shape, p.rank)))
         return new
 
@@ -353,7 +359,7 @@ def kroneckerize_(model: nn.Module, config: KroneckerConfig | Mapping[str, Any],
             holder["emb"] = new
             rows.append(LayerReport(name, "embedding", list(module.weight.shape), list(new.a_shape),
                                     list(new.b_shape), new.rank, _params(module), _params(new),
-                                    relative_error(module.weight, new.a, new.b)))
+                                    _error(module.weight, new.a, new.b)))
             return new
 
         swap_modules(model, [emb_plan.name], build_emb, kinds=(nn.Embedding,), what="embedding")
