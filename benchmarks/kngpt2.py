@@ -14,8 +14,16 @@ Target (issue): the Kronecker student's perplexity ≥ 13% lower than the layer-
 
     python benchmarks/kngpt2.py [--tokens 150000] [--ppl-tokens 40000] [--redo]
 
-Results go to docs/results/kngpt2.{json,md} after each student; a rerun resumes (finished
-students are skipped, a killed one restarts its stage).
+GLUE part (``--parts glue``): SmolLM2 fine-tuned on each task is the teacher; each student above
+gets a classification head (last token) and is fine-tuned with the same ILKD from that teacher
+(recipes/kngpt2/glue.yaml). Budgets per task in GLUE_BUDGETS (seeded subsets, one epoch). Paper
+(GLUE dev average): KnGPT2 79.25, DistilGPT2 76.8, GPT-2 79.81.
+
+    python benchmarks/kngpt2.py --parts glue [--glue-tasks sst2 cola]
+
+Results go to docs/results/kngpt2.{json,md} after each student and each (task, model); a rerun
+resumes (finished rows are skipped, a killed one restarts its stage). A GLUE row for a student
+that is not on disk yet is skipped with a message (run the lm part first).
 """
 
 from __future__ import annotations
@@ -33,6 +41,18 @@ from kronbit.recipe import load_recipe, run_recipe  # noqa: E402
 
 TEACHER = "packaged:smollm2"
 PAPER = {"KnGPT2 (GPT-2 teacher) PPL": 20.5, "DistilGPT2 PPL": 23.7, "GPT-2 PPL": 19.4}
+PAPER_GLUE = {"KnGPT2": 79.25, "DistilGPT2": 76.8, "GPT-2": 79.81}
+STUDENTS = ("kronecker", "layerdrop")
+# Per-task budget for the GLUE part (2 CPU cores): a seeded training subset, one epoch, a
+# sequence length that holds almost every example; the teacher and both students get the same.
+GLUE_BUDGETS = {
+    "sst2": {"train_subset": 2000, "max_seq_length": 64},
+    "cola": {"train_subset": 2000, "max_seq_length": 64},
+    "stsb": {"train_subset": 1500, "max_seq_length": 128},
+    "mrpc": {"train_subset": 1500, "max_seq_length": 128},
+    "rte": {"train_subset": 1500, "max_seq_length": 128},
+}
+GLUE_TRAIN = {"epochs": 1.0, "batch_size": 16, "bf16": True, "eval_batch_size": 64}
 
 
 def main() -> None:
@@ -41,9 +61,24 @@ def main() -> None:
     ap.add_argument("--ppl-tokens", type=int, default=40_000, help="WikiText-2 test tokens scored")
     ap.add_argument("--max-steps", type=int, help="cap training steps (smoke test of the script)")
     ap.add_argument("--redo", action="store_true")
+    ap.add_argument("--parts", nargs="+", default=["lm", "glue"], choices=["lm", "glue"])
+    ap.add_argument("--glue-tasks", nargs="+", default=list(GLUE_BUDGETS), choices=list(GLUE_BUDGETS))
     args = ap.parse_args()
     res = Results("kngpt2" if args.max_steps is None else "kngpt2_smoke",
                   "KnGPT2 Kronecker student vs layer-drop student at equal size and tokens (SmolLM2-135M teacher)")
+    if "lm" in args.parts:
+        lm_part(args, res)
+    if "glue" in args.parts:
+        glue_part(args, res)
+    res.save(render(res))
+
+
+def work_dir(args) -> Path:
+    """Run directories; smoke runs (--max-steps) get their own, so they never pass for real ones."""
+    return WORK / ("kngpt2" if args.max_steps is None else "kngpt2_smoke")
+
+
+def lm_part(args, res: Results) -> None:
     budget = [f"lm.max_tokens={args.tokens}", f"perplexity.max_tokens={args.ppl_tokens}"]
     kron_params = None
     for name, recipe_file in (("kronecker", "kron-pretrain.yaml"), ("layerdrop", "layerdrop-pretrain.yaml")):
@@ -53,7 +88,7 @@ def main() -> None:
             if kron_params is None:
                 sys.exit("the Kronecker student must finish first (its size sets the baseline's)")
             overrides += ["stages.0.layerdrop.keep=null", f"stages.0.layerdrop.target_params={kron_params}"]
-        out = WORK / "kngpt2" / name
+        out = work_dir(args) / name
         # A finished row is skipped only while its student is still on disk: the GLUE step
         # fine-tunes that student (a fresh machine re-distils it, re-measuring the row).
         if res.done(name) and (out / "model").is_dir() and not args.redo:
@@ -76,7 +111,61 @@ def main() -> None:
                        "wall_time_s": round(time.time() - t0, 1),
                        **{k: row[k] for k in ("kron_mean_rel_error", "layerdrop_plan", "kept_layers") if k in row}})
         res.save(render(res))
-    res.save(render(res))
+
+
+def glue_part(args, res: Results) -> None:
+    from kronbit.finetune import FinetuneConfig, finetune
+
+    glue = data_root() / "glue"
+    for task in args.glue_tasks:
+        budget = GLUE_BUDGETS[task]
+        tdir = work_dir(args) / "glue" / task / "teacher"
+        key = f"glue/{task}/teacher"
+        if not (tdir / "metrics.json").is_file() or args.redo:
+            t0 = time.time()
+            cfg = FinetuneConfig(model=TEACHER, task=task, data_dir=str(glue), output_dir=str(tdir),
+                                 learning_rate=3e-5, max_steps=args.max_steps, **GLUE_TRAIN, **budget)
+            ckpt = (tdir / "checkpoints").is_dir() and not args.redo
+            metrics = finetune(cfg, overwrite=not ckpt, resume=bool(ckpt))
+            res.add(key, _glue_row(task, "teacher", metrics, budget, 3e-5, time.time() - t0,
+                                   _params(tdir / "model")))
+            res.save(render(res))
+        for name in STUDENTS:
+            key = f"glue/{task}/{name}"
+            if res.done(key) and not args.redo:
+                print(f"[skip] {key}")
+                continue
+            student = work_dir(args) / name / "model"
+            if not student.is_dir():
+                print(f"[wait] {key}: no {name} student on disk yet (run --parts lm first)")
+                continue
+            out = work_dir(args) / "glue" / task / name
+            overrides = [f"train.{k}={v}" for k, v in {**GLUE_TRAIN, **budget}.items()]
+            recipe = load_recipe(REPO / "recipes" / "kngpt2" / "glue.yaml", overrides)
+            t0 = time.time()
+            table = run_recipe(recipe, model=str(tdir / "model"), task=task, data_dir=str(glue), output_dir=str(out),
+                               max_steps=args.max_steps, resume=out.is_dir() and not args.redo, overwrite=args.redo,
+                               recipe_source="recipes/kngpt2/glue.yaml", student=str(student))
+            row = table["stages"][-1]
+            res.add(key, {**_glue_row(task, name, row, budget, recipe.train.learning_rate, time.time() - t0,
+                                      _params(out / "model")), "overrides": overrides})
+            res.save(render(res))
+
+
+def _params(model_dir: Path) -> int:
+    from kronbit.checkpoint import load_model
+    from kronbit.modules import count_parameters
+
+    return count_parameters(load_model(model_dir))
+
+
+def _glue_row(task: str, model: str, metrics: dict, budget: dict, lr: float, wall: float, params: int) -> dict:
+    m = metrics["primary_metric"]
+    return {"task": task, "model": model, "primary_metric": m, "score": metrics[m], "score_unit": "fraction (dev)",
+            "metrics": {k: v for k, v in metrics.items() if isinstance(v, float) and k not in ("wall_time_s",)},
+            "params": params, "params_unit": "parameters (unique, with the classification head)",
+            "budget": {**GLUE_TRAIN, **budget, "learning_rate": lr}, "steps": metrics.get("steps"),
+            "wall_time_s": round(wall, 1)}
 
 
 def render(res: Results) -> str:
@@ -100,7 +189,36 @@ def render(res: Results) -> str:
         out += (f"\nKronecker vs layer-drop perplexity: Kronecker {verdict} (target: Kronecker ≥ 13% lower); sizes "
                 f"{rows['kronecker']['params'] / 1e6:.2f}M vs {rows['layerdrop']['params'] / 1e6:.2f}M, same "
                 f"{rows['kronecker']['train_tokens']} distillation tokens.\n")
-    return out
+    for name, old in res.data.get("superseded", {}).items():
+        r = old["rows"]
+        if "kronecker" in r and "layerdrop" in r:
+            out += (f"\nSuperseded ({name}: {old['why']}): Kronecker PPL {r['kronecker']['ppl']:.1f} vs layer-drop "
+                    f"{r['layerdrop']['ppl']:.1f} after {r['kronecker']['train_tokens']} tokens "
+                    f"({r['kronecker']['date']}).\n")
+    return out + render_glue(rows)
+
+
+def render_glue(rows: dict) -> str:
+    tasks = [t for t in GLUE_BUDGETS if any(k.startswith(f"glue/{t}/") for k in rows)]
+    if not tasks:
+        return ""
+    table = []
+    for model in ("teacher", *STUDENTS):
+        scores = [rows.get(f"glue/{t}/{model}", {}).get("score") for t in tasks]
+        if all(v is None for v in scores):
+            continue
+        done = [100 * v for v in scores if v is not None]
+        params = next(rows[f"glue/{t}/{model}"]["params"] for t, v in zip(tasks, scores) if v is not None)
+        table.append([model, params / 1e6, *[None if v is None else 100 * v for v in scores],
+                      sum(done) / len(done) if len(done) == len(tasks) else None])
+    budgets = "; ".join(f"{t}: {GLUE_BUDGETS[t]['train_subset']} examples, seq {GLUE_BUDGETS[t]['max_seq_length']}"
+                        for t in tasks)
+    return ("\n## GLUE dev after fine-tuning (primary metric ×100: CoLA MCC, MRPC F1, STS-B Pearson, accuracy "
+            "elsewhere)\n\nTeacher: SmolLM2-135M fine-tuned on the task; students: the ones above, fine-tuned with "
+            f"the same ILKD from that teacher (recipes/kngpt2/glue.yaml). Budget: one epoch, batch 16, bf16; {budgets}. "
+            "Paper (GLUE dev average, full data): " + "; ".join(f"{k} {v}" for k, v in PAPER_GLUE.items())
+            + ". The average is shown once every task of the row is in.\n\n"
+            + md_table(["model", "params (M)", *tasks, "avg"], table))
 
 
 if __name__ == "__main__":

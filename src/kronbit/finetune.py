@@ -191,6 +191,21 @@ def training_arguments(cfg: Any, out: Path, n_train: int, evaluate: bool = True,
     )
 
 
+def selected_metrics(trainer) -> dict[str, float]:
+    """Dev metrics of the model training ended with (the best checkpoint, loaded at the end).
+    That checkpoint was evaluated when it was saved, so its logged metrics are reused rather than
+    recomputed: a second pass over the dev set costs minutes for a decoder on this CPU and gives
+    the same numbers (evaluation is deterministic). Evaluates only when no such entry exists."""
+    best = trainer.state.best_model_checkpoint
+    if best is not None:
+        step = int(Path(best).name.rsplit("-", 1)[-1])
+        logged = [e for e in trainer.state.log_history if e.get("step") == step
+                  and f"eval_{trainer.args.metric_for_best_model}" in e]
+        if logged:
+            return {k.removeprefix("eval_"): v for k, v in logged[-1].items() if k.startswith("eval_")}
+    return {k.removeprefix("eval_"): v for k, v in trainer.evaluate().items()}
+
+
 def _has_cuda() -> bool:
     import torch
 
@@ -236,8 +251,7 @@ def finetune(cfg: FinetuneConfig, *, overwrite: bool = False, resume: bool = Fal
                       compute_metrics=glue_compute_metrics(task), callbacks=build_callbacks(out))
     ckpt = rundir.latest_checkpoint(out / "checkpoints") if resume else None
     trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
-    final = trainer.evaluate()
-    metrics = {k.removeprefix("eval_"): v for k, v in final.items()}
+    metrics = selected_metrics(trainer)
     wall = time.time() - start
     result = {"task": task.name, "split": "dev", "primary_metric": task.primary_metric,
               **{m: metrics[m] for m in task.metrics},

@@ -349,7 +349,7 @@ def run_stage(recipe: Recipe, index: int, *, init_dir: Path, teacher_dir: Path, 
     from .data.features import subsample, tokenize
     from .distill.mapping import kept_layer_map
     from .distill.trainer import DistillationTrainer
-    from .finetune import build_callbacks, glue_compute_metrics, training_arguments
+    from .finetune import build_callbacks, glue_compute_metrics, selected_metrics, training_arguments
     from .models import load_classifier, load_tokenizer, read_meta
     from .modules import recorded_transforms
     from .quant import quantize_, set_bits_
@@ -394,7 +394,7 @@ def run_stage(recipe: Recipe, index: int, *, init_dir: Path, teacher_dir: Path, 
         callbacks=build_callbacks(stage_out), teacher=teacher, kd=kd, regression=task.is_regression,
         lr_multipliers=_scale_multipliers(settings.scale_lr_multiplier))
     trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
-    metrics = {k.removeprefix("eval_"): v for k, v in trainer.evaluate().items()}
+    metrics = selected_metrics(trainer)
     meta = {"kind": "compressed", "task": task.name, "stage": stage.name, "method": recipe.method,
             "recipe": recipe.name, "dev_metrics": {m: metrics[m] for m in task.metrics},
             **({"kept_layers": kept} if kept else {})}

@@ -23,15 +23,16 @@ def _run(model, ids, mask):
     return out, rec
 
 
-@pytest.mark.parametrize("attention_loss", ["score_mse", "prob_kl"])
-def test_identical_student_and_teacher_give_zero(attention_loss):
+@pytest.mark.parametrize("attention_loss, hidden_loss", [("score_mse", "mse"), ("prob_kl", "mse"),
+                                                          ("prob_kl", "relative_mse")])
+def test_identical_student_and_teacher_give_zero(attention_loss, hidden_loss):
     ids = torch.randint(0, 50, (3, 9))
     mask = torch.ones_like(ids)
     mask[1, 6:] = 0
     m = _bert()
     s, s_rec = _run(m, ids, mask)
     t, t_rec = _run(m, ids, mask)
-    cfg = ALL.replace(attention_loss=attention_loss)
+    cfg = ALL.replace(attention_loss=attention_loss, hidden_loss=hidden_loss)
     total, parts = distillation_loss(cfg, s, t, token_mask=mask, student_scores=s_rec, teacher_scores=t_rec)
     assert set(parts) == {"logits", "embedding", "hidden", "attention"}
     assert float(total.detach()) == pytest.approx(0.0, abs=1e-7)
@@ -117,3 +118,17 @@ def test_layer_maps():
         KDConfig(layer_map="diagonal")
     with pytest.raises(ConfigError, match="every loss weight is 0"):
         KDConfig(logits=0)
+
+
+def test_relative_hidden_loss_by_hand_and_scale_free():
+    """‖s − t‖² / ‖t‖² per real token, averaged: the same value whatever the states' scale (a
+    decoder's massive activations no longer decide the loss's size), padding ignored."""
+    t = torch.tensor([[[3.0, 4.0], [1.0, 0.0], [9.0, 9.0]]])   # token norms² 25, 1, (padding)
+    s = torch.tensor([[[3.0, 0.0], [1.0, 1.0], [0.0, 0.0]]])   # errors² 16, 1
+    mask = torch.tensor([[1, 1, 0]]).bool()
+    expected = (16 / 25 + 1 / 1) / 2
+    assert float(hidden_mse(s, t, mask, relative=True)) == pytest.approx(expected)
+    assert float(hidden_mse(1000 * s, 1000 * t, mask, relative=True)) == pytest.approx(expected)
+    assert float(hidden_mse(s, t, mask)) == pytest.approx((16 / 2 + 1 / 2) / 2)  # plain MSE per feature
+    with pytest.raises(ConfigError, match="hidden_loss"):
+        KDConfig.from_dict({"hidden_loss": "cosine"})

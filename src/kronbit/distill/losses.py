@@ -7,7 +7,11 @@ which ones to use and with what weight. Losses:
   gradient as soft cross-entropy; zero when the two agree). Classification: one distribution per
   example; causal LM: one per (non-padding) token. Regression (STS-B): MSE on the scores.
 * ``embedding``: MSE between embedding-layer outputs (``hidden_states[0]``).
-* ``hidden``: MSE between mapped layers' hidden states (``distill.mapping``).
+* ``hidden``: MSE between mapped layers' hidden states (``distill.mapping``). With
+  ``hidden_loss: relative_mse`` (embedding too) each token's squared error is divided by the
+  teacher state's squared norm, ‖s − t‖² / ‖t‖²: decoders' residual streams carry a few huge
+  "massive activation" values (SmolLM2: a raw MSE in the thousands against a logits KL of ~10),
+  which make a raw MSE swamp every other loss and, through gradient clipping, the update.
 * ``attention``: on mapped layers' attention, either MSE on pre-softmax scores over valid
   (query, key) pairs (TinyBERT) or KL between attention probabilities (``attention_loss``).
 * ``task``: the model's own loss on the ground-truth labels (cross-entropy / LM loss).
@@ -37,6 +41,7 @@ class KDConfig(Config):
     attention: float = 0.0
     task: float = 0.0
     attention_loss: Literal["score_mse", "prob_kl"] = "score_mse"
+    hidden_loss: Literal["mse", "relative_mse"] = "mse"
     temperature: float = 1.0
     layer_map: str = "uniform"
 
@@ -80,11 +85,18 @@ def logits_loss(s: torch.Tensor, t: torch.Tensor, temperature: float, token_mask
     return _masked_mean(kl, mask) * temperature ** 2
 
 
-def hidden_mse(s: torch.Tensor, t: torch.Tensor, token_mask: torch.Tensor | None) -> torch.Tensor:
+def hidden_mse(s: torch.Tensor, t: torch.Tensor, token_mask: torch.Tensor | None,
+               relative: bool = False) -> torch.Tensor:
+    """Mean over real tokens of the mean squared error per feature, or with ``relative`` of
+    ‖s − t‖² / ‖t‖² per token (scale-free: see the module docstring)."""
     if s.shape[-1] != t.shape[-1]:
         raise ConfigError(f"hidden-state distillation needs equal hidden sizes (student {s.shape[-1]}, "
                           f"teacher {t.shape[-1]}); set kd.hidden=0 and kd.embedding=0")
-    per_token = (s.float() - t.float()).pow(2).mean(-1)
+    s, t = s.float(), t.float()
+    if relative:
+        per_token = (s - t).pow(2).sum(-1) / t.pow(2).sum(-1).clamp_min(1e-12)
+    else:
+        per_token = (s - t).pow(2).mean(-1)
     return _masked_mean(per_token, token_mask)
 
 
@@ -132,11 +144,12 @@ def distillation_loss(cfg: KDConfig, student, teacher, *, token_mask: torch.Tens
         hs, ht = student.hidden_states, teacher.hidden_states
         if hs is None or ht is None:
             raise RuntimeError("hidden-state distillation needs output_hidden_states=True")
+        rel = cfg.hidden_loss == "relative_mse"
         if cfg.embedding > 0:
-            parts["embedding"] = hidden_mse(hs[0], ht[0], tmask)
+            parts["embedding"] = hidden_mse(hs[0], ht[0], tmask, rel)
         if cfg.hidden > 0:
             pairs = layer_map(len(hs) - 1, len(ht) - 1, cfg.layer_map)
-            parts["hidden"] = torch.stack([hidden_mse(hs[i], ht[j], tmask) for i, j in pairs]).mean()
+            parts["hidden"] = torch.stack([hidden_mse(hs[i], ht[j], tmask, rel) for i, j in pairs]).mean()
     if cfg.attention > 0:
         if not student_scores or not teacher_scores:
             raise RuntimeError("attention distillation needs recorded attention scores")
