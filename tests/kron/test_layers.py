@@ -20,14 +20,16 @@ SHAPES = [((2, 2), (3, 5), 1), ((4, 1), (2, 6), 2), ((1, 3), (5, 2), 3), ((6, 4)
 
 @pytest.mark.parametrize("a_shape,b_shape,rank", SHAPES)
 @pytest.mark.parametrize("order", ["b_first", "a_first"])
-def test_forward_and_backward_equal_dense_kron_layer(a_shape, b_shape, rank, order):
+@pytest.mark.parametrize("lead", [(3, 5), (1, 1), (1,)], ids=["15-tokens", "1-token-3d", "1-token"])
+def test_forward_and_backward_equal_dense_kron_layer(a_shape, b_shape, rank, order, lead):
+    """Every path of kron_linear (general; rank-1 single token) against the dense A⊗B layer."""
     (m1, n1), (m2, n2) = a_shape, b_shape
     layer = KroneckerLinear(n1 * n2, m1 * m2, a_shape, b_shape, rank, order=order, dtype=f64)
-    x = torch.randn(3, 5, n1 * n2, dtype=f64, requires_grad=True)
+    x = torch.randn(*lead, n1 * n2, dtype=f64, requires_grad=True)
     y = layer(x)
     W = kron_sum(layer.a, layer.b)  # dense reference built with the same parameters
     ref = F.linear(x, W, layer.bias)
-    assert y.shape == (3, 5, m1 * m2)
+    assert y.shape == (*lead, m1 * m2)
     assert torch.allclose(y, ref, rtol=0, atol=1e-12)
     # gradients of the factors and of the input agree with autograd through the dense kron
     g = torch.randn_like(y)

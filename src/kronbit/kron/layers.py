@@ -61,6 +61,29 @@ def kron_flops(a_shape: Sequence[int], b_shape: Sequence[int], rank: int = 1) ->
     return min(f["b_first"], f["a_first"])
 
 
+# At one token (decoding, batch-1 serving) the FLOPs are tiny and the cost is the number of
+# autograd ops: the general path below spends ~10 (GEMMs, permutes, transposes, reshapes) where
+# nn.Linear spends one, which made a 576→576 layer slower than dense at 1 token. A single token of
+# a rank-1 layer needs only two plain 2-D GEMMs on views of the stored factors.
+ONE_TOKEN_PATH = True  # module switch so a benchmark can time both paths side by side
+
+
+def _kron_linear_one_token(x, a, b, bias, order: Order) -> torch.Tensor:
+    """Rank 1, one token: y = vec(A X Bᵀ) with X = x reshaped to (n1 × n2)."""
+    _, m1, n1 = a.shape
+    _, m2, n2 = b.shape
+    # view, not a[0]: indexing's backward writes a zero-filled copy of the whole factor
+    X, A, B = x.reshape(n1, n2), a.view(m1, n1), b.view(m2, n2)
+    if order == "b_first":
+        y = torch.mm(A, F.linear(X, B))                 # (n1, m2) → (m1, m2)
+    else:
+        y = F.linear(torch.mm(A, X), B)                 # (m1, n2) → (m1, m2)
+    y = y.reshape(*x.shape[:-1], m1 * m2)
+    if bias is not None:
+        y = y + bias.to(y.dtype)
+    return y
+
+
 def kron_linear(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None,
                 order: Order = "b_first") -> torch.Tensor:
     """y = x · (Σ_r a_r ⊗ b_r)ᵀ + bias for x (..., n1·n2), a (r, m1, n1), b (r, m2, n2)."""
@@ -70,6 +93,9 @@ def kron_linear(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, bias: torch.T
     if x.shape[-1] != n1 * n2:
         raise ValueError(f"input has {x.shape[-1]} features, the Kronecker layer expects {n1 * n2}")
     N = math.prod(lead)
+    if r == 1 and N == 1 and ONE_TOKEN_PATH and not (order == "b_first" and m2 == 1):
+        # (b_first with a one-row B needs no transposes below: already two GEMMs)
+        return _kron_linear_one_token(x, a, b, bias, order)
     x2 = x.reshape(N, n1 * n2)
     if order == "b_first":
         # T[(t, j1), (s, i2)] = Σ_j2 X_t[j1, j2] B_s[i2, j2]: one GEMM over every token and row block.
