@@ -116,10 +116,16 @@ def render(res: Results) -> str:
     if not rows:
         return "# Kronecker layer speed\n\n(no rows yet)\n"
     r0 = rows[-1]
-    m = r0["machine"]
+    runs = {}
+    for r in rows:  # one line per run that produced rows (a partial re-measure adds one)
+        m = r["machine"]
+        runs.setdefault((r["command"], r["date"][:10]), (r["date"], m, sorted({x["tokens"] for x in rows
+                                                                                if x["command"] == r["command"]})))
+    produced = "; ".join(f"`{cmd}` on {date} ({m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch threads, "
+                         f"torch {m['torch']}; rows at {', '.join(map(str, toks))} token(s))"
+                         for (cmd, _), (date, m, toks) in runs.items())
     out = ["# Kronecker layer speed: KroneckerLinear vs nn.Linear, forward + backward (CPU)\n\n",
-           f"Produced by `{r0['command']}` on {r0['date']}; {m['cpu']}, {m['cores']} cores, "
-           f"{m['torch_threads']} torch threads, torch {m['torch']}. Each row: median over alternating "
+           f"Produced by {produced}. Each row: median over alternating "
            "rounds of the dense and Kronecker layers timed side by side; one call = forward + gradients "
            "w.r.t. input and parameters. Speed-up = dense time / Kronecker time; ideal = dense MACs / "
            "Kronecker MACs; ratio = speed-up / ideal. Shapes are of W (out × in). Weights: random "
@@ -127,8 +133,8 @@ def render(res: Results) -> str:
     if r0.get("quick"):
         out.append("**Quick validation run (`--quick`): two layers, few rounds; the figures only show that "
                    "the script works. Rerun without `--quick` on an idle machine for the real numbers.**\n\n")
-    if res.data.get("note"):
-        out.append(f"Note: {res.data['note']}\n\n")
+    for note in res.data.get("notes") or ([res.data["note"]] if res.data.get("note") else []):
+        out.append(f"Note: {note}\n\n")
     for dtype in ("fp32", "bf16"):
         for tokens in (1024, 1):
             sel = [r for r in rows if r["dtype"] == dtype and r["tokens"] == tokens]
@@ -170,6 +176,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=None, help="timed rounds per variant (default 9; quick 5)")
     ap.add_argument("--resume", action="store_true", help="keep rows already measured with the same settings")
     ap.add_argument("--note", default=None, help="a remark for the results page (e.g. machine load)")
+    ap.add_argument("--tokens", type=int, nargs="+", choices=[1024, 1], default=[1024, 1],
+                    help="token counts to measure; a subset re-measures only those rows and keeps the others")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -178,10 +186,18 @@ def main() -> None:
     warmup = 2 if args.quick else 3
     res = Results("kron_speed", "KroneckerLinear vs nn.Linear forward+backward time on CPU (fp32, bf16 autocast)")
     settings = {"quick": args.quick, "repeats": repeats, "threads": torch.get_num_threads()}
-    if not args.resume:
+    partial = set(args.tokens) != {1024, 1}
+    if partial:  # re-measure these token counts; every other row stays as it was
+        res.data["rows"] = {k: r for k, r in res.data["rows"].items() if r["tokens"] not in args.tokens}
+    elif not args.resume:
         res.data["rows"] = {}
-    res.data["settings"] = settings
-    res.data["note"] = args.note
+    if not partial:
+        res.data["settings"] = settings
+    notes = res.data.get("notes") or ([res.data["note"]] if res.data.get("note") else [])
+    if args.note:
+        notes = [*notes, args.note] if partial else [args.note]
+    res.data["notes"] = notes
+    res.data.pop("note", None)
     layers = QUICK_LAYERS if args.quick else LAYERS
     t_start = time.time()
     for model_name, in_f, out_f in layers:
@@ -192,7 +208,7 @@ def main() -> None:
         picks = variants(out_f, in_f, dense.weight.detach(), args.quick)
         krons = {label: (KroneckerLinear.from_module(dense, a_shape=a), chooser) for label, a, chooser in picks}
         for dtype in ("fp32", "bf16"):
-            for tokens in (1024, 1):
+            for tokens in [t for t in (1024, 1) if t in args.tokens]:
                 keys = {label: f"{model_name} {in_f}->{out_f} | {label} | {dtype} | {tokens}" for label in krons}
                 if args.resume and all(res.done(k) and res.data["rows"][k].get("settings") == settings
                                        for k in keys.values()):

@@ -93,8 +93,7 @@ def kron_linear(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, bias: torch.T
     if x.shape[-1] != n1 * n2:
         raise ValueError(f"input has {x.shape[-1]} features, the Kronecker layer expects {n1 * n2}")
     N = math.prod(lead)
-    if r == 1 and N == 1 and ONE_TOKEN_PATH and not (order == "b_first" and m2 == 1):
-        # (b_first with a one-row B needs no transposes below: already two GEMMs)
+    if r == 1 and N == 1 and ONE_TOKEN_PATH:
         return _kron_linear_one_token(x, a, b, bias, order)
     x2 = x.reshape(N, n1 * n2)
     if order == "b_first":
