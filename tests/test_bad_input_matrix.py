@@ -22,6 +22,7 @@ from kronbit.errors import ConfigError, KronbitError
 _one_thread = pytest.fixture(autouse=True)(single_thread)
 BINARY = str(REPO / "recipes" / "tspq" / "binary.yaml")
 KRON = str(REPO / "recipes" / "kngpt2" / "kron-pretrain.yaml")
+GLUE_KD = str(REPO / "recipes" / "kngpt2" / "glue.yaml")
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +127,12 @@ CLI_CASES = [
      lambda w: run(w, KRON, "--set", "stages.0.layerdrop.keep=2"), "choose kron or layerdrop, not both"),
     ("recipe-kron-typo", "recipe", "typo in a Kronecker key",
      lambda w: run(w, KRON, "--set", "stages.0.kron.compresion=2"), "did you mean 'compression'"),
+    ("recipe-student-missing", "recipe", "a stage starts from the student, no --student given",
+     lambda w: run(w, GLUE_KD), "pass --student DIR"),
+    ("recipe-student-not-found", "recipe", "--student path that does not exist",
+     lambda w: run(w, GLUE_KD, "--student", str(w / "none")), "--student"),
+    ("recipe-student-unused", "recipe", "--student given to a recipe that never uses it",
+     lambda w: run(w, BINARY, "--student", str(w / "tiny")), "no stage of recipe 'tspq-binary' starts from it"),
     # ---- data
     ("data-unknown-task", "data", "task name typo", lambda w: ft(w, "--set", "task=sst3"),
      "unknown task 'sst3'; did you mean 'sst2'?"),
