@@ -8,7 +8,7 @@ import pytest
 from helpers import write_tiny_sst2
 
 from kronbit.cli import main
-from kronbit.decoders import tiny_gpt2, tiny_llama
+from kronbit.decoders import tiny_llama
 
 
 def _last_json(capsys):
@@ -16,15 +16,8 @@ def _last_json(capsys):
 
 
 @pytest.fixture
-def glue_setup(tmp_path, gpt2_tok):
-    teacher = tiny_gpt2(vocab_size=len(gpt2_tok), n_embd=32, n_layer=4, n_head=2, n_positions=128)
-    teacher.save_pretrained(tmp_path / "teacher")
-    gpt2_tok.save_pretrained(tmp_path / "teacher")
-    root = tmp_path / "data"
-    text = ("The quick brown fox jumps over the lazy dog. " * 60 + "\n") * 4
-    for rel in ("lm/wikitext-2/wiki.valid.tokens", "lm/wikitext-2/wiki.test.tokens", "lm/tinyshakespeare/input.txt"):
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_text(text)
+def glue_setup(lm_world):
+    tmp_path, root = lm_world
     write_tiny_sst2(root / "glue")
     lm_small = ["--set", "lm.block_size=32", "--set", "lm.max_tokens=512", "--set", "train.batch_size=4",
                 "--set", "perplexity.max_length=64", "--set", "perplexity.stride=32", "--set",
