@@ -199,6 +199,8 @@ def run_lm_stage(recipe, index: int, *, init, teacher, tokenizer, train_ds, eval
     ckpt = resume_point(stage_out)
 
     student = load_student(init)
+    # A start that was itself layer-dropped: its blocks' indices in the teacher.
+    kept_before = read_meta(init).get("kept_layers") if Path(init).is_dir() else None
     info: dict[str, Any] = {}
     if stage.kron is not None:
         report = kroneckerize_(student, KroneckerConfig.from_dict(stage.kron, where=f"stage '{stage.name}' kron"))
@@ -219,12 +221,11 @@ def run_lm_stage(recipe, index: int, *, init, teacher, tokenizer, train_ds, eval
 
         # Indices into the starting model's blocks; for a start that was itself layer-dropped,
         # into the teacher's blocks through its own kept list.
-        kept_before = read_meta(init).get("kept_layers") if Path(init).is_dir() else None
         keep = resolve_keep(keep, len(decoder_layers(student)[1]))
         student = drop_layers(student, keep)
         info["kept_layers"] = [kept_before[k] for k in keep] if kept_before else keep
-    elif Path(init).is_dir() and read_meta(init).get("kept_layers"):
-        info["kept_layers"] = read_meta(init)["kept_layers"]
+    elif kept_before:
+        info["kept_layers"] = kept_before
     if "kept_layers" in info:
         kd = kd.replace(layer_map=kept_layer_map(kd.layer_map, info["kept_layers"]))
     if kd.needs_attention:
