@@ -29,6 +29,7 @@ that is not on disk yet is skipped with a message (run the lm part first).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -122,12 +123,15 @@ def glue_part(args, res: Results) -> None:
         tdir = work_dir(args) / "glue" / task / "teacher"
         key = f"glue/{task}/teacher"
         if not (tdir / "metrics.json").is_file() or args.redo:
-            t0 = time.time()
             cfg = FinetuneConfig(model=TEACHER, task=task, data_dir=str(glue), output_dir=str(tdir),
                                  learning_rate=3e-5, max_steps=args.max_steps, **GLUE_TRAIN, **budget)
             ckpt = (tdir / "checkpoints").is_dir() and not args.redo
-            metrics = finetune(cfg, overwrite=not ckpt, resume=bool(ckpt))
-            res.add(key, _glue_row(task, "teacher", metrics, budget, 3e-5, time.time() - t0,
+            finetune(cfg, overwrite=not ckpt, resume=bool(ckpt))
+        if not res.done(key) or args.redo:
+            # From the finished run's own metrics.json, so a row lost from the results file (or a
+            # run finished in a killed session) is recovered without training the teacher again.
+            metrics = json.loads((tdir / "metrics.json").read_text())
+            res.add(key, _glue_row(task, "teacher", metrics, budget, 3e-5, metrics["wall_time_s"],
                                    _params(tdir / "model")))
             res.save(render(res))
         for name in STUDENTS:
@@ -142,12 +146,12 @@ def glue_part(args, res: Results) -> None:
             out = work_dir(args) / "glue" / task / name
             overrides = [f"train.{k}={v}" for k, v in {**GLUE_TRAIN, **budget}.items()]
             recipe = load_recipe(REPO / "recipes" / "kngpt2" / "glue.yaml", overrides)
-            t0 = time.time()
             table = run_recipe(recipe, model=str(tdir / "model"), task=task, data_dir=str(glue), output_dir=str(out),
                                max_steps=args.max_steps, resume=out.is_dir() and not args.redo, overwrite=args.redo,
                                recipe_source="recipes/kngpt2/glue.yaml", student=str(student))
             row = table["stages"][-1]
-            res.add(key, {**_glue_row(task, name, row, budget, recipe.train.learning_rate, time.time() - t0,
+            # The stage's own wall time: a resumed run that finds the stage finished costs ~0 s here.
+            res.add(key, {**_glue_row(task, name, row, budget, recipe.train.learning_rate, row["wall_time_s"],
                                       _params(out / "model")), "overrides": overrides})
             res.save(render(res))
 
