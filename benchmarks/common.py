@@ -52,6 +52,11 @@ def command() -> str:
     return " ".join(shlex.quote(a) for a in ["python", os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]])
 
 
+def slug(name: str) -> str:
+    """A run-directory name for a variant's label ("lr 2e-4, no KD" -> "lr_2e_4__no_KD")."""
+    return "".join(ch if ch.isalnum() else "_" for ch in name).strip("_")
+
+
 def now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 

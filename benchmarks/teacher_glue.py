@@ -78,7 +78,9 @@ def main() -> None:
         return
     glue = data_root() / "glue"
     for task in args.tasks:
-        if res.done(task) and not args.redo:
+        # Skipped only while the teacher is still on disk: every TSPQ benchmark distils from it, so
+        # a fresh machine retrains it (and re-measures its row) rather than leaving nothing to load.
+        if res.done(task) and (teacher_dir(task) / "model").is_dir() and not args.redo:
             print(f"[skip] {task}: already in {res.json_path.name}")
             continue
         budget = BUDGETS[task]
