@@ -106,7 +106,13 @@ def render(res: Results) -> str:
             "accuracy elsewhere)\n\nProduced by `python benchmarks/tspq_glue.py`; budgets, commands, dates and "
             "machine in `tspq_glue.json`. The papers' numbers are for BERT-base on all of GLUE and are shown "
             "for orientation only: " + "; ".join(f"{k}: {v}" for k, v in PAPER.items()) + ".\n\n")
-    return head + md_table(headers, out_rows)
+    schedules = sorted({" → ".join(st["stage"] for st in r["stages"]) for k, r in rows_by.items()
+                        if r["config"].startswith("tspq")})
+    note = ("\nEach row ran the recipe as it was on its date (`tspq_glue.json` keeps every stage). The TSPQ "
+            "schedules in these rows: " + "; ".join(schedules) + ". The recipes now use the schedules chosen in "
+            "`tspq_schedule.md` (binary w2 → w1 → w1a1, ternary w4 → w2 → w2a8); rows of the first "
+            "schedules (w8 → w4 → ...) are from before that change and an earlier teacher run.\n")
+    return head + md_table(headers, out_rows) + note
 
 
 def _avg(values):
