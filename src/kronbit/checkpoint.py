@@ -153,9 +153,17 @@ def load_compressed(model_dir: str | Path, task=None) -> nn.Module:
         state = load_file(str(model_dir / WEIGHTS_NAME))
     except (SafetensorError, OSError) as e:
         raise ModelError(f"{model_dir / WEIGHTS_NAME}: unreadable safetensors file ({e})") from None
-    # Tied tensors were saved once; restore the aliases before a strict load.
+    # Tied tensors were saved once, under either name (safetensors' de-duplication keeps one of
+    # the aliases, e.g. ``lm_head.weight`` rather than the embedding): give the other name the
+    # same tensor before a strict load, so neither side of a tie comes back randomly initialised.
+    ties = dict(getattr(model, "all_tied_weights_keys", {}) or {})
+    for target, source in ties.items():
+        if source in state and target not in state:
+            state[target] = state[source]
+        elif target in state and source not in state:
+            state[source] = state[target]
     missing, unexpected = model.load_state_dict(state, strict=False)
-    tied = set(getattr(model, "all_tied_weights_keys", {}) or {})
+    tied = set(ties)
     missing = [k for k in missing if k not in tied]
     if new_head:
         # Only the heads may differ: the new classification head is missing, the old (LM) head

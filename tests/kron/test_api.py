@@ -181,6 +181,30 @@ def test_compressed_checkpoint_round_trip(make_gpt2, ids, tmp_path):
     assert torch.equal(logits(loaded, ids), ref)
 
 
+def test_compressed_round_trip_with_dense_tied_embedding(ids, tmp_path):
+    """Blocks decomposed, the tied embedding left dense: the file may hold the tie under the head's
+    name only; the embedding must still come back with the trained values (regression test)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from kronbit.checkpoint import load_compressed, save_compressed
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+                                         max_position_embeddings=64)).eval()
+    report = kroneckerize_(model, KroneckerConfig(compression=2, layers=[1, 2]))
+    perturb_(model)
+    with torch.no_grad():
+        model.model.embed_tokens.weight.add_(0.5)  # trained away from any fresh initialisation
+    ref = logits(model, ids)
+    save_compressed(model, None, tmp_path / "ckpt", {"method": "kngpt2"},
+                    [{"kind": "kron", "config": report.config.to_dict()}])
+    loaded = load_compressed(tmp_path / "ckpt")
+    assert loaded.lm_head.weight is loaded.model.embed_tokens.weight
+    assert torch.equal(loaded.model.embed_tokens.weight, model.model.embed_tokens.weight)
+    assert torch.equal(logits(loaded, ids), ref)
+
+
 # ---- densify
 
 
