@@ -28,18 +28,15 @@ from common import REPO, WORK, Results, data_root, md_table, slug  # noqa: E402
 from kronbit.recipe import load_recipe, run_recipe  # noqa: E402
 
 TEACHER = "packaged:smollm2"
-N_BLOCKS = 30  # SmolLM2-135M
-# Blocks kept dense in the equal-size "blocks only" selection: 7 of 30, evenly spread and including
-# the first and the last (the blocks layer dropping also finds hardest to lose); the other 23 at
-# factor 2 remove about as many parameters as KnGPT2's embedding + 15 odd blocks.
-DENSE_BLOCKS = [0, 5, 10, 15, 19, 24, 29]
+# The equal-size selection that keeps the embedding dense is a shipped recipe; its stage is read
+# from there so the ablation and the recipe cannot drift apart.
+DENSE_EMBEDDING = load_recipe(REPO / "recipes" / "kngpt2" / "kron-pretrain-dense-embedding.yaml").stages[0].kron
 VARIANTS = {
     "embedding + odd blocks (KnGPT2)": {"compression": 2, "layers": "odd", "embeddings": True,
                                         "embedding_factor": 2},
     "embedding only": {"target_modules": [], "embeddings": True, "embedding_factor": 2},
     "odd blocks only": {"compression": 2, "layers": "odd"},
-    "23 blocks, embedding dense (equal size)": {
-        "compression": 2, "layers": [i for i in range(N_BLOCKS) if i not in DENSE_BLOCKS]},
+    "23 blocks, embedding dense (equal size)": DENSE_EMBEDDING,
 }
 
 
@@ -63,7 +60,7 @@ def init_part(args, res: Results) -> None:
     from kronbit.data.lm import read_text
     from kronbit.decoders import load_causal_lm, load_causal_tokenizer
     from kronbit.kron import KroneckerConfig, kroneckerize_
-    from kronbit.lm_stage import PerplexityConfig, _ppl, lm_root
+    from kronbit.lm_stage import PerplexityConfig, lm_root, score_perplexity
     from kronbit.modules import count_parameters
 
     recipe = load_recipe(REPO / "recipes" / "kngpt2" / "kron-pretrain.yaml",
@@ -80,7 +77,7 @@ def init_part(args, res: Results) -> None:
         model = load_causal_lm(TEACHER)
         report = kroneckerize_(model, KroneckerConfig.from_dict(VARIANTS[name]))
         errors = [r.relative_error for r in report.layers if r.relative_error is not None]
-        ppl = _ppl(model, tokenizer, text, ppl_cfg)
+        ppl = score_perplexity(model, tokenizer, text, ppl_cfg)
         res.add(key, {"part": "init", "variant": name, "kron": VARIANTS[name], "params": count_parameters(model),
                       "params_unit": "parameters (unique)", "kron_layers": len(report.layers),
                       "kron_mean_rel_error": round(sum(errors) / len(errors), 4) if errors else None,

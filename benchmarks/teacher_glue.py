@@ -45,6 +45,14 @@ def teacher_dir(task: str) -> Path:
     return WORK / "teachers" / task
 
 
+def require_teacher(task: str) -> Path:
+    """The fine-tuned teacher's model directory, or exit saying how to make it."""
+    model = teacher_dir(task) / "model"
+    if not model.is_dir():
+        sys.exit(f"no teacher for {task} at {model}: run benchmarks/teacher_glue.py --tasks {task} first")
+    return model
+
+
 def render(res: Results) -> str:
     rows = []
     for task in BUDGETS:

@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import REPO, WORK, Results, data_root, md_table  # noqa: E402
-from teacher_glue import teacher_dir  # noqa: E402
+from teacher_glue import require_teacher  # noqa: E402
 
 from kronbit.recipe import load_recipe, run_recipe  # noqa: E402
 
@@ -57,9 +57,7 @@ def main() -> None:
     glue = data_root() / "glue"
     teachers = Results("teacher_glue", "")
     for task in args.tasks:
-        tdir = teacher_dir(task) / "model"
-        if not tdir.is_dir():
-            sys.exit(f"no teacher for {task} at {tdir}: run benchmarks/teacher_glue.py --tasks {task} first")
+        tdir = require_teacher(task)
         for name in args.configs:
             key = f"{task}/{name}"
             if res.done(key) and not args.redo:

@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import REPO, WORK, Results, data_root, md_table, slug  # noqa: E402
-from teacher_glue import teacher_dir  # noqa: E402
+from teacher_glue import require_teacher  # noqa: E402
 from tspq_glue import BUDGETS  # noqa: E402
 
 from kronbit.recipe import load_recipe, run_recipe  # noqa: E402
@@ -72,9 +72,7 @@ def main() -> None:
     ap.add_argument("--redo", action="store_true")
     args = ap.parse_args()
     res = Results("tspq_schedule", "TSPQ bit-schedule ablation at equal total epochs (MiniLM-L6 teacher, dev)")
-    tdir = teacher_dir(args.task) / "model"
-    if not tdir.is_dir():
-        sys.exit(f"no teacher for {args.task} at {tdir}: run benchmarks/teacher_glue.py --tasks {args.task} first")
+    tdir = require_teacher(args.task)
     for name in args.variants:
         key = f"{args.task}/{name}"
         if res.done(key) and not args.redo:
@@ -91,7 +89,7 @@ def main() -> None:
         m = table["primary_metric"]
         res.add(key, {"task": args.task, "variant": name, "recipe": f"recipes/tspq/{base}", "overrides": overrides,
                       "primary_metric": m, "score": table["stages"][-1][m], "score_unit": "fraction (dev)",
-                      "teacher_score": table["teacher"].get(m) if isinstance(table.get("teacher"), dict) else None,
+                      "teacher_score": table["teacher"].get(m),
                       "stages": [{"stage": s["stage"], "w_bits": s["w_bits"], "a_bits": s["a_bits"], "score": s[m],
                                   "steps": s["steps"], "wall_time_s": s["wall_time_s"]} for s in table["stages"]],
                       "epochs_total": sum(recipe.train_settings(s).epochs for s in recipe.stages),

@@ -142,7 +142,8 @@ def run_lm_recipe(recipe, *, model: str, data_dir: str | None, output_dir: str, 
     else:
         from .modules import count_parameters
 
-        table.teacher = {"params": count_parameters(teacher), **_ppl(teacher, tokenizer, eval_text, ppl_cfg)}
+        table.teacher = {"params": count_parameters(teacher),
+                         **score_perplexity(teacher, tokenizer, eval_text, ppl_cfg)}
         from . import distributed
         from .io import write_json
 
@@ -169,7 +170,7 @@ def lm_root(data_dir: str | None) -> Path | None:
     return d
 
 
-def _ppl(model, tokenizer, text: str, cfg: PerplexityConfig) -> dict[str, Any]:
+def score_perplexity(model, tokenizer, text: str, cfg: PerplexityConfig) -> dict[str, Any]:
     from .perplexity import perplexity
 
     r = perplexity(model.eval(), tokenizer, text, max_length=cfg.max_length, stride=cfg.stride,
@@ -231,13 +232,13 @@ def run_lm_stage(recipe, index: int, *, init, teacher, tokenizer, train_ds, eval
     if kd.needs_attention:
         student.set_attn_implementation("eager")
     params = count_parameters(student)
-    before = _ppl(student, tokenizer, eval_text, ppl_cfg)
+    before = score_perplexity(student, tokenizer, eval_text, ppl_cfg)
     student.train()
     args = training_arguments(settings, stage_out, len(train_ds), evaluate=False)
     trainer = DistillationTrainer(model=student, args=args, train_dataset=train_ds, callbacks=build_callbacks(stage_out, evaluate=False),
                                   teacher=teacher, kd=kd)
     trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
-    after = _ppl(trainer.model, tokenizer, eval_text, ppl_cfg)
+    after = score_perplexity(trainer.model, tokenizer, eval_text, ppl_cfg)
     meta = {"kind": "student", "stage": stage.name, "method": recipe.method, "recipe": recipe.name,
             "source": str(source), "ppl": after["ppl"]}
     if "kept_layers" in info:
