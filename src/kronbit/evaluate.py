@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from .data import metrics as glue_metrics
 from .data.features import tokenize
@@ -20,9 +20,12 @@ from .models import load_tokenizer, read_meta, resolve_model
 
 @torch.inference_mode()
 def predict(model, dataset, collator, batch_size: int = 128, bf16: bool = False) -> np.ndarray:
-    """Logits for every example, in order (no shuffling, dynamic padding)."""
+    """Logits for every example, in the dataset's order. Batches are formed longest-first (then
+    put back in order): with dynamic padding each batch pads to a near-equal length, the same
+    batching the Trainer's evaluation sees (``features.sorted_by_length``)."""
     model.eval()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collator)
+    order = sorted(range(len(dataset)), key=lambda i: -len(dataset[i]["input_ids"]))
+    loader = DataLoader(Subset(dataset, order), batch_size=batch_size, shuffle=False, collate_fn=collator)
     device = next(model.parameters()).device
     autocast = (torch.autocast(device_type=device.type, dtype=torch.bfloat16) if bf16
                 else contextlib.nullcontext())
@@ -31,7 +34,12 @@ def predict(model, dataset, collator, batch_size: int = 128, bf16: bool = False)
         batch = {k: v.to(device) for k, v in batch.items() if k != "labels"}
         with autocast:
             out.append(model(**batch).logits.float().cpu())
-    return torch.cat(out).numpy()
+    if not out:
+        return np.empty((0,), dtype=np.float32)
+    sorted_logits = torch.cat(out)
+    logits = torch.empty_like(sorted_logits)
+    logits[torch.tensor(order)] = sorted_logits  # row k of the sorted batches is example order[k]
+    return logits.numpy()
 
 
 def evaluate(model: str, task: str | None = None, data_dir: str = "hub", split: str = "dev",

@@ -21,7 +21,7 @@ import numpy as np
 from . import rundir
 from .config import Config
 from .data import metrics as glue_metrics
-from .data.features import subsample, tokenize
+from .data.features import sorted_by_length, subsample, tokenize
 from .data.glue import get_task, is_hub, load_split
 from .errors import ConfigError
 from .io import atomic_dir, write_json
@@ -47,6 +47,9 @@ class TrainingOptions(Config):
     weight_decay: float = 0.01
     train_subset: int | None = None  # seeded random subset of the training split (budgets)
     eval_every: int | None = None    # steps between evaluations (and checkpoints); default once per epoch
+    # Batches of similar-length examples (HF's length-grouped sampler): with dynamic padding a
+    # random batch costs its longest example, and GLUE lengths vary 2-3x within a batch.
+    group_by_length: bool = False
 
     def validate(self) -> None:
         check_training(self)
@@ -184,6 +187,7 @@ def training_arguments(cfg: Any, out: Path, n_train: int, evaluate: bool = True,
         logging_steps=max(1, min(50, every)),
         report_to="none",
         dataloader_num_workers=0,
+        train_sampling_strategy="group_by_length" if getattr(cfg, "group_by_length", False) else "random",
         # kronbit's losses (task and distillation) are means over the local batch; with this left
         # on, the Trainer scales them by the number of processes under DDP, doubling gradients.
         average_tokens_across_devices=False,
@@ -241,7 +245,7 @@ def finetune(cfg: FinetuneConfig, *, overwrite: bool = False, resume: bool = Fal
         tokenizer.pad_token = tokenizer.eos_token
     train_ex = subsample(train_ex, cfg.train_subset, cfg.seed)
     train_ds = tokenize(train_ex, tokenizer, task, cfg.max_seq_length)
-    dev_ds = tokenize(dev_ex, tokenizer, task, cfg.max_seq_length)
+    dev_ds = sorted_by_length(tokenize(dev_ex, tokenizer, task, cfg.max_seq_length))
     log.info("task %s: %d train / %d dev examples; model %s", task.name, len(train_ds), len(dev_ds), model_path)
 
     args = training_arguments(cfg, out, len(train_ds), metric_for_best_model=task.primary_metric,

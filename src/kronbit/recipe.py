@@ -346,7 +346,7 @@ def run_stage(recipe: Recipe, index: int, *, init_dir: Path, teacher_dir: Path, 
               train_ex, dev_ex, max_steps, load_model, run_out: Path) -> dict[str, Any]:
     from transformers import DataCollatorWithPadding, set_seed
 
-    from .data.features import subsample, tokenize
+    from .data.features import sorted_by_length, subsample, tokenize
     from .distill.mapping import kept_layer_map
     from .distill.trainer import DistillationTrainer
     from .finetune import build_callbacks, glue_compute_metrics, selected_metrics, training_arguments
@@ -385,7 +385,7 @@ def run_stage(recipe: Recipe, index: int, *, init_dir: Path, teacher_dir: Path, 
             acfg = acfg.replace(cache_dir=str(run_out / "augment-cache"))
         examples = augment_examples(examples, task, acfg, str(teacher_dir))
     train_ds = tokenize(examples, tokenizer, task, settings.max_seq_length)
-    dev_ds = tokenize(dev_ex, tokenizer, task, settings.max_seq_length)
+    dev_ds = sorted_by_length(tokenize(dev_ex, tokenizer, task, settings.max_seq_length))
     args = training_arguments(settings, stage_out, len(train_ds), metric_for_best_model=task.primary_metric,
                               greater_is_better=True)
     trainer = DistillationTrainer(

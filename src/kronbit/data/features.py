@@ -41,6 +41,13 @@ def tokenize(examples: Sequence[Example], tokenizer, task: GlueTask, max_length:
     return TokenizedDataset(features)
 
 
+def sorted_by_length(dataset: TokenizedDataset) -> TokenizedDataset:
+    """The same examples, longest first. For evaluation only: every GLUE metric ignores example
+    order, and with dynamic padding a sorted dev set pads each batch to a near-equal length
+    instead of to the longest of 128 random sentences (2-3x fewer tokens on SST-2)."""
+    return TokenizedDataset(sorted(dataset.features, key=lambda f: -len(f["input_ids"])))
+
+
 def subsample(examples: Sequence[Example], n: int | None, seed: int) -> list[Example]:
     """A seeded random subset of ``n`` examples (all of them when n is None or ≥ len)."""
     if n is None or n >= len(examples):
