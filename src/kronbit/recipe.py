@@ -43,11 +43,17 @@ class TrainSettings(TrainingOptions):
     epochs: float = 1.0
     bf16: bool = True
     scale_lr_multiplier: float = 1.0  # learning-rate multiplier for learnable quantizer scales
+    # Memory (GiB) the teacher's outputs for the training set may take: computed once and reused by
+    # every epoch and by later stages on the same examples, so a KD step skips the teacher's
+    # forward. Larger training sets distil live; 0 turns the cache off.
+    teacher_cache_gb: float = 4.0
 
     def validate(self) -> None:
         super().validate()
         if self.scale_lr_multiplier <= 0:
             raise ConfigError(f"scale_lr_multiplier must be > 0, got {self.scale_lr_multiplier}")
+        if self.teacher_cache_gb < 0:
+            raise ConfigError(f"teacher_cache_gb must be ≥ 0 (0 = off), got {self.teacher_cache_gb}")
 
 
 @dataclass
@@ -260,10 +266,12 @@ def run_recipe(recipe: Recipe, *, model: str, task: str | None, data_dir: str, o
     teacher_scores = read_meta(teacher_dir).get("dev_metrics", {})
 
     table = StageTable(out, t, teacher_scores)
+    teacher_caches: dict = {}  # stages on the same training set share the teacher's outputs
 
     def run_one(i: int, init_dir: Path, sdir: Path) -> dict[str, Any]:
         return run_stage(recipe, i, init_dir=init_dir, teacher_dir=teacher_dir, stage_out=sdir, task=t,
-                         train_ex=train_ex, dev_ex=dev_ex, max_steps=max_steps, load_model=load_model, run_out=out)
+                         train_ex=train_ex, dev_ex=dev_ex, max_steps=max_steps, load_model=load_model, run_out=out,
+                         teacher_caches=teacher_caches)
 
     run_stages(recipe, out, table, teacher_dir, run_one, student_dir)
     return table.as_dict()
@@ -343,7 +351,8 @@ def _index(recipe: Recipe, name: str) -> int:
 
 
 def run_stage(recipe: Recipe, index: int, *, init_dir: Path, teacher_dir: Path, stage_out: Path, task,
-              train_ex, dev_ex, max_steps, load_model, run_out: Path) -> dict[str, Any]:
+              train_ex, dev_ex, max_steps, load_model, run_out: Path,
+              teacher_caches: dict | None = None) -> dict[str, Any]:
     from transformers import DataCollatorWithPadding, set_seed
 
     from .data.features import sorted_by_length, subsample, tokenize
@@ -384,7 +393,7 @@ def run_stage(recipe: Recipe, index: int, *, init_dir: Path, teacher_dir: Path, 
         if acfg.cache_dir is None:  # cache beside the run, so a resumed run does not redo it
             acfg = acfg.replace(cache_dir=str(run_out / "augment-cache"))
         examples = augment_examples(examples, task, acfg, str(teacher_dir))
-    train_ds = tokenize(examples, tokenizer, task, settings.max_seq_length)
+    train_ds = tokenize(examples, tokenizer, task, settings.max_seq_length).with_example_ids()
     dev_ds = sorted_by_length(tokenize(dev_ex, tokenizer, task, settings.max_seq_length))
     args = training_arguments(settings, stage_out, len(train_ds), metric_for_best_model=task.primary_metric,
                               greater_is_better=True)
@@ -393,6 +402,8 @@ def run_stage(recipe: Recipe, index: int, *, init_dir: Path, teacher_dir: Path, 
         data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=glue_compute_metrics(task),
         callbacks=build_callbacks(stage_out), teacher=teacher, kd=kd, regression=task.is_regression,
         lr_multipliers=_scale_multipliers(settings.scale_lr_multiplier))
+    trainer.teacher_cache = _teacher_cache(teacher_caches, teacher_dir, trainer.teacher, train_ds, trainer.data_collator,
+                                           kd, settings)
     trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
     metrics = selected_metrics(trainer)
     meta = {"kind": "compressed", "task": task.name, "stage": stage.name, "method": recipe.method,
@@ -412,6 +423,33 @@ def run_stage(recipe: Recipe, index: int, *, init_dir: Path, teacher_dir: Path, 
             "size_mb": round(size["total_bytes"] / 1e6, 3), "size_note": size["note"],
             "train_examples": len(train_ds), "steps": trainer.state.global_step,
             "wall_time_s": round(time.time() - start, 1)}
+
+
+def _teacher_cache(caches: dict | None, teacher_dir: Path, teacher, train_ds, collator, kd, settings):
+    """The teacher's outputs for ``train_ds``: reused from an earlier stage on the same examples
+    when it holds what this stage's KD needs, else built (or None: cache off, too large, no KD)."""
+    if caches is None or settings.teacher_cache_gb == 0 or not (kd.logits or kd.needs_hidden or kd.needs_attention):
+        return None
+    from .distill.teacher_cache import TeacherCache, dataset_fingerprint
+
+    key = (str(teacher_dir), dataset_fingerprint(train_ds.features))
+    cache = caches.get(key)
+    if cache is not None and cache.covers(hidden=kd.needs_hidden, attention=kd.needs_attention):
+        log.info("teacher outputs: reusing the cache of an earlier stage (%.2f GB)", cache.nbytes / 1e9)
+        return cache
+    caches.clear()  # one training set's cache at a time: the memory goes to the new one
+    t0 = time.time()
+    cache = TeacherCache.build(teacher, train_ds.features, collator, hidden=kd.needs_hidden,
+                               attention=kd.needs_attention, batch_size=settings.eval_batch_size,
+                               bf16=settings.bf16, max_bytes=settings.teacher_cache_gb * 2**30)
+    if cache is None:
+        log.info("teacher outputs would exceed teacher_cache_gb=%g; the teacher runs on every step",
+                 settings.teacher_cache_gb)
+        return None
+    log.info("teacher outputs cached for %d examples in %.1f s (%.2f GB)", len(cache), time.time() - t0,
+             cache.nbytes / 1e9)
+    caches[key] = cache
+    return cache
 
 
 def _scale_multipliers(mult: float) -> dict[str, float] | None:

@@ -24,6 +24,11 @@ class TokenizedDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         return self.features[i]
 
+    def with_example_ids(self) -> "TokenizedDataset":
+        """The same examples, each carrying its index as ``example_id`` (batches then say which
+        examples they hold, which a ``TeacherCache`` lookup needs)."""
+        return TokenizedDataset([{**f, "example_id": i} for i, f in enumerate(self.features)])
+
 
 def tokenize(examples: Sequence[Example], tokenizer, task: GlueTask, max_length: int = 128,
              batch_size: int = 1000) -> TokenizedDataset:

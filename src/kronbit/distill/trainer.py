@@ -8,6 +8,7 @@ Accelerate's).
 
 from __future__ import annotations
 
+import contextlib
 from collections import defaultdict
 from typing import Any
 
@@ -32,11 +33,22 @@ class DistillationTrainer(Trainer):
         if kd.needs_attention:
             use_kronbit_attention(self.teacher)
             use_kronbit_attention(self.model)
+        # Optional ``TeacherCache`` of the training set's teacher outputs (batches then carry
+        # ``example_id``); None: the teacher runs live on every step.
+        self.teacher_cache = None
         self._kd_sums: dict[str, float] = defaultdict(float)
         self._kd_count = 0
 
+    def _set_signature_columns_if_needed(self) -> None:
+        # Trainer drops batch keys the model's forward does not take; ``example_id`` is for the
+        # teacher cache (popped in compute_loss before the model sees the batch), so keep it.
+        super()._set_signature_columns_if_needed()
+        if "example_id" not in self._signature_columns:
+            self._signature_columns.append("example_id")
+
     def compute_loss(self, model, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch=None):
+        example_ids = inputs.pop("example_id", None)
         if not model.training:
             # Evaluation: the metrics need only the student's logits; skip the teacher.
             outputs = model(**inputs)
@@ -46,14 +58,18 @@ class DistillationTrainer(Trainer):
         teacher_inputs = {k: v for k, v in inputs.items() if k != "labels"}
         student_inputs = inputs if kd.task > 0 else teacher_inputs
         s_scores = t_scores = None
-        if kd.needs_attention:
-            with record_attention_scores() as s_scores:
-                s_out = model(**student_inputs, output_hidden_states=want_hidden)
-            with torch.no_grad(), record_attention_scores() as t_scores:
-                t_out = self.teacher(**teacher_inputs, output_hidden_states=want_hidden)
-        else:
+        record = record_attention_scores if kd.needs_attention else contextlib.nullcontext
+        with record() as s_scores:
             s_out = model(**student_inputs, output_hidden_states=want_hidden)
-            with torch.no_grad():
+        cache = self.teacher_cache
+        if cache is not None:
+            if example_ids is None:
+                raise RuntimeError("a teacher cache is set but the batch has no example_id "
+                                   "(tokenize the training set with .with_example_ids())")
+            t_out, t_scores = cache.lookup(example_ids, inputs["attention_mask"], hidden=want_hidden,
+                                           attention=kd.needs_attention)
+        else:
+            with torch.no_grad(), record() as t_scores:
                 t_out = self.teacher(**teacher_inputs, output_hidden_states=want_hidden)
         loss, parts = distillation_loss(
             kd, s_out, t_out, token_mask=inputs.get("attention_mask"), student_scores=s_scores,
