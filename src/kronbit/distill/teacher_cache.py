@@ -13,6 +13,8 @@ differently shaped batches).
 Held in memory (hidden states at full precision: about 11 kB per token for a 6-layer,
 384-wide encoder, plus 4·layers·heads·tokens² bytes of attention scores when attention KD is on);
 ``build`` returns None when the estimate exceeds ``max_bytes`` and the caller distils live.
+Under a multi-process launch every process builds the whole cache (its sampler may draw any
+example); the build is one teacher pass, what a live run pays per epoch anyway.
 """
 
 from __future__ import annotations
