@@ -29,7 +29,8 @@ def mcc(preds: np.ndarray, labels: np.ndarray) -> float:
 
 
 def _corr(fn, preds: np.ndarray, labels: np.ndarray) -> float:
-    if np.std(preds) == 0 or np.std(labels) == 0:
+    # ptp, not std: the std of a constant float array can come out 1e-17, not 0
+    if np.ptp(preds) == 0 or np.ptp(labels) == 0:
         return 0.0  # correlation with a constant is undefined; report 0 rather than NaN
     value = float(fn(preds, labels)[0])
     return 0.0 if math.isnan(value) else value
