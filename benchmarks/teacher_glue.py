@@ -34,7 +34,7 @@ ORIENTATION = {"cola": ("mcc", 25), "sst2": ("accuracy", 88), "mrpc": ("f1", 85)
 
 
 NOTES = ("Wall times include tokenisation, every per-epoch evaluation and saving, and vary with other load on "
-         "the machine (CoLA: 6.9 min here, 4.1 min in an earlier run of the same budget). "
+         "the machine (the same CoLA budget has taken 2.7 to 6.9 min). "
          "The teachers live outside git (benchmarks/_work/), so a fresh machine retrains them before the TSPQ "
          "benchmarks can distil from them; same seed and budget give the same scores to the third decimal "
          "(STS-B Pearson 0.86274 here, 0.86271 in the run the TSPQ STS-B rows distilled from; bf16 reductions "

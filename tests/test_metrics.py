@@ -1,4 +1,5 @@
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -39,3 +40,12 @@ def test_pearson_spearman_by_hand():
 def test_shape_mismatch_is_an_error():
     with pytest.raises(ValueError, match="shape"):
         compute(["accuracy"], np.zeros(3), np.zeros(4))
+
+
+def test_a_constant_float_prediction_has_correlation_zero_without_warnings():
+    # np.std of this constant array is 1.1e-16, not 0: the check must not take it for a varying one.
+    preds = np.full(408, 0.7)
+    labels = np.linspace(0, 5, 408)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert compute(["pearson", "spearman"], preds, labels) == {"pearson": 0.0, "spearman": 0.0}
