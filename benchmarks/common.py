@@ -43,7 +43,12 @@ def machine() -> dict[str, Any]:
         mem = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
     except (ValueError, OSError):
         pass
+    try:  # other work on the machine shifts timings: every row says how busy it was
+        load = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        load = None
     return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": mem, "gpu": torch.cuda.is_available(),
+            "load_avg_1_5_15min": load,
             "python": platform.python_version(), "torch": torch.__version__,
             "transformers": transformers.__version__, "torch_threads": torch.get_num_threads()}
 
