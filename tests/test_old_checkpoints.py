@@ -1,0 +1,38 @@
+"""Checkpoints written by kronbit 0.1.0 (before the package was reorganised into layers) still load
+and compute what they computed then. The fixtures in tests/fixtures/v0.1.0 were written by that
+release's own code (tiny random-init models: a W1A1 BERT with quantized embeddings, compressed and
+packed, and a GPT-2 with its odd blocks Kronecker-decomposed), together with their logits."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import kronbit
+
+FIXTURES = Path(__file__).parent / "fixtures" / "v0.1.0"
+
+
+@pytest.fixture(scope="module")
+def expected():
+    return load_file(str(FIXTURES / "expected.safetensors"))
+
+
+def _bert_inputs(expected):
+    return {k: expected[f"bert_{k}"] for k in ("input_ids", "attention_mask", "token_type_ids")}
+
+
+@pytest.mark.parametrize("name", ["bert-w1a1-compressed", "bert-w1a1-packed"])
+def test_old_bert_checkpoints_reproduce_their_logits(name, expected):
+    model = kronbit.load_model(FIXTURES / name)
+    with torch.no_grad():
+        logits = model(**_bert_inputs(expected)).logits
+    assert torch.equal(logits, expected["bert_logits"])
+
+
+def test_old_kronecker_gpt2_reproduces_its_logits(expected):
+    model = kronbit.load_model(FIXTURES / "gpt2-kron-compressed")
+    with torch.no_grad():
+        logits = model(input_ids=expected["gpt2_input_ids"]).logits
+    assert torch.equal(logits, expected["gpt2_logits"])
