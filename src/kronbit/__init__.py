@@ -9,17 +9,39 @@ Public API::
     from kronbit import kroneckerize_, KroneckerConfig, densify_
     from kronbit import KDConfig, load_recipe, run_recipe, load_model
     from kronbit import export_packed, load_packed, size_report
+
+The names are resolved on first use (PEP 562), so ``import kronbit`` and the command line start
+without importing torch and transformers; ``from kronbit import X`` works as usual.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-from .checkpoint import load_model  # noqa: E402
-from .distill import KDConfig  # noqa: E402
-from .export import export_packed, load_packed, size_report  # noqa: E402
-from .kron import KroneckerConfig, densify_, kroneckerize_  # noqa: E402
-from .quant import QuantConfig, dequantize_, quantize_, set_bits_  # noqa: E402
-from .recipe import load_recipe, run_recipe  # noqa: E402
+# public name -> the module that defines it
+_EXPORTS = {
+    "quantize_": "kronbit.quant", "QuantConfig": "kronbit.quant", "set_bits_": "kronbit.quant",
+    "dequantize_": "kronbit.quant",
+    "kroneckerize_": "kronbit.kron", "KroneckerConfig": "kronbit.kron", "densify_": "kronbit.kron",
+    "KDConfig": "kronbit.distill",
+    "load_recipe": "kronbit.runner", "run_recipe": "kronbit.runner",
+    "load_model": "kronbit.formats", "export_packed": "kronbit.formats", "load_packed": "kronbit.formats",
+    "size_report": "kronbit.formats",
+}
 
-__all__ = ["__version__", "quantize_", "QuantConfig", "set_bits_", "dequantize_", "kroneckerize_",
-           "KroneckerConfig", "densify_", "KDConfig", "load_recipe", "run_recipe", "load_model",
-           "export_packed", "load_packed", "size_report"]
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'kronbit' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from .errors import KronbitError
+from .core.errors import KronbitError
 
 
 def _add_common_train_flags(p: argparse.ArgumentParser) -> None:
@@ -26,7 +26,7 @@ def _add_common_train_flags(p: argparse.ArgumentParser) -> None:
 
 def _config_dict(args: argparse.Namespace, flag_keys: Sequence[str]) -> dict[str, Any]:
     """YAML file, then explicit flags, then --set overrides (later wins)."""
-    from .config import apply_overrides, load_yaml
+    from .core.config import apply_overrides, load_yaml
 
     data: dict[str, Any] = load_yaml(args.config) if args.config else {}
     for key in flag_keys:
@@ -37,14 +37,14 @@ def _config_dict(args: argparse.Namespace, flag_keys: Sequence[str]) -> dict[str
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from .finetune import FinetuneConfig, finetune
+    from .workflows.finetune import FinetuneConfig, finetune
 
     data = _config_dict(args, ["model", "task", "data_dir", "output_dir", "epochs", "max_steps",
                                "seed", "bf16", "learning_rate", "batch_size", "max_seq_length",
                                "train_subset"])
     cfg = FinetuneConfig.from_dict(data, where="finetune config")
     result = finetune(cfg, overwrite=args.overwrite, resume=args.resume)
-    from .distributed import is_main_process
+    from .core.distributed import is_main_process
 
     if is_main_process():
         print(json.dumps(result))
@@ -52,8 +52,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate
-    from .io import write_json
+    from .workflows.evaluate import evaluate
+    from .core.io import write_json
 
     result = evaluate(args.model, args.task, args.data_dir, args.split, args.batch_size,
                       args.max_seq_length, args.bf16, args.trust_remote_code)
@@ -70,13 +70,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .recipe import load_recipe, run_recipe
+    from .runner import load_recipe, run_recipe
 
     recipe = load_recipe(args.recipe, args.overrides)
     table = run_recipe(recipe, model=args.model, task=args.task, data_dir=args.data_dir,
                        output_dir=args.output_dir, max_steps=args.max_steps, overwrite=args.overwrite,
                        resume=args.resume, recipe_source=str(args.recipe), student=args.student)
-    from .distributed import is_main_process
+    from .core.distributed import is_main_process
 
     if is_main_process():
         print(json.dumps(table))
@@ -85,8 +85,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_perplexity(args: argparse.Namespace) -> int:
     from .data.lm import read_text
-    from .decoders import load_causal_lm, load_causal_tokenizer
-    from .perplexity import perplexity
+    from .models.decoders import load_causal_lm, load_causal_tokenizer
+    from .workflows.perplexity import perplexity
 
     text = read_text(args.text)
     model = load_causal_lm(args.model, trust_remote_code=args.trust_remote_code)
@@ -98,7 +98,7 @@ def cmd_perplexity(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .export import export_model
+    from .workflows.export import export_model
 
     result = export_model(args.model, args.output_dir, dtype=args.dtype, overwrite=args.overwrite,
                           onnx=args.onnx, onnx_seq_len=args.onnx_seq_len)
@@ -107,7 +107,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_size(args: argparse.Namespace) -> int:
-    from .export import size_report
+    from .formats.size import size_report
 
     print(json.dumps(size_report(args.path, in_memory=not args.no_memory)))
     return 0
@@ -204,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        from .distributed import init
+        from .core.distributed import init
 
         init()  # join a torchrun / accelerate launch's process group (no-op otherwise)
         return args.func(args)

@@ -122,12 +122,13 @@ class Config:
         if not isinstance(data, Mapping):
             raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
         hints = typing.get_type_hints(cls)
-        names = cls.field_names()
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        names = list(fields)
         kwargs = {}
         for key, value in data.items():
             if key not in names:
                 raise ConfigError(f"{where}: unknown key '{key}'{did_you_mean(str(key), names)}")
-            kwargs[key] = _coerce(value, hints[key], f"{where}.{key}")
+            kwargs[key] = _coerce(_onto_section_default(fields[key], value), hints[key], f"{where}.{key}")
         missing = [f.name for f in dataclasses.fields(cls)
                    if f.name not in kwargs and f.default is dataclasses.MISSING
                    and f.default_factory is dataclasses.MISSING]
@@ -141,13 +142,25 @@ class Config:
     @classmethod
     def from_yaml(cls: type[T], path: str | Path, overrides: Sequence[str] = ()) -> T:
         data = load_yaml(path)
-        return cls.from_dict(apply_overrides(data, overrides, cls), where=Path(path).name)
+        return cls.from_dict(apply_overrides(data, overrides), where=Path(path).name)
 
     def replace(self: T, **changes: Any) -> T:
         """A validated copy with some fields changed."""
         data = self.to_dict()
         data.update(changes)
         return type(self).from_dict(data)
+
+
+def _onto_section_default(f: dataclasses.Field, value: Any) -> Any:
+    """A nested config section given as a mapping keeps the section's own defaults for the keys
+    it leaves out (``teacher: {learning_rate: 1e-4}`` keeps the teacher's 3 epochs), so the
+    defaults a run uses are the ones validation saw."""
+    if f.default_factory is dataclasses.MISSING or not isinstance(value, Mapping):
+        return value
+    default = f.default_factory()
+    if not isinstance(default, Config):
+        return value
+    return {**default.to_dict(), **value}
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -167,8 +180,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def apply_overrides(data: dict[str, Any], overrides: Sequence[str], cls: type[Config] | None = None
-                    ) -> dict[str, Any]:
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
     """Apply ``key=value`` / ``a.b.c=value`` overrides; values are parsed as YAML scalars/lists.
 
     List items are addressed by index (``stages.2.epochs=1``). Key names are checked later by

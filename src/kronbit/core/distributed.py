@@ -12,6 +12,11 @@ from __future__ import annotations
 
 import os
 
+import torch
+import torch.distributed as dist
+
+from .errors import KronbitError
+
 
 def rank() -> int:
     return int(os.environ.get("RANK", "0"))
@@ -29,17 +34,12 @@ def init() -> None:
     """Join the launcher's process group (a no-op in a single process)."""
     if world_size() <= 1:
         return
-    import torch
-    import torch.distributed as dist
-
     if dist.is_available() and not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
 
 
 def barrier() -> None:
     """Wait for every process (a no-op in a single process)."""
-    import torch.distributed as dist
-
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
 
@@ -48,10 +48,6 @@ def on_main(fn, *args, **kwargs):
     """Run ``fn`` on the main process only (directory checks and writes); the others wait and
     get its result. A user error there (``KronbitError``) is raised on every process, so no
     process is left waiting for one that gave up."""
-    import torch.distributed as dist
-
-    from .errors import KronbitError
-
     if world_size() <= 1 or not (dist.is_available() and dist.is_initialized()):
         return fn(*args, **kwargs)
     box: list = [None]

@@ -18,6 +18,8 @@ from typing import Any, Iterator
 
 import yaml
 
+from .errors import KronbitError
+
 
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -79,7 +81,5 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
 def _raise_if_disk_full(e: BaseException, path: Path) -> None:
     """A full disk is the user's to fix, not a kronbit bug: one line, and the old output stays."""
     if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-        from .errors import KronbitError
-
         raise KronbitError(f"disk full while writing {path}; the previous version (if any) is kept — "
                            "free some space and run again") from None

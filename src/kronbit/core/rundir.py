@@ -19,7 +19,8 @@ import logging
 import shutil
 from pathlib import Path
 
-from . import __version__
+from .. import __version__
+from . import distributed
 from .errors import KronbitError
 from .io import write_yaml
 
@@ -28,8 +29,6 @@ log = logging.getLogger("kronbit")
 
 def prepare(output_dir: str | Path, config: dict, *, overwrite: bool = False, resume: bool = False) -> Path:
     """Check and create a run directory (on the main process only under a multi-process launch)."""
-    from . import distributed
-
     return Path(distributed.on_main(_prepare, output_dir, config, overwrite=overwrite, resume=resume))
 
 

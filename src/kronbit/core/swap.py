@@ -1,4 +1,4 @@
-"""The ONE module-swap mechanism every compression method uses.
+"""The one module-swap mechanism every compression method uses.
 
 Walk ``named_modules``, match target modules by name (the PEFT convention: a list of names matches
 a module whose full name equals an entry or ends with ``"." + entry``; a single string is a full
@@ -46,12 +46,6 @@ def linear_weight(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None,
     if is_conv1d(module):
         return module.weight.t(), module.bias, True
     raise TypeError(f"{type(module).__name__} is not a linear layer (nn.Linear or Conv1D)")
-
-
-def linear_shape(module: nn.Module) -> tuple[int, int]:
-    """(in_features, out_features) of an ``nn.Linear`` or ``Conv1D``."""
-    w, _, _ = linear_weight(module)
-    return w.shape[1], w.shape[0]
 
 
 def name_matches(name: str, targets: Targets) -> bool:
@@ -131,28 +125,3 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
 
 def iter_linear_like(model: nn.Module) -> Iterable[tuple[str, nn.Module]]:
     return ((n, m) for n, m in model.named_modules() if is_linear_like(m))
-
-
-# ------------------------------------------------------------------------------------------------
-# The transform record: every swap API (quantize_, kroneckerize_) appends what it did to the model,
-# so a model can be saved as "base architecture + transforms + tensors" and rebuilt from that,
-# wherever it came from (the role of PEFT's ``peft_config`` attribute).
-
-TRANSFORMS_ATTR = "kronbit_transforms"
-
-
-def record_transform(model: nn.Module, kind: str, config: dict) -> None:
-    model.__dict__.setdefault(TRANSFORMS_ATTR, []).append({"kind": kind, "config": config})
-
-
-def recorded_transforms(model: nn.Module) -> list[dict]:
-    """The transforms applied to ``model`` so far, in order (copies)."""
-    import copy
-
-    return copy.deepcopy(model.__dict__.get(TRANSFORMS_ATTR, []))
-
-
-def forget_transforms(model: nn.Module, kind: str) -> None:
-    """Drop the records of ``kind`` (after the transform has been undone: dequantize_, densify_)."""
-    if TRANSFORMS_ATTR in model.__dict__:
-        model.__dict__[TRANSFORMS_ATTR] = [t for t in model.__dict__[TRANSFORMS_ATTR] if t["kind"] != kind]

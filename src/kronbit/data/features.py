@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 from typing import Sequence
 
-import torch
 from torch.utils.data import Dataset
 
 from .glue import Example, GlueTask
@@ -60,7 +59,3 @@ def subsample(examples: Sequence[Example], n: int | None, seed: int) -> list[Exa
     rng = random.Random(seed)
     idx = sorted(rng.sample(range(len(examples)), n))
     return [examples[i] for i in idx]
-
-
-def labels_tensor(dataset: TokenizedDataset) -> torch.Tensor:
-    return torch.tensor([f["labels"] for f in dataset.features])

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from ..config import did_you_mean
-from ..errors import DataError
+from ..core.config import did_you_mean
+from ..core.errors import DataError
 
 # Sentences in GLUE are long enough to overflow csv's default 128 KiB field limit in a few rows.
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))

@@ -24,9 +24,10 @@ from typing import Iterable, Literal, Sequence
 
 import torch
 from torch.utils.data import Dataset
+from tqdm.auto import tqdm
 
-from ..config import Config
-from ..errors import ConfigError, DataError
+from ..core.config import Config
+from ..core.errors import ConfigError, DataError
 
 # Short names for the local corpora (paths relative to the data root).
 LM_CORPORA = {
@@ -120,8 +121,6 @@ def tokenize_text(tokenizer, text: str, *, chunk_chars: int | None = DEFAULT_CHU
 
     ``progress=None`` shows a bar only on a terminal and only for text of several chunks.
     """
-    from tqdm.auto import tqdm
-
     pieces = split_text(text, chunk_chars)
     disable = (len(pieces) < 4 or None) if progress is None else not progress
     ids: list[int] = []

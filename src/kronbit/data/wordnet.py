@@ -30,6 +30,8 @@ import os
 import re
 from pathlib import Path
 
+from ..core.errors import DataError
+
 DEFAULT_DIR = "/usr/share/wordnet"  # where Debian's wordnet-base installs the database
 ENV_VAR = "KRONBIT_WORDNET_DIR"
 INSTALL_HINT = "apt-get install wordnet-base"
@@ -93,8 +95,6 @@ class WordNet:
         if self._index is not None:
             return
         if not self.available:
-            from ..errors import DataError
-
             raise DataError(self.unavailable_reason())
         index: dict[str, dict[str, tuple[int, list[int]]]] = {}
         exceptions: dict[str, dict[str, list[str]]] = {}
@@ -157,8 +157,6 @@ class WordNet:
                 line = f.readline().decode("utf-8", errors="replace")
             fields = line.split(" | ", 1)[0].split()
             if not fields or int(fields[0]) != offset:
-                from ..errors import DataError
-
                 raise DataError(f"{self.directory / ('data.' + POS_FILES[pos])}: no synset at byte "
                                 f"offset {offset} (index and data files do not match)")
             n_words = int(fields[3], 16)

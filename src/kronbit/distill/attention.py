@@ -19,6 +19,8 @@ from typing import Iterator
 
 import torch
 from torch import nn
+from transformers import AttentionInterface
+from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 NAME = "kronbit_eager"
 _state = threading.local()
@@ -77,9 +79,6 @@ def kronbit_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
 
 
 def register() -> None:
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, eager_mask
-
     AttentionInterface.register(NAME, kronbit_attention)
     AttentionMaskInterface.register(NAME, eager_mask)  # additive float masks, as eager uses
 

@@ -28,8 +28,8 @@ from typing import Callable, Literal
 import torch
 import torch.nn.functional as F
 
-from ..config import Config
-from ..errors import ConfigError
+from ..core.config import Config
+from ..core.errors import ConfigError
 from .mapping import layer_map, parse_kind
 
 

@@ -12,7 +12,7 @@ to the teacher's index 0 by the embedding loss). A map is a list of (student, te
 
 from __future__ import annotations
 
-from ..errors import ConfigError
+from ..core.errors import ConfigError
 
 KINDS = ("identity", "uniform", "last-K", "explicit list 't1,t2,...'")
 

@@ -26,6 +26,7 @@ from typing import Sequence
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from .attention import record_attention_scores
 
@@ -159,6 +160,4 @@ class TeacherCache:
 def _progress(it, enabled: bool, desc: str):
     if not enabled:
         return it
-    from tqdm.auto import tqdm
-
     return tqdm(it, desc=desc, leave=False)

@@ -14,44 +14,22 @@ weights as if they were the compressed model. Only safetensors and JSON are ever
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_model
 from torch import nn
+from transformers import AutoConfig, AutoModelForSequenceClassification
 
-from .errors import ModelError
-from .io import atomic_dir, write_json
-from .models import KRONBIT_META, load_classifier, read_meta, resolve_model
+from ..core.errors import ModelError
+from ..core.io import atomic_dir, write_json
+from ..core.transforms import apply_transform, get_transform
+from ..models.encoders import classifier_config
+from .meta import KRONBIT_META, build_base, read_meta, save_base_config
 
 WEIGHTS_NAME = "kronbit_model.safetensors"
-
-
-def _quant():
-    from .quant import QuantConfig, quantize_
-
-    return QuantConfig, quantize_
-
-
-def _kron():
-    from .kron import KroneckerConfig, kroneckerize_
-
-    return KroneckerConfig, kroneckerize_
-
-
-# kind -> loader of (ConfigClass, apply_fn(model, config)); lazy so one method's import errors
-# never break the other.
-TRANSFORMS: dict[str, Callable[[], tuple[type, Callable[[nn.Module, Any], Any]]]] = {
-    "quant": _quant,
-    "kron": _kron,
-}
-
-
-def apply_transform(model: nn.Module, kind: str, config: Any) -> Any:
-    if kind not in TRANSFORMS:
-        raise ModelError(f"unknown transform '{kind}' in checkpoint; known: {', '.join(TRANSFORMS)}")
-    cls, apply = TRANSFORMS[kind]()
-    if isinstance(config, dict):
-        config = cls.from_dict(config, where=f"{kind} transform")
-    return apply(model, config)
+FORMAT = "kronbit-compressed"
+FORMAT_VERSION = 1
 
 
 def is_compressed(model_dir: str | Path) -> bool:
@@ -61,57 +39,24 @@ def is_compressed(model_dir: str | Path) -> bool:
 def save_compressed(model: nn.Module, tokenizer, path: str | Path, meta: dict[str, Any],
                     transforms: list[dict[str, Any]]) -> None:
     """Write a compressed-model directory atomically (the previous one survives a failure)."""
-    from safetensors.torch import save_model
-
     with atomic_dir(path) as tmp:
         save_base_config(model, tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         # save_model handles shared (tied) tensors, which save_file refuses.
         save_model(model, str(tmp / WEIGHTS_NAME))
-        write_json(tmp / KRONBIT_META, {**meta, "format": "kronbit-compressed", "format_version": 1,
+        write_json(tmp / KRONBIT_META, {**meta, "format": FORMAT, "format_version": FORMAT_VERSION,
                                         "transforms": transforms})
-
-
-def save_base_config(model: nn.Module, directory: Path) -> None:
-    """config.json naming the model class, so loading rebuilds the same head (a model built from a
-    config, not loaded, has no ``architectures`` yet, and a classifier built from a language
-    model's config still names the language model)."""
-    config = model.config
-    config.architectures = [type(model).__name__]
-    config.save_pretrained(directory)
-
-
-def build_base(model_dir: Path, kind: str = "auto") -> nn.Module:
-    """The base architecture from config.json, randomly initialised (weights come later)."""
-    from transformers import (AutoConfig, AutoModel, AutoModelForCausalLM,
-                              AutoModelForSequenceClassification)
-
-    config = AutoConfig.from_pretrained(model_dir)
-    archs = getattr(config, "architectures", None) or []
-    if kind == "auto":
-        kind = ("classifier" if any(a.endswith("ForSequenceClassification") for a in archs)
-                else "causal_lm" if any(a.endswith("ForCausalLM") or a.endswith("LMHeadModel") for a in archs)
-                else "base")
-    factory = {"classifier": AutoModelForSequenceClassification, "causal_lm": AutoModelForCausalLM,
-               "base": AutoModel}[kind]
-    return factory.from_config(config)
 
 
 def _classifier_for(model_dir: Path, task) -> nn.Module | None:
     """For a compressed checkpoint that is not yet a classifier for ``task`` (a KnGPT2 student
     after language-model pre-training), the same backbone under a new sequence-classification
     head; None when the checkpoint already is one (it is then rebuilt as it was saved)."""
-    from transformers import AutoConfig
-
-    from .models import classifier_config
-
     config = AutoConfig.from_pretrained(model_dir)
     archs = getattr(config, "architectures", None) or []
     if any(a.endswith("ForSequenceClassification") for a in archs) and config.num_labels == task.num_labels:
         return None
-    from transformers import AutoModelForSequenceClassification
-
     model = AutoModelForSequenceClassification.from_config(classifier_config(config, task))
     if getattr(model.config, "pad_token_id", None) is None:  # decoders: see load_classifier
         model.config.pad_token_id = getattr(model.config, "eos_token_id", None)
@@ -119,28 +64,23 @@ def _classifier_for(model_dir: Path, task) -> nn.Module | None:
 
 
 def _for_classifier(transform: dict[str, Any]) -> dict[str, Any]:
-    """A transform recorded on a language model, replayed on its classifier: a classifier has no
-    LM head, so a Kronecker embedding is no longer tied to one."""
-    if transform["kind"] == "kron" and transform["config"].get("tie_head"):
-        return {**transform, "config": {**transform["config"], "tie_head": False}}
-    return transform
+    """A transform recorded on a language model, as replayed on its classifier."""
+    change = get_transform(transform["kind"]).for_new_head
+    return {**transform, "config": change(transform["config"])} if change else transform
 
 
 def load_compressed(model_dir: str | Path, task=None) -> nn.Module:
     """Rebuild a compressed model from its description, then load its tensors. With ``task`` (a
     GlueTask), a checkpoint that is not a classifier for it comes back as one: its backbone
     loaded, the head new (like ``load_classifier`` for a plain checkpoint)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     model_dir = Path(model_dir)
     meta = read_meta(model_dir)
     transforms = meta.get("transforms")
-    if meta.get("format") != "kronbit-compressed" or transforms is None:
+    if meta.get("format") != FORMAT or transforms is None:
         raise ModelError(f"{model_dir / KRONBIT_META}: not a kronbit compressed-model description")
-    if meta.get("format_version", 1) > 1:
+    if meta.get("format_version", 1) > FORMAT_VERSION:
         raise ModelError(f"{model_dir}: format_version {meta['format_version']} is newer than this kronbit "
-                         "reads (1); upgrade kronbit")
+                         f"reads ({FORMAT_VERSION}); upgrade kronbit")
     model = _classifier_for(model_dir, task) if task is not None else None
     new_head = model is not None
     if new_head:
@@ -152,7 +92,8 @@ def load_compressed(model_dir: str | Path, task=None) -> nn.Module:
     try:
         state = load_file(str(model_dir / WEIGHTS_NAME))
     except (SafetensorError, OSError) as e:
-        raise ModelError(f"{model_dir / WEIGHTS_NAME}: unreadable safetensors file ({e})") from None
+        raise ModelError(f"{model_dir / WEIGHTS_NAME}: unreadable safetensors file ({str(e).splitlines()[0]}); "
+                         "the file is damaged or truncated") from None
     # Tied tensors were saved once, under either name (safetensors' de-duplication keeps one of
     # the aliases, e.g. ``lm_head.weight`` rather than the embedding): give the other name the
     # same tensor before a strict load, so neither side of a tie comes back randomly initialised.
@@ -187,16 +128,3 @@ def compressed_dir(name_or_path: str | Path) -> Path | None:
         if is_compressed(cand):
             return cand
     return None
-
-
-def load_model(name_or_path: str | Path, task=None, **kwargs) -> nn.Module:
-    """Any model kronbit can evaluate: a packed or compressed directory, a run directory, or an HF
-    checkpoint."""
-    from .export import load_packed, packed_dir
-
-    if packed_dir(name_or_path) is not None:
-        return load_packed(name_or_path)
-    cdir = compressed_dir(name_or_path)
-    if cdir is not None:
-        return load_compressed(cdir, task)
-    return load_classifier(resolve_model(name_or_path), task, **kwargs)

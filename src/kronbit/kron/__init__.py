@@ -4,9 +4,17 @@
 (factor-shape search), ``api`` (KroneckerConfig, kroneckerize_, densify_).
 """
 
+from ..core.transforms import TransformMethod, register_transform
 from .api import KroneckerConfig, KroneckerReport, densify_, kroneckerize_
 from .layers import KroneckerEmbedding, KroneckerLinear, KroneckerTiedHead
 from .nkp import max_rank, nearest_kronecker, relative_error
+
+# The method's one registration. Kronecker layers are stored as their factors in every format (a
+# quantized Kronecker layer is packed by the quant method), so there is no pack step of its own.
+# A language model's transform replayed on its classifier: a classifier has no LM head, so a
+# Kronecker embedding is no longer tied to one.
+register_transform(TransformMethod(kind="kron", config_cls=KroneckerConfig, apply=kroneckerize_, undo=densify_,
+                                   for_new_head=lambda config: {**config, "tie_head": False}))
 
 __all__ = ["KroneckerConfig", "KroneckerReport", "kroneckerize_", "densify_", "nearest_kronecker",
            "max_rank", "relative_error", "KroneckerLinear", "KroneckerEmbedding", "KroneckerTiedHead"]

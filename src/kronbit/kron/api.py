@@ -29,10 +29,11 @@ from typing import Any, Mapping
 
 from torch import nn
 
-from ..config import Config
-from ..errors import ConfigError
-from ..modules import (FilterFn, count_parameters, find_modules, is_conv1d, is_linear_like, linear_weight,
-                       forget_transforms, record_transform, swap_modules)
+from ..core.config import Config
+from ..core.errors import ConfigError
+from ..core.swap import (FilterFn, count_parameters, find_modules, is_conv1d, is_linear_like, linear_weight,
+                         swap_modules)
+from ..core.transforms import forget_transforms, record_transform
 from .layers import KroneckerEmbedding, KroneckerLinear, KroneckerTiedHead, kron_flops
 from .nkp import divisors, relative_error, resolve_rank, resolve_shapes
 from .shapes import choose_shape

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..modules import Conv1D, linear_weight
+from ..core.swap import Conv1D, linear_weight
 from .nkp import kron_sum, nearest_kronecker, resolve_rank, resolve_shapes
 
 Order = Literal["b_first", "a_first"]

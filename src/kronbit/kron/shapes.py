@@ -29,7 +29,8 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..core.errors import ConfigError
+from ..core.swap import iter_linear_like, linear_weight
 from .layers import choose_order, contraction_flops
 from .nkp import divisors, kronecker_singular_values, truncation_error
 
@@ -170,8 +171,6 @@ def choose_shapes(layers: Iterable[tuple[str, nn.Module]] | nn.Module, rank: int
                   max_evaluated: int = 12, error_tolerance: float = 0.01) -> dict[str, Candidate]:
     """Per-layer selection: name → best candidate for every linear layer given (or in a model).
     ``max_params`` is per layer."""
-    from ..modules import iter_linear_like, linear_weight
-
     named = iter_linear_like(layers) if isinstance(layers, nn.Module) else layers
     out = {}
     for name, module in named:

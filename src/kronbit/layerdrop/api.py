@@ -22,14 +22,32 @@ from typing import Sequence
 
 from torch import nn
 
-from .errors import ConfigError, ModelError
-from .modules import set_submodule
+from ..core.errors import ConfigError, ModelError
+from ..core.config import Config
+from ..core.swap import swap_modules
 
 # Where decoder families keep their block list (GPT-2/GPT-J: transformer.h; Llama/Mistral/Qwen:
 # model.layers; GPT-NeoX: gpt_neox.layers; OPT: model.decoder.layers).
 LAYER_PATHS = ("transformer.h", "model.layers", "gpt_neox.layers", "model.decoder.layers")
 
 Keep = Sequence[int] | int | None
+
+
+@dataclass
+class LayerDropConfig(Config):
+    """Which blocks a layer-dropped student keeps: an explicit ``keep`` list, a number of blocks
+    (spread evenly), or ``target_params`` (the evenly spread count closest to that many
+    parameters — e.g. the Kronecker student's, for an equal-size baseline)."""
+
+    keep: list[int] | int | None = None
+    target_params: int | None = None
+    tolerance: float = 0.02  # reported (and warned about) when the closest count misses it
+
+    def validate(self) -> None:
+        if (self.keep is None) == (self.target_params is None):
+            raise ConfigError("layerdrop: give exactly one of keep (a list or a count) or target_params")
+        if self.target_params is not None and self.target_params <= 0:
+            raise ConfigError(f"layerdrop.target_params must be positive, got {self.target_params}")
 
 
 def decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
@@ -88,7 +106,7 @@ def drop_layers(model: nn.Module, keep: Keep = None) -> nn.Module:
     student = copy.deepcopy(model, memo)
     _, copied = decoder_layers(student)
     new = nn.ModuleList([copied[i] for i in keep])
-    set_submodule(student, path, new)
+    swap_modules(student, [path], lambda _, m: new, what="decoder block list")
     for new_idx, block in enumerate(new):
         for module in block.modules():
             if isinstance(getattr(module, "layer_idx", None), int):

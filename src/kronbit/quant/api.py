@@ -19,13 +19,13 @@ from typing import Any, Literal
 
 from torch import nn
 
-from ..config import Config
-from ..errors import ConfigError
-from ..modules import (TRANSFORMS_ATTR, FilterFn, find_modules, forget_transforms, is_linear_like, record_transform, set_submodule,
-                       swap_modules)
+from ..core.config import Config
+from ..core.errors import ConfigError
+from ..core.swap import FilterFn, find_modules, is_linear_like, swap_modules
+from ..core.transforms import forget_transforms, record_transform, update_recorded
 from ..kron.layers import KroneckerLinear
 from .kron_layers import QuantKroneckerLinear
-from .layers import FULL, QuantEmbedding, QuantLinear, QuantOptions
+from .layers import FULL, QuantEmbedding, QuantLinear, QuantModule, QuantOptions
 from .quantizers import ACT_QUANTIZERS, SCALE_PARAM_SUFFIXES, WEIGHT_QUANTIZERS, check_quantizer
 
 BITS = (1, 2, 4, 8, 32)
@@ -110,9 +110,10 @@ def quantize_(model: nn.Module, config: QuantConfig, filter_fn: FilterFn | None 
                               f"model); {type(model).__name__} has none")
         emb = model.get_input_embeddings()
         name = next((n for n, m in model.named_modules() if m is emb), None)
-        if isinstance(emb, nn.Embedding) and not isinstance(emb, QuantEmbedding) and name and (filter_fn is None or filter_fn(emb, name)):
-            set_submodule(model, name, QuantEmbedding.from_module(emb, config))
-            swapped.append(name)
+        if isinstance(emb, nn.Embedding) and not isinstance(emb, QuantEmbedding) and name and (
+                filter_fn is None or filter_fn(emb, name)):
+            swapped += swap_modules(model, [name], lambda _, m: QuantEmbedding.from_module(m, config),
+                                    what="word embedding")
     if swapped:
         record_transform(model, "quant", config.to_dict())
     return swapped
@@ -123,10 +124,9 @@ def _linear_or_embedding(module: nn.Module) -> bool:
             or (isinstance(module, nn.Embedding) and not isinstance(module, QuantEmbedding)))
 
 
-def quantized_modules(model: nn.Module) -> list[tuple[str, QuantLinear | QuantEmbedding]]:
-    """(name, module) of every QuantLinear / QuantEmbedding, in model order."""
-    return [(n, m) for n, m in model.named_modules()
-            if isinstance(m, (QuantLinear, QuantEmbedding, QuantKroneckerLinear))]
+def quantized_modules(model: nn.Module) -> list[tuple[str, QuantModule]]:
+    """(name, module) of every quantized module, in model order."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, QuantModule)]
 
 
 def set_bits_(model: nn.Module, w_bits: int | None, a_bits: int | None) -> list[str]:
@@ -141,13 +141,11 @@ def set_bits_(model: nn.Module, w_bits: int | None, a_bits: int | None) -> list[
         raise ConfigError("set_bits_: the model has no quantized modules; call quantize_ first")
     for _, m in mods:  # e.g. an explicit weight_quantizer 'twn' cannot do 4 bits
         check_quantizer("weight_quantizer", m.options.weight_quantizer, w_bits, WEIGHT_QUANTIZERS, "w_bits")
-        if isinstance(m, (QuantLinear, QuantKroneckerLinear)):
+        if m.takes_activations:
             check_quantizer("act_quantizer", m.options.act_quantizer, a_bits, ACT_QUANTIZERS, "a_bits")
     for _, m in mods:
         m.set_bits(w_bits, a_bits)
-    for t in model.__dict__.get(TRANSFORMS_ATTR, []):  # a rebuild must use the new bits
-        if t["kind"] == "quant":
-            t["config"].update(w_bits=w_bits, a_bits=a_bits)
+    update_recorded(model, "quant", w_bits=w_bits, a_bits=a_bits)  # a rebuild must use the new bits
     return [n for n, _ in mods]
 
 
@@ -157,12 +155,11 @@ def dequantize_(model: nn.Module, drop_activation_quantizers: bool = False) -> l
     as no activations are quantized. A plain layer cannot quantize its input, so with quantized
     activations this refuses unless ``drop_activation_quantizers=True``."""
     mods = quantized_modules(model)
-    active = [n for n, m in mods if isinstance(m, (QuantLinear, QuantKroneckerLinear)) and m.a_bits < FULL]
+    active = [n for n, m in mods if m.takes_activations and m.a_bits < FULL]
     if active and not drop_activation_quantizers:
         raise ConfigError(f"dequantize_: {len(active)} layers quantize activations (a_bits={mods[0][1].a_bits}), "
                           "which plain layers cannot; pass drop_activation_quantizers=True to drop them")
-    for name, m in mods:
-        set_submodule(model, name, m.to_module())
+    swap_modules(model, [n for n, _ in mods], lambda _, m: m.to_module(), what="quantized module")
     forget_transforms(model, "quant")
     return [n for n, _ in mods]
 
@@ -172,11 +169,9 @@ def quant_state(model: nn.Module) -> dict[str, dict[str, Any]]:
     precision). For reports and for checking a schedule did what it should."""
     state = {}
     for name, m in quantized_modules(model):
-        is_linear = isinstance(m, (QuantLinear, QuantKroneckerLinear))
         state[name] = {"kind": type(m).__name__, "w_bits": m.w_bits, "a_bits": m.a_bits,
-                       "weight_quantizer": m.weight_quantizer_name,
-                       "act_quantizer": m.act_quantizer_name if is_linear else None,
-                       "quantize_output": bool(is_linear and m.quantize_output)}
+                       "weight_quantizer": m.weight_quantizer_name, "act_quantizer": m.act_quantizer_name,
+                       "quantize_output": bool(getattr(m, "quantize_output", False))}
     return state
 
 

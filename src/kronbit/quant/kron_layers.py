@@ -16,13 +16,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ModelError
+from ..core.errors import ModelError
 from ..kron.layers import KroneckerLinear, kron_linear
-from .layers import FULL, QuantOptions, normalize_bits
-from .quantizers import AUTO_ACT, AUTO_WEIGHT, build_act_quantizer, build_weight_quantizer, resolve
+from .layers import FULL, QuantModule, QuantOptions, normalize_bits
+from .quantizers import build_weight_quantizer
 
 
-class QuantKroneckerLinear(nn.Module):
+class QuantKroneckerLinear(QuantModule):
     def __init__(self, kron: KroneckerLinear, config: Any = None):
         super().__init__()
         self.in_features, self.out_features = kron.in_features, kron.out_features
@@ -54,20 +54,9 @@ class QuantKroneckerLinear(nn.Module):
         if w_bits != self.w_bits:
             qa, qb = self._weight_quantizer(w_bits, self.a), self._weight_quantizer(w_bits, self.b)
         if a_bits != self.a_bits:
-            o = self.options
-            qin = None if a_bits >= FULL else build_act_quantizer(
-                a_bits, o.act_quantizer, symmetric=o.act_symmetric, clip_ratio=o.clip_ratio, clip_val=o.clip_val,
-                features=self.in_features).to(self.a.device)
+            qin = self._make_act_quantizer(a_bits, self.in_features, self.a.device)
         self.a_quantizer, self.b_quantizer, self.input_quantizer = qa, qb, qin
         self.w_bits, self.a_bits = w_bits, a_bits
-
-    @property
-    def weight_quantizer_name(self) -> str | None:
-        return None if self.w_bits >= FULL else resolve(self.options.weight_quantizer, self.w_bits, AUTO_WEIGHT)
-
-    @property
-    def act_quantizer_name(self) -> str | None:
-        return None if self.a_bits >= FULL else resolve(self.options.act_quantizer, self.a_bits, AUTO_ACT)
 
     def quantized_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
         qa = self.a if self.a_quantizer is None else self.a_quantizer(self.a)
@@ -79,6 +68,9 @@ class QuantKroneckerLinear(nn.Module):
         if self.a_quantizer is None:
             raise ModelError("QuantKroneckerLinear: the factors are full precision (w_bits=32); no codes to export")
         return {"a": self.a_quantizer.codes(self.a), "b": self.b_quantizer.codes(self.b)}
+
+    def quantized_tensors(self) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+        return self.factor_codes()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_quantizer is not None:

@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ModelError
-from ..modules import Conv1D, linear_weight
+from ..core.errors import ModelError
+from ..core.swap import Conv1D, linear_weight
 from .quantizers import AUTO_ACT, AUTO_WEIGHT, build_act_quantizer, build_weight_quantizer, resolve
 
 FULL = 32
@@ -59,8 +59,45 @@ class QuantOptions:
         return cls(**{k: getattr(config, k, getattr(defaults, k)) for k in cls.__dataclass_fields__})
 
 
-class _Quantized(nn.Module):
-    """Bits and weight-quantizer bookkeeping shared by QuantLinear and QuantEmbedding."""
+class QuantModule(nn.Module):
+    """What every quantized module offers (QuantLinear, QuantEmbedding, QuantKroneckerLinear), so
+    the API, the size estimate and the packed export treat them alike:
+
+    * ``w_bits`` / ``a_bits`` and ``set_bits(w_bits, a_bits)``; ``options`` (a QuantOptions);
+    * ``takes_activations``: whether it has an input to quantize (a lookup table has none);
+    * ``quantized_tensors()``: {parameter name: (codes, scale, offset)} of its quantized weights,
+      with ``codes · scale (+ offset) == the fake-quant tensor`` exactly in float32;
+    * ``to_module()``: the plain module holding the quantized values."""
+
+    takes_activations = True
+    w_bits: int
+    a_bits: int
+
+    def quantized_tensors(self) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+        raise NotImplementedError
+
+    @property
+    def weight_quantizer_name(self) -> str | None:
+        """The registry name in use ("auto" resolved), or None at full precision."""
+        return None if self.w_bits >= FULL else resolve(self.options.weight_quantizer, self.w_bits, AUTO_WEIGHT)
+
+    @property
+    def act_quantizer_name(self) -> str | None:
+        if not self.takes_activations or self.a_bits >= FULL:
+            return None
+        return resolve(self.options.act_quantizer, self.a_bits, AUTO_ACT)
+
+    def _make_act_quantizer(self, bits: int, features: int, device: torch.device) -> nn.Module | None:
+        if bits >= FULL:
+            return None
+        o = self.options
+        return build_act_quantizer(bits, o.act_quantizer, symmetric=o.act_symmetric, clip_ratio=o.clip_ratio,
+                                   clip_val=o.clip_val, features=features).to(device)
+
+
+class _Quantized(QuantModule):
+    """Bits and weight-quantizer bookkeeping shared by QuantLinear and QuantEmbedding (one latent
+    ``weight``)."""
 
     weight: nn.Parameter
     _row_only = False  # embeddings: always one scale per row (per token vector)
@@ -82,11 +119,6 @@ class _Quantized(nn.Module):
     def _quantized_w(self) -> torch.Tensor:
         return self.weight if self.weight_quantizer is None else self.weight_quantizer(self.weight)
 
-    @property
-    def weight_quantizer_name(self) -> str | None:
-        """The registry name in use ("auto" resolved), or None at full precision."""
-        return None if self.w_bits >= FULL else resolve(self.options.weight_quantizer, self.w_bits, AUTO_WEIGHT)
-
     def fake_quant_weight(self) -> torch.Tensor:
         """The weight exactly as the forward pass uses it (fake-quantized), detached."""
         with torch.no_grad():
@@ -101,6 +133,9 @@ class _Quantized(nn.Module):
             raise ModelError(f"{type(self).__name__}: the weight is full precision (w_bits=32); "
                              "there are no integer codes to export")
         return self.weight_quantizer.codes(self.weight)
+
+    def quantized_tensors(self) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+        return {"weight": self.quantized_weight()}
 
 
 class QuantLinear(_Quantized):
@@ -148,21 +183,11 @@ class QuantLinear(_Quantized):
         new_w = self._make_weight_quantizer(w_bits) if w_bits != self.w_bits else self.weight_quantizer
         new_in, new_out = self.input_quantizer, self.output_quantizer
         if a_bits != self.a_bits:
-            new_in = self._make_act_quantizer(a_bits, self.in_features)
-            new_out = self._make_act_quantizer(a_bits, self.out_features) if self.quantize_output else None
+            new_in = self._make_act_quantizer(a_bits, self.in_features, self.weight.device)
+            new_out = (self._make_act_quantizer(a_bits, self.out_features, self.weight.device)
+                       if self.quantize_output else None)
         self.weight_quantizer, self.input_quantizer, self.output_quantizer = new_w, new_in, new_out
         self.w_bits, self.a_bits = w_bits, a_bits
-
-    def _make_act_quantizer(self, bits: int, features: int) -> nn.Module | None:
-        if bits >= FULL:
-            return None
-        o = self.options
-        return build_act_quantizer(bits, o.act_quantizer, symmetric=o.act_symmetric, clip_ratio=o.clip_ratio,
-                                   clip_val=o.clip_val, features=features).to(self.weight.device)
-
-    @property
-    def act_quantizer_name(self) -> str | None:
-        return None if self.a_bits >= FULL else resolve(self.options.act_quantizer, self.a_bits, AUTO_ACT)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_quantizer is not None:
@@ -208,6 +233,7 @@ class QuantEmbedding(_Quantized):
     ``a_bits`` stays 32."""
 
     _row_only = True
+    takes_activations = False
 
     def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None, config: Any = None,
                  *, device=None, dtype=None):

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import ModelError
+from ..core.errors import ModelError
 
 log = logging.getLogger(__name__)
 
@@ -180,10 +180,6 @@ def _extension():
                 log.warning("kronbit: low-bit kernel not built (%s); using the plain torch path",
                             str(e).splitlines()[0] if str(e) else type(e).__name__)
     return _EXT
-
-
-def kernel_available() -> bool:
-    return _extension() is not None
 
 
 def lut_matmul(x: torch.Tensor, planes: torch.Tensor, cols: int) -> torch.Tensor:

@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ModelError
+from ..core.errors import ModelError
+from ..kron.layers import kron_linear
 from . import pack
 from .layers import FULL, QuantEmbedding, QuantLinear
 
@@ -252,8 +253,6 @@ class PackedKroneckerLinear(nn.Module):
         return w if offset is None else w + offset.float()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from ..kron.layers import kron_linear
-
         if self.input_quantizer is not None:
             x = self.input_quantizer(x)
         return kron_linear(x, self.factor("a").to(x.dtype), self.factor("b").to(x.dtype), self.bias, self.order)

@@ -58,7 +58,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..core.errors import ConfigError
 
 SCALE_PARAM_SUFFIXES = ("_quantizer.scale", "_quantizer.alpha", "_quantizer.beta")
 

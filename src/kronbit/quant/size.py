@@ -12,29 +12,24 @@ from __future__ import annotations
 
 from torch import nn
 
-from .kron_layers import QuantKroneckerLinear
-from .layers import FULL, QuantEmbedding, QuantLinear
+from .layers import FULL, QuantModule
 
 
 def _quantized_tensors(m: nn.Module) -> dict[str, tuple]:
-    """{parameter name: (codes, scale, offset)} of a quantized module's quantized weights."""
-    if isinstance(m, QuantKroneckerLinear):
-        return m.factor_codes()
-    return {"weight": m.quantized_weight()}
+    """{parameter name: (codes, scale, offset)} of a module's quantized weights ({} if none)."""
+    return m.quantized_tensors() if isinstance(m, QuantModule) and m.w_bits < FULL else {}
 
 
 def estimate_size(model: nn.Module) -> dict:
     quant_bytes = scale_bytes = 0.0
-    kinds = (QuantLinear, QuantEmbedding, QuantKroneckerLinear)
     for m in model.modules():
-        if isinstance(m, kinds) and m.w_bits < FULL:
-            for codes, scale, offset in _quantized_tensors(m).values():
-                quant_bytes += codes.numel() * m.w_bits / 8
-                scale_bytes += 4 * (scale.numel() + (0 if offset is None else offset.numel()))
+        for codes, scale, offset in _quantized_tensors(m).values():
+            quant_bytes += codes.numel() * m.w_bits / 8
+            scale_bytes += 4 * (scale.numel() + (0 if offset is None else offset.numel()))
     fp_bytes = 0
     seen: set[int] = set()
     for m in model.modules():
-        quantized = set(_quantized_tensors(m)) if isinstance(m, kinds) and m.w_bits < FULL else set()
+        quantized = set(_quantized_tensors(m))
         for name, p in m.named_parameters(recurse=False):
             if name in quantized or id(p) in seen:
                 continue

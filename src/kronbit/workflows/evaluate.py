@@ -9,13 +9,16 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
+from transformers import DataCollatorWithPadding
 
-from .data import metrics as glue_metrics
-from .data.features import tokenize
-from .data.glue import get_task, load_split
-from .errors import DataError, KronbitError
-from .checkpoint import load_model
-from .models import load_tokenizer, read_meta, resolve_model
+from ..core.errors import DataError, KronbitError
+from ..data import metrics as glue_metrics
+from ..data.features import tokenize
+from ..data.glue import get_task, load_split
+from ..formats.load import load_model
+from ..formats.meta import read_meta
+from ..models.encoders import load_tokenizer
+from ..models.resolve import resolve_model
 
 
 @torch.inference_mode()
@@ -45,8 +48,6 @@ def predict(model, dataset, collator, batch_size: int = 128, bf16: bool = False)
 def evaluate(model: str, task: str | None = None, data_dir: str = "hub", split: str = "dev",
              batch_size: int = 128, max_seq_length: int = 128, bf16: bool = False,
              trust_remote_code: bool = False) -> dict:
-    from transformers import DataCollatorWithPadding
-
     model_path = resolve_model(model)
     meta = read_meta(model_path) if Path(model_path).is_dir() else {}
     task_name = task or meta.get("task")

@@ -21,12 +21,16 @@ import inspect
 import math
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
-from .errors import ConfigError, DataError
+from ..core.config import Config
+from ..core.errors import ConfigError, DataError
+from ..data.lm import tokenize_text
 
 
 def model_context_length(model) -> int | None:
@@ -60,8 +64,6 @@ def _as_ids(tokens, text: str | None, max_tokens: int | None) -> torch.Tensor:
     if hasattr(tokens, "convert_tokens_to_ids"):  # a tokenizer
         if text is None:
             raise ConfigError("perplexity() got a tokenizer but no text; pass text=... or token ids")
-        from .data.lm import tokenize_text
-
         ids = tokenize_text(tokens, text, max_tokens=max_tokens)
         return torch.tensor(ids, dtype=torch.long)
     if text is not None:
@@ -83,8 +85,6 @@ def perplexity(model, tokens: Any, text: str | None = None, *, max_length: int |
     Returns ``{"ppl", "nll" (mean per scored token), "nll_sum", "tokens_scored", "windows",
     "tokens", "max_length", "stride", "seconds"}``.
     """
-    from tqdm.auto import tqdm
-
     ids = _as_ids(tokens, text, max_tokens)
     context = model_context_length(model)
     if max_length is None:
@@ -142,3 +142,27 @@ def _shape(window: tuple[int, int, int]) -> tuple[int, int]:
     begin, end, first = window
     return end - begin, end - first
 
+
+
+@dataclass
+class PerplexityConfig(Config):
+    """How a language-model stage is scored: sliding-window perplexity on a text (a budget of its
+    first tokens)."""
+
+    text: str = "wikitext2-test"
+    max_length: int = 512
+    stride: int = 256
+    max_tokens: int | None = 40_000
+    batch_size: int = 4
+    bf16: bool = True
+
+    def validate(self) -> None:
+        if self.max_length < 2 or not 0 < self.stride <= self.max_length:
+            raise ConfigError(f"perplexity: need max_length ≥ 2 and 0 < stride ≤ max_length "
+                              f"(got {self.max_length}, {self.stride})")
+
+
+def score_perplexity(model, tokenizer, text: str, cfg: PerplexityConfig) -> dict[str, Any]:
+    r = perplexity(model.eval(), tokenizer, text, max_length=cfg.max_length, stride=cfg.stride,
+                   batch_size=cfg.batch_size, bf16=cfg.bf16, max_tokens=cfg.max_tokens, progress=False)
+    return {"ppl": r["ppl"], "ppl_tokens": r["tokens_scored"]}

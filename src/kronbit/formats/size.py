@@ -1,0 +1,123 @@
+"""The size report: on-disk and in-memory size of a packed, compressed or plain model directory,
+with a breakdown (embeddings, encoder weights, scales, full-precision parts) and the ratio to the
+same architecture stored as fp32. Tensor tables are read from the safetensors header, without
+loading (or unpickling) anything."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..core.errors import ModelError
+from .compressed import WEIGHTS_NAME
+from .load import load_model
+from .meta import build_base
+from .packed import PACKED_WEIGHTS, load_packed, packed_dir, read_packed_meta
+
+
+def _safetensors_header(path: Path) -> dict[str, Any]:
+    """The tensor table of a safetensors file, read without loading (or unpickling) anything."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        if len(raw) < 8:
+            raise ModelError(f"{path}: truncated safetensors file ({size} bytes)")
+        (n,) = struct.unpack("<Q", raw)
+        if n > size - 8:
+            raise ModelError(f"{path}: truncated safetensors file (header says {n} bytes, file has {size})")
+        try:
+            header = json.loads(f.read(n))
+        except ValueError:
+            raise ModelError(f"{path}: damaged safetensors header") from None
+    header.pop("__metadata__", None)
+    end = max((v["data_offsets"][1] for v in header.values()), default=0)
+    if 8 + n + end > size:
+        raise ModelError(f"{path}: truncated safetensors file (tensors need {8 + n + end} bytes, file has {size})")
+    return header
+
+
+def _category(name: str, packed_names: set[str]) -> str:
+    module = name.rsplit(".", 1)[0]
+    leaf = name.rsplit(".", 1)[-1]
+    if leaf in ("weight_scale", "weight_offset", "a_scale", "a_offset", "b_scale", "b_offset") or "_quantizer." in name:
+        return "scales"
+    if "embed" in name or module.endswith(("wte", "wpe")):
+        return "embeddings"
+    if leaf in ("packed_weight", "packed_a", "packed_b") or (leaf in ("a", "b") and module not in packed_names):
+        return "encoder_weights"
+    if leaf == "weight" and ("layer." in name or ".h." in name or "layers." in name) and "LayerNorm" not in name \
+            and "norm" not in module.rsplit(".", 1)[-1].lower():
+        return "encoder_weights"
+    return "full_precision"
+
+
+def fp32_reference_bytes(model_dir: Path) -> tuple[int, int]:
+    """(parameters, bytes at fp32) of the uncompressed base model described by config.json,
+    counted on the meta device (no memory, no weights); tied parameters count once."""
+    with torch.device("meta"):
+        base = build_base(model_dir)
+    n = sum(p.numel() for p in base.parameters())
+    return n, 4 * n
+
+
+def size_report(path: str | Path, in_memory: bool = True) -> dict[str, Any]:
+    """On-disk and in-memory size of a packed, compressed or plain model directory, with a
+    breakdown. ``ratio_vs_fp32`` = bytes of the same architecture stored as fp32 safetensors
+    (parameters × 4) over this model's tensor file."""
+    p = Path(path)
+    d = packed_dir(p)
+    if d is not None:
+        tensor_file, kind = d / PACKED_WEIGHTS, "packed"
+        packed_names = set(read_packed_meta(d).get("packed", {}))
+    else:
+        cands = [c / f for c in (p, p / "model") for f in (WEIGHTS_NAME, "model.safetensors")]
+        tensor_file = next((c for c in cands if c.is_file()), None)
+        if tensor_file is None:
+            raise ModelError(f"{p}: no model tensors found (a packed, compressed or Hugging Face safetensors dir)")
+        d, packed_names = tensor_file.parent, set()
+        kind = "compressed" if tensor_file.name == WEIGHTS_NAME else "huggingface"
+    header = _safetensors_header(tensor_file)
+    breakdown: dict[str, int] = {"embeddings": 0, "encoder_weights": 0, "scales": 0, "full_precision": 0}
+    for name, v in header.items():
+        a, b = v["data_offsets"]
+        breakdown[_category(name, packed_names)] += b - a
+    n_params, fp32 = fp32_reference_bytes(d)
+    disk = tensor_file.stat().st_size
+    report: dict[str, Any] = {
+        "path": str(d), "kind": kind, "file": tensor_file.name,
+        "disk_bytes": disk, "disk_mb": round(disk / 1e6, 3), "disk_mib": round(disk / 2**20, 3),
+        "fp32_parameters": n_params, "fp32_bytes": fp32, "fp32_mb": round(fp32 / 1e6, 3),
+        "ratio_vs_fp32": round(fp32 / disk, 3),
+        "breakdown_mb": {k: round(v / 1e6, 3) for k, v in breakdown.items()},
+        "breakdown_mib": {k: round(v / 2**20, 3) for k, v in breakdown.items()},
+        "counts": "tensor file only (config/tokenizer JSON excluded); fp32 = the base architecture's parameters × 4 "
+                  "bytes, tied parameters once",
+    }
+    if in_memory:
+        if kind == "packed":
+            model = load_packed(d)
+        else:
+            model = load_model(d)
+        mem = module_bytes(model)
+        report.update(memory_bytes=mem, memory_mb=round(mem / 1e6, 3), memory_mib=round(mem / 2**20, 3),
+                      memory_ratio_vs_fp32=round(fp32 / mem, 3))
+    return report
+
+
+def module_bytes(model: nn.Module) -> int:
+    """Bytes of a model's parameters and buffers (each storage once)."""
+    seen, total = set(), 0
+    for t in [*model.parameters(), *model.buffers()]:
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), t.numel())
+        if key in seen:
+            continue
+        seen.add(key)
+        total += t.numel() * t.element_size()
+    return total
+
+

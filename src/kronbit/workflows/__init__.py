@@ -1,0 +1,3 @@
+"""Single jobs a user runs: fine-tune a teacher (``finetune``), evaluate on GLUE (``evaluate``),
+perplexity of a causal LM (``perplexity``), export to the packed format (``export``), and the
+training plumbing they and the runner share (``training``)."""

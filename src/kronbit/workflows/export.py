@@ -1,0 +1,40 @@
+"""``kronbit export``: a run or compressed-model directory in, a packed directory out (optionally
+with ONNX), and its size."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..core.errors import ModelError
+from ..formats.compressed import compressed_dir, load_compressed
+from ..formats.meta import read_meta
+from ..formats.onnx import export_onnx
+from ..formats.packed import check_dtype, export_packed
+from ..formats.size import size_report
+from ..models.encoders import load_tokenizer
+
+
+def export_model(model: str | Path, output_dir: str | Path, *, dtype: str = "float32", overwrite: bool = False,
+                 onnx: bool = False, onnx_seq_len: int = 128) -> dict[str, Any]:
+    """``kronbit export``: a run or compressed-model directory → a packed directory."""
+    check_dtype(dtype)
+    src = compressed_dir(model)
+    if src is None:
+        raise ModelError(f"{model}: not a kronbit compressed model or run directory (no kronbit_model.safetensors); "
+                         "a plain full-precision checkpoint has nothing to pack")
+    out = Path(output_dir)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise ModelError(f"{out} exists and is not empty; pass --overwrite to replace it")
+    if out.resolve() == src.resolve():
+        raise ModelError("the output directory is the source model directory; choose another")
+    m = load_compressed(src)
+    meta = {k: v for k, v in read_meta(src).items() if k not in ("format", "format_version", "transforms")}
+    tokenizer = load_tokenizer(src)
+    export_packed(m, out, tokenizer=tokenizer, dtype=dtype, meta={**meta, "source": str(src)})
+    result: dict[str, Any] = {"output_dir": str(out), "dtype": dtype}
+    if onnx:
+        result["onnx"] = export_onnx(out, out / "model.onnx", seq_len=onnx_seq_len)
+    report = size_report(out, in_memory=False)
+    result.update({k: report[k] for k in ("disk_mb", "fp32_mb", "ratio_vs_fp32")})
+    return result
