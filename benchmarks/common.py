@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from kronbit.io import write_json, write_text
+from kronbit.core.io import write_json, write_text
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "docs" / "results"

@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import REPO, WORK, Results, data_root, md_table  # noqa: E402
 
-from kronbit.recipe import load_recipe, run_recipe  # noqa: E402
+from kronbit.runner import load_recipe, run_recipe  # noqa: E402
 
 TEACHER = "packaged:smollm2"
 PAPER = {"KnGPT2 (GPT-2 teacher) PPL": 20.5, "DistilGPT2 PPL": 23.7, "GPT-2 PPL": 19.4}
@@ -115,7 +115,7 @@ def lm_part(args, res: Results) -> None:
 
 
 def glue_part(args, res: Results) -> None:
-    from kronbit.finetune import FinetuneConfig, finetune
+    from kronbit.workflows.finetune import FinetuneConfig, finetune
 
     glue = data_root() / "glue"
     for task in args.glue_tasks:
@@ -157,8 +157,8 @@ def glue_part(args, res: Results) -> None:
 
 
 def _params(model_dir: Path) -> int:
-    from kronbit.checkpoint import load_model
-    from kronbit.modules import count_parameters
+    from kronbit.formats import load_model
+    from kronbit.core.swap import count_parameters
 
     return count_parameters(load_model(model_dir))
 

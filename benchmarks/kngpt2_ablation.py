@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import REPO, WORK, Results, data_root, md_table, slug  # noqa: E402
 
-from kronbit.recipe import load_recipe, run_recipe  # noqa: E402
+from kronbit.runner import load_recipe, run_recipe  # noqa: E402
 
 TEACHER = "packaged:smollm2"
 # The equal-size selection that keeps the embedding dense is a shipped recipe; its stage is read
@@ -58,10 +58,10 @@ def main() -> None:
 
 def init_part(args, res: Results) -> None:
     from kronbit.data.lm import read_text
-    from kronbit.decoders import load_causal_lm, load_causal_tokenizer
+    from kronbit.models.decoders import load_causal_lm, load_causal_tokenizer
     from kronbit.kron import KroneckerConfig, kroneckerize_
-    from kronbit.lm_stage import PerplexityConfig, lm_root, score_perplexity
-    from kronbit.modules import count_parameters
+    from kronbit.runner.lm import PerplexityConfig, lm_root, score_perplexity
+    from kronbit.core.swap import count_parameters
 
     recipe = load_recipe(REPO / "recipes" / "kngpt2" / "kron-pretrain.yaml",
                          [f"perplexity.max_tokens={args.ppl_tokens}"])

@@ -47,7 +47,8 @@ import torch  # noqa: E402
 from common import WORK, Results, md_table  # noqa: E402
 
 from kronbit import QuantConfig, quantize_  # noqa: E402
-from kronbit.export import export_packed, load_packed, module_bytes, size_report  # noqa: E402
+from kronbit.formats.packed import export_packed, load_packed
+from kronbit.formats.size import module_bytes, size_report  # noqa: E402
 from kronbit.quant.api import BLOCK_LINEARS  # noqa: E402
 
 ALL_TARGETS = r".*(\.(layer|h|layers)\.\d+\..*|pooler\.dense|position_embeddings|token_type_embeddings)"
@@ -66,7 +67,7 @@ def base_model(name: str):
     if name == "bert-base":
         cfg = BertConfig(num_labels=2)  # BERT-base: 12 layers, hidden 768, vocab 30522
         return BertForSequenceClassification(cfg).eval()
-    from kronbit.models import packaged_model_dir
+    from kronbit.models.packaged import packaged_model_dir
 
     return BertForSequenceClassification.from_pretrained(packaged_model_dir("minilm"), num_labels=2).eval()
 
@@ -211,7 +212,7 @@ def rss(field='VmRSS'):  # MB (1e6 bytes, as the weights); VmHWM: the peak since
 import packed_export as pe
 # The code every variant needs, imported before measuring: loading the BERT modules alone grows
 # RSS by ~100 MB, which is not the model's memory.
-import kronbit.export, safetensors.torch, transformers, transformers.models.bert.modeling_bert
+import kronbit.formats.packed, safetensors.torch, transformers, transformers.models.bert.modeling_bert
 import torch.ao.quantization
 before = rss()
 try:

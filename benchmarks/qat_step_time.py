@@ -42,7 +42,7 @@ from kronbit.data.glue import get_task, load_split  # noqa: E402
 from kronbit.distill import KDConfig  # noqa: E402
 from kronbit.distill.teacher_cache import TeacherCache  # noqa: E402
 from kronbit.distill.trainer import DistillationTrainer  # noqa: E402
-from kronbit.models import load_classifier, load_tokenizer  # noqa: E402
+from kronbit.models.encoders import load_classifier, load_tokenizer  # noqa: E402
 from kronbit.quant import QuantConfig, quantize_  # noqa: E402
 
 FULL = KDConfig(logits=1, embedding=1, hidden=1, attention=1, layer_map="identity")

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import WORK, Results, data_root, md_table  # noqa: E402
 
-from kronbit.finetune import FinetuneConfig, finetune  # noqa: E402
+from kronbit.workflows.finetune import FinetuneConfig, finetune  # noqa: E402
 
 # The budget per task: sized so each task finishes well inside 45 minutes on 2 CPU cores with bf16.
 # Sequence length 64 for the single-sentence tasks (their sentences are short), 128 for pairs.

@@ -21,9 +21,10 @@ from common import REPO, WORK, Results, data_root, md_table  # noqa: E402
 from tspq_glue import BUDGETS  # noqa: E402
 from teacher_glue import teacher_dir  # noqa: E402
 
-from kronbit.checkpoint import load_model  # noqa: E402
+from kronbit.formats import load_model  # noqa: E402
 from kronbit.data.glue import get_task, load_split  # noqa: E402
-from kronbit.recipe import load_recipe, run_stage  # noqa: E402
+from kronbit.runner import load_recipe
+from kronbit.runner.glue import run_stage  # noqa: E402
 
 VARIANTS = {  # name -> overrides of the w1a1 stage (index 4)
     "recipe (score MSE, lr 5e-5)": [],

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, WORK, Results, data_root, md_table  # noqa: E402
 from teacher_glue import require_teacher  # noqa: E402
 
-from kronbit.recipe import load_recipe, run_recipe  # noqa: E402
+from kronbit.runner import load_recipe, run_recipe  # noqa: E402
 
 CONFIGS = {
     "tspq_w1a1": "binary.yaml",

@@ -24,7 +24,7 @@ from common import REPO, WORK, Results, data_root, md_table, slug  # noqa: E402
 from teacher_glue import require_teacher  # noqa: E402
 from tspq_glue import BUDGETS  # noqa: E402
 
-from kronbit.recipe import load_recipe, run_recipe  # noqa: E402
+from kronbit.runner import load_recipe, run_recipe  # noqa: E402
 
 NO_ATTN = "kd: {attention: 0}"
 # name -> (base recipe, stage list as YAML flow). Binary variants total 6 epochs, ternary 4, as in

@@ -22,8 +22,8 @@ def glue_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def minilm_dir() -> Path:
-    from kronbit.errors import ModelError
-    from kronbit.models import packaged_model_dir
+    from kronbit.core.errors import ModelError
+    from kronbit.models.packaged import packaged_model_dir
 
     try:
         return packaged_model_dir("minilm")

@@ -66,3 +66,31 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def tiny_gpt2(vocab_size: int = 1000, n_embd: int = 32, n_layer: int = 4, n_head: int = 2,
+              n_positions: int = 128, seed: int = 0, **config_kwargs):
+    """A random-init ``GPT2LMHeadModel`` (HF ``Conv1D`` projections, tied embeddings), eval mode."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    cfg = GPT2Config(vocab_size=vocab_size, n_embd=n_embd, n_layer=n_layer, n_head=n_head,
+                     n_positions=n_positions, bos_token_id=vocab_size - 1, eos_token_id=vocab_size - 1,
+                     **config_kwargs)
+    torch.manual_seed(seed)
+    return GPT2LMHeadModel(cfg).eval()
+
+
+def tiny_llama(vocab_size: int = 1000, hidden_size: int = 32, num_hidden_layers: int = 4,
+               num_attention_heads: int = 4, num_key_value_heads: int = 2, intermediate_size: int = 64,
+               max_position_embeddings: int = 128, seed: int = 0, **config_kwargs):
+    """A random-init ``LlamaForCausalLM`` (grouped-query attention, ``nn.Linear``), eval mode."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=num_hidden_layers,
+                      num_attention_heads=num_attention_heads, num_key_value_heads=num_key_value_heads,
+                      intermediate_size=intermediate_size, max_position_embeddings=max_position_embeddings,
+                      bos_token_id=0, eos_token_id=1, pad_token_id=None, **config_kwargs)
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(cfg).eval()

@@ -17,7 +17,7 @@ import pytest
 from helpers import REPO, single_thread, write_tiny_sst2
 
 from kronbit.cli import main
-from kronbit.errors import ConfigError, KronbitError
+from kronbit.core.errors import ConfigError, KronbitError
 
 _one_thread = pytest.fixture(autouse=True)(single_thread)
 BINARY = str(REPO / "recipes" / "tspq" / "binary.yaml")
@@ -32,8 +32,8 @@ def world(tmp_path_factory, request):
     from transformers import AutoTokenizer, BertForSequenceClassification
 
     from kronbit import QuantConfig, quantize_
-    from kronbit.checkpoint import save_compressed
-    from kronbit.export import export_packed
+    from kronbit.formats.compressed import save_compressed
+    from kronbit.formats.packed import export_packed
 
     root = tmp_path_factory.mktemp("world")
     tiny = make_tiny_bert(root / "tiny")
@@ -217,21 +217,21 @@ def test_cli_case(world, capsys, case):
 
 def _kron_bad_shape():
     from kronbit import KroneckerConfig, kroneckerize_
-    from kronbit.decoders import tiny_gpt2
+    from helpers import tiny_gpt2
 
     kroneckerize_(tiny_gpt2(n_embd=32), KroneckerConfig(a_shape=[3, 5]))
 
 
 def _kron_rank_too_high():
     from kronbit import KroneckerConfig, kroneckerize_
-    from kronbit.decoders import tiny_gpt2
+    from helpers import tiny_gpt2
 
     kroneckerize_(tiny_gpt2(n_embd=32), KroneckerConfig(a_shape=[2, 2], rank=10_000))
 
 
 def _quant_no_match():
     from kronbit import QuantConfig, quantize_
-    from kronbit.decoders import tiny_gpt2
+    from helpers import tiny_gpt2
 
     quantize_(tiny_gpt2(), QuantConfig(w_bits=1, target_modules=["q_proj"]))
 
@@ -261,7 +261,7 @@ def test_api_case(case):
 
 
 def test_disk_full_on_export_keeps_the_old_export(world, capsys, monkeypatch):
-    import safetensors.torch
+    import kronbit.formats.packed
 
     out = _copy(world, "packed", "p-diskfull", lambda d: None)
     before = _snapshot(out)
@@ -269,7 +269,7 @@ def test_disk_full_on_export_keeps_the_old_export(world, capsys, monkeypatch):
     def full(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    monkeypatch.setattr(kronbit.formats.packed, "save_file", full)
     assert main(["export", "--model", str(world / "compressed"), "--output-dir", str(out), "--overwrite"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("kronbit: error: disk full while writing")

@@ -2,9 +2,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from kronbit.config import Config, apply_overrides, load_yaml
-from kronbit.errors import ConfigError
-from kronbit.finetune import FinetuneConfig
+from kronbit.core.config import Config, apply_overrides, load_yaml
+from kronbit.core.errors import ConfigError
+from kronbit.workflows.finetune import FinetuneConfig
 
 
 @dataclass

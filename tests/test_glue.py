@@ -1,7 +1,7 @@
 import pytest
 
 from kronbit.data.glue import TASKS, get_task, load_split
-from kronbit.errors import DataError
+from kronbit.core.errors import DataError
 
 # Sizes of the local GLUE files (see the data README); dev/test counted by hand with wc + header.
 REAL_SIZES = {

@@ -7,8 +7,8 @@ import types
 import pytest
 
 from kronbit.data.glue import get_task, load_split
-from kronbit.errors import DataError
-from kronbit.io import atomic_dir, atomic_path, write_json
+from kronbit.core.errors import DataError
+from kronbit.core.io import atomic_dir, atomic_path, write_json
 
 
 @pytest.fixture
@@ -55,7 +55,7 @@ def test_hub_route_without_datasets(monkeypatch):
 def test_write_json_is_atomic_on_failure(tmp_path):
     path = tmp_path / "m.json"
     write_json(path, {"a": 1})
-    from kronbit.errors import KronbitError
+    from kronbit.core.errors import KronbitError
 
     # a full disk is reported as a user-facing error (one line), and the old file stays
     with pytest.raises(KronbitError, match="disk full while writing .*m.json; the previous version"):

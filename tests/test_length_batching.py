@@ -6,8 +6,8 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
 
 from kronbit.data.features import TokenizedDataset, sorted_by_length
-from kronbit.evaluate import predict
-from kronbit.finetune import TrainingOptions, training_arguments
+from kronbit.workflows.evaluate import predict
+from kronbit.workflows.finetune import TrainingOptions, training_arguments
 
 
 def _dataset(tok, texts):

@@ -4,7 +4,7 @@ the last good checkpoint stays intact."""
 import pytest
 import torch
 
-import kronbit.finetune as ft
+import kronbit.workflows.finetune as ft
 from kronbit.cli import main
 
 

@@ -7,8 +7,8 @@ import yaml
 
 from helpers import REPO, write_tiny_sst2
 from kronbit.cli import main
-from kronbit.errors import ConfigError
-from kronbit.recipe import Recipe, load_recipe
+from kronbit.core.errors import ConfigError
+from kronbit.runner.recipe import Recipe, load_recipe
 
 RECIPES = sorted((REPO / "recipes").rglob("*.yaml"))
 

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from . import __version__
 from .core.errors import KronbitError
+from .core.paths import default_glue_dir
 
 
 def _add_common_train_flags(p: argparse.ArgumentParser) -> None:
@@ -72,7 +73,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from .runner import load_recipe, run_recipe
 
-    recipe = load_recipe(args.recipe, args.overrides)
+    seed = [f"train.seed={args.seed}", f"teacher.seed={args.seed}"] if args.seed is not None else []
+    recipe = load_recipe(args.recipe, [*seed, *args.overrides])
     table = run_recipe(recipe, model=args.model, task=args.task, data_dir=args.data_dir,
                        output_dir=args.output_dir, max_steps=args.max_steps, overwrite=args.overwrite,
                        resume=args.resume, recipe_source=str(args.recipe), student=args.student)
@@ -113,33 +115,29 @@ def cmd_size(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+DATA_HELP = ("GLUE TSV root (CoLA/, SST-2/, ...) or 'hub'; default: $KRONBIT_DATA_ROOT/glue, else the "
+             "local data folder when it exists, else the hub")
 
-    parser = argparse.ArgumentParser(prog="kronbit", description="Compress transformer language models: "
-                                     "two-stage progressive quantization and Kronecker decomposition.")
-    parser.add_argument("--version", action="version", version=f"kronbit {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
-    default_data = os.environ.get("KRONBIT_DATA_DIR")
 
+def _finetune_parser(sub, data_default: str) -> None:
     p = sub.add_parser("finetune", help="fine-tune a full-precision model (the teacher) on a GLUE task")
     p.add_argument("--model", help="hub id, local HF directory, or packaged:minilm")
     p.add_argument("--task", help="cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli")
-    p.add_argument("--data-dir", default=default_data,
-                   help="GLUE TSV root (CoLA/, SST-2/, ...) or 'hub'; default $KRONBIT_DATA_DIR")
+    p.add_argument("--data-dir", default=data_default, help=DATA_HELP)
     p.add_argument("--output-dir", help="run directory to create")
-    p.add_argument("--epochs", type=float)
-    p.add_argument("--max-steps", type=int)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--bf16", action="store_true", default=None, help="bf16 autocast (faster on this CPU)")
-    p.add_argument("--learning-rate", type=float)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--max-seq-length", type=int)
+    p.add_argument("--epochs", type=float, help="training epochs (default 3)")
+    p.add_argument("--max-steps", type=int, help="stop after N optimizer steps (overrides --epochs)")
+    p.add_argument("--seed", type=int, help="random seed for initialisation, data order and subsets (default 42)")
+    p.add_argument("--bf16", action="store_true", default=None, help="bf16 autocast (faster on CPUs with bf16 units)")
+    p.add_argument("--learning-rate", type=float, help="peak learning rate (default 5e-5)")
+    p.add_argument("--batch-size", type=int, help="training batch size (default 32)")
+    p.add_argument("--max-seq-length", type=int, help="truncate inputs to N tokens (default 128)")
     p.add_argument("--train-subset", type=int, help="use a seeded random subset of N training examples")
     _add_common_train_flags(p)
     p.set_defaults(func=cmd_finetune)
 
+
+def _run_parser(sub, data_default: str) -> None:
     p = sub.add_parser("run", help="run a staged compression recipe (YAML), e.g. recipes/tspq/binary.yaml")
     p.add_argument("recipe", help="recipe YAML file")
     p.add_argument("--model", required=True,
@@ -148,16 +146,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", help="GLUE task (tspq / glue recipes); kngpt2 language-model recipes take none")
     p.add_argument("--student", help="the model stages with init_from: student start from, e.g. the run "
                                      "directory of a kngpt2 pre-training (recipes/kngpt2/glue.yaml)")
-    p.add_argument("--data-dir", default=default_data or "hub",
-                   help="GLUE TSV root (tspq) or the data root holding lm/ (kngpt2)")
-    p.add_argument("--output-dir", required=True)
+    p.add_argument("--data-dir", default=data_default,
+                   help="GLUE TSV root (glue/tspq recipes) or the data root holding lm/ (kngpt2); " + DATA_HELP)
+    p.add_argument("--output-dir", required=True, help="run directory to create (or continue with --resume)")
     p.add_argument("--max-steps", type=int, help="cap every stage at N steps (smoke runs)")
+    p.add_argument("--seed", type=int, help="random seed of every stage and of the teacher fine-tune "
+                                            "(sets train.seed and teacher.seed; default 42)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe key, e.g. --set train.epochs=2 --set stages.0.w_bits=4")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.add_argument("--resume", action="store_true", help="skip finished stages of an existing run")
     p.set_defaults(func=cmd_run)
 
+
+def _perplexity_parser(sub) -> None:
     p = sub.add_parser("perplexity", help="sliding-window perplexity of a causal LM on a text file")
     p.add_argument("--model", required=True, help="hub id, local directory, .gguf file, or packaged:smollm2")
     p.add_argument("--text", required=True,
@@ -165,27 +167,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-length", type=int, help="window length (default: model context, at most 1024)")
     p.add_argument("--stride", type=int, help="new tokens per window (default: half the window)")
     p.add_argument("--max-tokens", type=int, help="score only the first N tokens")
-    p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--bf16", action="store_true")
-    p.add_argument("--trust-remote-code", action="store_true")
+    p.add_argument("--batch-size", type=int, default=1, help="windows per forward pass (default 1)")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast (faster on CPUs with bf16 units)")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="allow model code from the checkpoint to run (off by default)")
     p.set_defaults(func=cmd_perplexity)
 
+
+def _eval_parser(sub, data_default: str) -> None:
     p = sub.add_parser("eval", help="evaluate a model or run directory on a GLUE split")
     p.add_argument("--model", required=True, help="run directory, model directory, or hub id")
     p.add_argument("--task", help="task name (default: the task recorded in the model directory)")
-    p.add_argument("--data-dir", default=default_data or "hub")
-    p.add_argument("--split", default="dev")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--max-seq-length", type=int, default=128)
-    p.add_argument("--bf16", action="store_true")
+    p.add_argument("--data-dir", default=data_default, help=DATA_HELP)
+    p.add_argument("--split", default="dev", help="dev (default) or train; GLUE test labels are hidden")
+    p.add_argument("--batch-size", type=int, default=128, help="examples per forward pass (default 128)")
+    p.add_argument("--max-seq-length", type=int, default=128, help="truncate inputs to N tokens (default 128)")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast (faster on CPUs with bf16 units)")
     p.add_argument("--trust-remote-code", action="store_true",
                    help="allow model code from the checkpoint to run (off by default)")
     p.add_argument("--output", help="metrics JSON path (default: MODEL/eval-TASK-SPLIT.json)")
     p.set_defaults(func=cmd_eval)
 
+
+def _export_parsers(sub) -> None:
     p = sub.add_parser("export", help="write a compressed model as a packed checkpoint (real on-disk size)")
     p.add_argument("--model", required=True, help="run directory or compressed model directory")
-    p.add_argument("--output-dir", required=True)
+    p.add_argument("--output-dir", required=True, help="packed directory to create")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
                    help="dtype of scales and full-precision parts (float32: reload is exact)")
     p.add_argument("--onnx", action="store_true", help="also write model.onnx and check it in onnxruntime")
@@ -197,6 +204,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", help="packed, compressed, run or Hugging Face model directory")
     p.add_argument("--no-memory", action="store_true", help="skip loading the model to measure memory")
     p.set_defaults(func=cmd_size)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kronbit", description="Compress transformer language models: "
+                                     "two-stage progressive quantization and Kronecker decomposition.")
+    parser.add_argument("--version", action="version", version=f"kronbit {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    data_default = default_glue_dir()
+    _finetune_parser(sub, data_default)
+    _run_parser(sub, data_default)
+    _perplexity_parser(sub)
+    _eval_parser(sub, data_default)
+    _export_parsers(sub)
     return parser
 
 

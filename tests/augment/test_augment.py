@@ -8,14 +8,14 @@ import logging
 import pytest
 import torch
 
-from kronbit.config import Config
+from kronbit.core.config import Config
 from kronbit.data.augment import (
     AugmentConfig, CandidateSource, CombinedCandidates, EmbeddingNeighbourCandidates,
     MaskedLMCandidates, Slot, WordNetCandidates, augment_examples, check_available,
     match_case, usable_candidate, word_spans,
 )
 from kronbit.data.glue import Example
-from kronbit.errors import ConfigError
+from kronbit.core.errors import ConfigError
 
 
 class FakeSource(CandidateSource):
@@ -338,7 +338,7 @@ def test_end_to_end_with_teacher_path(tiny_bert, fake_wn, tmp_path):
 
 @pytest.mark.slow
 def test_packaged_minilm_embedding_neighbours(minilm_dir):
-    from kronbit.models import load_tokenizer
+    from kronbit.models.encoders import load_tokenizer
 
     from transformers import AutoModel
 

@@ -8,7 +8,7 @@ import pytest
 
 from kronbit.data.augment import WordNetCandidates
 from kronbit.data.wordnet import ENV_VAR, WordNet, default_dir
-from kronbit.errors import DataError
+from kronbit.core.errors import DataError
 
 
 def test_fake_database_offsets_are_self_consistent(fake_wn):

@@ -5,7 +5,7 @@ from transformers import BertConfig, BertForSequenceClassification, GPT2Config, 
 from kronbit.distill import KDConfig, distillation_loss, layer_map
 from kronbit.distill.attention import record_attention_scores, use_kronbit_attention
 from kronbit.distill.losses import attention_prob_kl, attention_score_mse, hidden_mse, logits_loss
-from kronbit.errors import ConfigError
+from kronbit.core.errors import ConfigError
 
 ALL = KDConfig(logits=1, embedding=1, hidden=1, attention=1, layer_map="identity")
 

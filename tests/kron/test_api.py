@@ -15,11 +15,11 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from kronbit.errors import ConfigError
+from kronbit.core.errors import ConfigError
 from kronbit.kron import (KroneckerConfig, KroneckerEmbedding, KroneckerLinear, KroneckerTiedHead, densify_,
                           kroneckerize_)
 from kronbit.kron.api import block_index
-from kronbit.modules import count_parameters
+from kronbit.core.swap import count_parameters
 
 KNGPT2 = dict(compression=2, layers="odd", embeddings=True, embedding_factor=2)
 TOL = 1e-10
@@ -167,8 +167,8 @@ def test_rebuild_llama_with_save_model(make_llama, ids, tmp_path):
 
 
 def test_compressed_checkpoint_round_trip(make_gpt2, ids, tmp_path):
-    """Through kronbit.checkpoint: config.json + transforms replayed on a model built from it."""
-    from kronbit.checkpoint import load_compressed, save_compressed
+    """Through kronbit.formats.compressed: config.json + transforms replayed on a model built from it."""
+    from kronbit.formats.compressed import load_compressed, save_compressed
 
     model = make_gpt2()
     report = kroneckerize_(model, KroneckerConfig(**KNGPT2))
@@ -186,7 +186,7 @@ def test_compressed_round_trip_with_dense_tied_embedding(ids, tmp_path):
     name only; the embedding must still come back with the trained values (regression test)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from kronbit.checkpoint import load_compressed, save_compressed
+    from kronbit.formats.compressed import load_compressed, save_compressed
 
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=4,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kronbit.errors import ConfigError
+from kronbit.core.errors import ConfigError
 from kronbit.kron import max_rank, nearest_kronecker, relative_error
 from kronbit.kron.nkp import (kron_sum, kronecker_singular_values, rearrange, resolve_rank, resolve_shapes,
                               truncation_error)

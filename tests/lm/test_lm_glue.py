@@ -8,7 +8,7 @@ import pytest
 from helpers import write_tiny_sst2
 
 from kronbit.cli import main
-from kronbit.decoders import tiny_llama
+from helpers import tiny_llama
 
 
 def _last_json(capsys):
@@ -34,7 +34,7 @@ def _pretrain(tmp, root, lm_small, recipe, out, *extra):
 
 
 def test_kronecker_student_fine_tunes_on_glue(glue_setup, capsys):
-    from kronbit.checkpoint import load_model
+    from kronbit.formats import load_model
     from kronbit.kron.layers import KroneckerEmbedding, KroneckerLinear
 
     tmp, root, lm_small, glue_small = glue_setup
@@ -69,10 +69,10 @@ def test_compressed_lm_loads_as_a_classifier_with_its_backbone(tmp_path):
     """The pre-trained backbone's tensors arrive in the classifier unchanged; only the head is new."""
     import torch
 
-    from kronbit.checkpoint import load_compressed, save_compressed
+    from kronbit.formats.compressed import load_compressed, save_compressed
     from kronbit.data.glue import get_task
     from kronbit.kron import KroneckerConfig, kroneckerize_
-    from kronbit.modules import recorded_transforms
+    from kronbit.core.transforms import recorded_transforms
 
     torch.manual_seed(0)
     lm = tiny_llama(vocab_size=64, hidden_size=32, num_hidden_layers=2)
@@ -91,7 +91,7 @@ def test_compressed_lm_loads_as_a_classifier_with_its_backbone(tmp_path):
     state = load_file(str(path))
     state.pop("model.norm.weight")
     save_file(state, str(path))
-    from kronbit.errors import ModelError
+    from kronbit.core.errors import ModelError
 
     with pytest.raises(ModelError, match="does not match its transforms"):
         load_compressed(tmp_path / "lm", get_task("rte"))

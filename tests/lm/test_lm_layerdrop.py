@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kronbit.decoders import load_causal_lm, tiny_gpt2, tiny_llama
-from kronbit.errors import ConfigError, ModelError
+from kronbit.models.decoders import load_causal_lm
+from helpers import tiny_gpt2, tiny_llama
+from kronbit.core.errors import ConfigError, ModelError
 from kronbit.layerdrop import (decoder_layers, drop_layers, params_for_keep, plan_for_params, resolve_keep,
                                spread_layers)
-from kronbit.modules import count_parameters
+from kronbit.core.swap import count_parameters
 
 IDS = torch.tensor([[5, 17, 3, 99, 42, 8, 61, 7]])
 

@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kronbit.decoders import tiny_gpt2, tiny_llama
-from kronbit.errors import ConfigError
-from kronbit.perplexity import perplexity, sliding_windows
+from helpers import tiny_gpt2, tiny_llama
+from kronbit.core.errors import ConfigError
+from kronbit.workflows.perplexity import perplexity, sliding_windows
 
 N, V = 50, 64
 

@@ -23,7 +23,7 @@ def lm_setup(lm_world):
 
 
 def test_kron_and_layerdrop_recipes_run_and_resume(lm_setup, capsys):
-    from kronbit.checkpoint import load_model
+    from kronbit.formats import load_model
 
     tmp, root, small = lm_setup
     argv = ["run", "recipes/kngpt2/kron-pretrain.yaml", "--model", str(tmp / "teacher"), "--data-dir", str(root),

@@ -7,18 +7,19 @@ import os
 import pytest
 import torch
 
-from kronbit import decoders
+from kronbit.models import decoders, gguf
+from kronbit.models.packaged import packaged_path
 from kronbit.data.lm import read_text
-from kronbit.errors import ModelError
-from kronbit.modules import count_parameters
-from kronbit.perplexity import perplexity
+from kronbit.core.errors import ModelError
+from kronbit.core.swap import count_parameters
+from kronbit.workflows.perplexity import perplexity
 
 
 @pytest.fixture(scope="module")
 def smollm2_gguf():
     try:
-        path = decoders._packaged_gguf("smollm2")
-        decoders._require_gguf_reader()
+        path = packaged_path("smollm2")
+        gguf._require_gguf_reader()
     except ModelError as e:
         if os.environ.get("CI"):
             pytest.fail(str(e))
@@ -34,8 +35,8 @@ def test_smollm2_converts_to_plain_llama_caches_and_scores_wikitext(smollm2_gguf
 
     monkeypatch.setenv("KRONBIT_CACHE", str(tmp_path / "cache"))
     torch.set_num_threads(max(1, os.cpu_count() or 1))  # a real model: use the cores
-    raw = decoders.load_gguf_model(smollm2_gguf)
-    plain = decoders.to_plain_causal_lm(raw)
+    raw = gguf.load_gguf_model(smollm2_gguf)
+    plain = gguf.to_plain_causal_lm(raw)
     ids = torch.tensor([[504, 3458, 282, 4649, 314, 3820, 30, 378, 2734]])
     assert torch.equal(raw(input_ids=ids).logits, plain(input_ids=ids).logits)
     assert type(plain) is LlamaForCausalLM and not hasattr(plain.config, "quantization_config")
@@ -43,14 +44,14 @@ def test_smollm2_converts_to_plain_llama_caches_and_scores_wikitext(smollm2_gguf
     del raw
 
     # What a cache miss does (convert_gguf), then a load that must come from the cache.
-    folder = decoders.save_causal_lm(plain, decoders.load_gguf_tokenizer(smollm2_gguf),
-                                     decoders.gguf_cache_dir(smollm2_gguf), decoders._gguf_source(smollm2_gguf))
+    folder = gguf.save_causal_lm(plain, gguf.load_gguf_tokenizer(smollm2_gguf),
+                                     gguf.gguf_cache_dir(smollm2_gguf), gguf._gguf_source(smollm2_gguf))
     assert folder.parent == tmp_path / "cache" / "models" and (folder / "model.safetensors").is_file()
 
     def no_reconvert(*a, **k):
         raise AssertionError("the cached conversion was not used")
 
-    monkeypatch.setattr(decoders, "convert_gguf", no_reconvert)
+    monkeypatch.setattr(gguf, "convert_gguf", no_reconvert)
     model = decoders.load_causal_lm("packaged:smollm2")
     tok = decoders.load_causal_tokenizer("packaged:smollm2")
     assert torch.equal(model(input_ids=ids).logits, plain(input_ids=ids).logits)

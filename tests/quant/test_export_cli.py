@@ -5,7 +5,7 @@ import json
 import pytest
 
 from kronbit import QuantConfig, quantize_
-from kronbit.checkpoint import save_compressed
+from kronbit.formats.compressed import save_compressed
 from kronbit.cli import main
 
 

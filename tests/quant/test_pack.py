@@ -5,7 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kronbit.errors import ModelError
+from kronbit.core.errors import ModelError
 from kronbit.quant import pack
 
 

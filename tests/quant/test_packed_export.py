@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from kronbit import QuantConfig, kroneckerize_, quantize_
-from kronbit.errors import ModelError
-from kronbit.export import PACKED_WEIGHTS, export_packed, load_packed, module_bytes, size_report
+from kronbit.core.errors import ModelError
+from kronbit.formats.packed import PACKED_WEIGHTS, export_packed, load_packed
+from kronbit.formats.size import module_bytes, size_report
 from kronbit.quant.layers import QuantLinear
 from kronbit.quant.packed import PackedLinear
 
@@ -154,7 +155,7 @@ def test_onnx_export_matches_torch(make_bert, tmp_path, tiny_bert):
     pytest.importorskip("onnxruntime")
     from transformers import AutoTokenizer
 
-    from kronbit.export import export_onnx
+    from kronbit.formats.onnx import export_onnx
 
     model = make_bert()
     quantize_(model, QuantConfig(w_bits=1, a_bits=8, quantize_embeddings=True))

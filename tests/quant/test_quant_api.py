@@ -5,8 +5,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from kronbit.errors import ConfigError
-from kronbit.modules import Conv1D
+from kronbit.core.errors import ConfigError
+from kronbit.core.swap import Conv1D
 from kronbit.quant import (QuantConfig, QuantEmbedding, QuantLinear, bits_summary, dequantize_, quant_state,
                            quantize_, quantized_modules, quantizer_parameters, set_bits_)
 from kronbit.quant.size import estimate_size

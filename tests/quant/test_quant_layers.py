@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from kronbit.errors import ConfigError, ModelError
-from kronbit.modules import Conv1D
+from kronbit.core.errors import ConfigError, ModelError
+from kronbit.core.swap import Conv1D
 from kronbit.quant import SCALE_PARAM_SUFFIXES, QuantConfig, QuantEmbedding, QuantLinear
 from kronbit.quant.quantizers import BWNWeight, ElasticAct, LSQWeight, MinMaxAct, TWNWeight, UniformWeight
 

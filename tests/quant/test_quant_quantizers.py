@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from kronbit.errors import ConfigError
+from kronbit.core.errors import ConfigError
 from kronbit.quant.quantizers import (ACT_QUANTIZERS, AUTO_ACT, AUTO_WEIGHT, WEIGHT_QUANTIZERS, BWNWeight,
                                       ElasticAct, ElasticUnsignedAct, LSQAct, LSQWeight, MinMaxAct, TWNWeight,
                                       UniformWeight, build_weight_quantizer, check_quantizer, grad_scale,

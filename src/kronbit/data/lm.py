@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from ..core.config import Config
 from ..core.errors import ConfigError, DataError
+from ..core.paths import data_root
 
 # Short names for the local corpora (paths relative to the data root).
 LM_CORPORA = {
@@ -36,18 +37,6 @@ LM_CORPORA = {
     "tinyshakespeare": "lm/tinyshakespeare/input.txt",
 }
 DEFAULT_CHUNK_CHARS = 1 << 16
-
-
-def data_root() -> Path:
-    """The shared data folder: ``$KRONBIT_DATA_ROOT``, else ``../shared/data`` beside the repo
-    (source checkouts), else ``./data``."""
-    env = os.environ.get("KRONBIT_DATA_ROOT")
-    if env:
-        return Path(env).expanduser()
-    repo = Path(__file__).resolve().parents[3]
-    if (repo / "pyproject.toml").is_file():
-        return repo.parent / "shared" / "data"
-    return Path("data")
 
 
 def resolve_lm_file(name_or_path: str | os.PathLike, root: str | os.PathLike | None = None) -> Path:

@@ -35,10 +35,10 @@ Deliberate differences from TinyBERT's script, each for a reason:
 """
 
 from .apply import augment_examples, cache_key
-from .config import STOP_WORDS, AugmentConfig, match_case, usable_candidate, word_spans
+from .config import STOP_WORDS, AugmentConfig, Slot, match_case, usable_candidate, word_spans
 from .sources import (CandidateSource, CombinedCandidates, EmbeddingNeighbourCandidates, MaskedLMCandidates,
                       WordNetCandidates, build_source, check_available, has_mlm_architecture, load_masked_lm)
 
 __all__ = ["AugmentConfig", "augment_examples", "cache_key", "build_source", "check_available", "CandidateSource",
            "CombinedCandidates", "EmbeddingNeighbourCandidates", "MaskedLMCandidates", "WordNetCandidates",
-           "has_mlm_architecture", "load_masked_lm", "STOP_WORDS", "match_case", "usable_candidate", "word_spans"]
+           "has_mlm_architecture", "load_masked_lm", "STOP_WORDS", "Slot", "match_case", "usable_candidate", "word_spans"]
