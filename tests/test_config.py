@@ -36,7 +36,7 @@ def test_unknown_key_without_close_match_lists_keys():
 @pytest.mark.parametrize("key, value, message", [
     ("epochs", "three", "expected a number"),
     ("batch_size", 2.5, "expected an integer"),
-    ("bf16", "yes", "expected true or false"),
+    ("bf16", "yes", "expected true or false or 'auto'"),
     ("epochs", 0, "epochs must be > 0"),
     ("learning_rate", 5, r"learning_rate must be in \(0, 1\)"),
     ("task", "sst3", "unknown task 'sst3'; did you mean 'sst2'"),

@@ -34,6 +34,15 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
+def _describe(tp: Any) -> str:
+    """A type as a user reads it in an error ("true or false", "'auto'", "int")."""
+    if tp is bool:
+        return "true or false"
+    if get_origin(tp) is typing.Literal:
+        return " or ".join(repr(a) for a in get_args(tp))
+    return _type_name(tp)
+
+
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     """Check/convert ``value`` to the annotated type ``tp``; raise ConfigError naming ``where``."""
     origin = get_origin(tp)
@@ -52,7 +61,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             except ConfigError as e:
                 errors.append(str(e))
         raise ConfigError(errors[0] if len(errors) == 1 else
-                          f"{where}: {value!r} is not a valid {' or '.join(_type_name(a) for a in args)}")
+                          f"{where}: expected {' or '.join(_describe(a) for a in args if a is not type(None))}, "
+                          f"got {value!r}")
     if origin is typing.Literal:
         allowed = get_args(tp)
         if value not in allowed:

@@ -24,6 +24,7 @@ from transformers import DataCollatorWithPadding, set_seed
 
 from ..core import distributed, rundir
 from ..core.errors import ConfigError, KronbitError
+from ..core.hardware import resolve_bf16
 from ..core.transforms import recorded_transforms
 from ..data.augment import augment_examples, check_available
 from ..data.features import sorted_by_length, subsample, tokenize
@@ -168,7 +169,7 @@ def run_stage(recipe: Recipe, index: int, *, init_dir: Path, teacher_dir: Path, 
     metrics = selected_metrics(trainer)
     meta = {"kind": "compressed", "task": task.name, "stage": stage.name, "method": recipe.method,
             "recipe": recipe.name, "dev_metrics": {m: metrics[m] for m in task.metrics},
-            "eval": {"bf16": settings.bf16, "batch_size": settings.eval_batch_size,
+            "eval": {"bf16": resolve_bf16(settings.bf16), "batch_size": settings.eval_batch_size,
                      "max_seq_length": settings.max_seq_length},
             **({"kept_layers": kept} if kept else {})}
     # What the student went through (replayed on load, then quantized or re-bitted here), as the

@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 from ..core.config import Config, apply_overrides, load_yaml
 from ..core.errors import ConfigError
+from ..core.hardware import BF16Setting
 from ..data.augment import AugmentConfig
 from ..data.lm import LMDataConfig
 from ..distill.losses import KDConfig
@@ -42,7 +43,7 @@ class TrainSettings(TrainingOptions):
     """How one stage trains (each stage may override epochs / learning_rate / max_steps)."""
 
     epochs: float = 1.0
-    bf16: bool = True
+    bf16: BF16Setting = "auto"
     scale_lr_multiplier: float = 1.0  # learning-rate multiplier for learnable quantizer scales
     # Memory (GiB) the teacher's outputs for the training set may take: computed once and reused by
     # every epoch and by later stages on the same examples, so a KD step skips the teacher's

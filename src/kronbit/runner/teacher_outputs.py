@@ -7,6 +7,7 @@ import logging
 import time
 from pathlib import Path
 
+from ..core.hardware import resolve_bf16
 from ..distill.teacher_cache import TeacherCache, dataset_fingerprint
 
 log = logging.getLogger("kronbit")
@@ -26,7 +27,7 @@ def teacher_cache_for(caches: dict | None, teacher_dir: Path, teacher, train_ds,
     t0 = time.time()
     cache = TeacherCache.build(teacher, train_ds.features, collator, hidden=kd.needs_hidden,
                                attention=kd.needs_attention, batch_size=settings.eval_batch_size,
-                               bf16=settings.bf16, max_bytes=settings.teacher_cache_gb * 2**30)
+                               bf16=resolve_bf16(settings.bf16), max_bytes=settings.teacher_cache_gb * 2**30)
     if cache is None:
         log.info("teacher outputs would exceed teacher_cache_gb=%g; the teacher runs on every step",
                  settings.teacher_cache_gb)

@@ -16,6 +16,7 @@ from transformers import DataCollatorWithPadding, Trainer, set_seed
 
 from .. import __version__
 from ..core import distributed, rundir
+from ..core.hardware import resolve_bf16
 from ..core.io import write_json
 from ..data.features import sorted_by_length, subsample, tokenize
 from ..data.glue import get_task, is_hub, load_split
@@ -74,7 +75,7 @@ def finetune(cfg: FinetuneConfig, *, overwrite: bool = False, resume: bool = Fal
               "best_checkpoint": trainer.state.best_model_checkpoint and
               Path(trainer.state.best_model_checkpoint).name,
               "train_examples": len(train_ds), "steps": trainer.state.global_step,
-              "bf16": cfg.bf16, "wall_time_s": round(wall, 1)}
+              "bf16": resolve_bf16(cfg.bf16), "wall_time_s": round(wall, 1)}
     meta = {"kronbit_version": __version__, "kind": "teacher", "task": task.name,
             "source_model": str(cfg.model), "data": "hub" if is_hub(cfg.data_dir) else "glue-tsv",
             "dev_metrics": {m: metrics[m] for m in task.metrics}}

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from ..core.config import Config
 from ..core.errors import ConfigError, DataError
+from ..core.hardware import BF16Setting, resolve_bf16
 from ..data.lm import tokenize_text
 
 
@@ -154,7 +155,7 @@ class PerplexityConfig(Config):
     stride: int = 256
     max_tokens: int | None = 40_000
     batch_size: int = 4
-    bf16: bool = True
+    bf16: BF16Setting = "auto"
 
     def validate(self) -> None:
         if self.max_length < 2 or not 0 < self.stride <= self.max_length:
@@ -164,5 +165,5 @@ class PerplexityConfig(Config):
 
 def score_perplexity(model, tokenizer, text: str, cfg: PerplexityConfig) -> dict[str, Any]:
     r = perplexity(model.eval(), tokenizer, text, max_length=cfg.max_length, stride=cfg.stride,
-                   batch_size=cfg.batch_size, bf16=cfg.bf16, max_tokens=cfg.max_tokens, progress=False)
+                   batch_size=cfg.batch_size, bf16=resolve_bf16(cfg.bf16), max_tokens=cfg.max_tokens, progress=False)
     return {"ppl": r["ppl"], "ppl_tokens": r["tokens_scored"]}

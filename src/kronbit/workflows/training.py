@@ -19,6 +19,7 @@ from transformers import TrainerCallback, TrainingArguments
 from ..core import rundir
 from ..core.config import Config
 from ..core.errors import ConfigError, NumericalError
+from ..core.hardware import BF16Setting, resolve_bf16
 from ..core.io import atomic_dir, write_json
 from ..data import metrics as glue_metrics
 from ..formats.meta import KRONBIT_META
@@ -34,7 +35,8 @@ class TrainingOptions(Config):
     epochs: float = 3.0
     max_steps: int | None = None   # caps training; overrides epochs when set
     seed: int = 42
-    bf16: bool = False             # bf16 autocast (faster on CPUs with bf16 matrix units)
+    # bf16 autocast: true / false, or auto = where the hardware has bf16 units (core.hardware)
+    bf16: BF16Setting = False
     learning_rate: float = 5e-5
     batch_size: int = 32
     eval_batch_size: int = 128
@@ -153,7 +155,7 @@ def training_arguments(cfg: Any, out: Path, n_train: int, evaluate: bool = True,
         learning_rate=cfg.learning_rate,
         warmup_steps=int(cfg.warmup_ratio * total),
         weight_decay=cfg.weight_decay,
-        bf16=cfg.bf16,
+        bf16=resolve_bf16(cfg.bf16),
         use_cpu=not _has_cuda(),
         seed=cfg.seed,
         data_seed=cfg.seed,
