@@ -64,7 +64,7 @@ def test_sigkill_mid_stage_then_resume_matches_uninterrupted(tmp_path, tiny_bert
                              text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     log = (out / "train.log").read_text()
-    assert "stage w4 already finished; skipping" in log
+    assert "stage 1/2: w4 (W4, A32), from teacher — already finished; skipping" in log
     assert "resuming from checkpoint-" in log
 
     a = json.loads((tmp_path / "ref" / "stages.json").read_text())["stages"]
