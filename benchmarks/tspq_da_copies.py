@@ -1,0 +1,76 @@
+"""How many augmented copies are worth their cost: TSPQ W1A1 with data augmentation on one small
+task, with 1, 4 and 8 augmented copies per example on the binary stages (and 0: the recipe
+without DA, same examples), so the DA rows of `tspq_fair.py` use a count picked by the curve.
+
+    python benchmarks/tspq_da_copies.py [--task rte] [--subset 800] [--copies 0 1 4 8]
+
+Each point: dev score after the full recipe, training examples, wall time. Results in
+docs/results/tspq_da_copies.{json,md}; a rerun skips finished points and resumes an interrupted
+one (run directories under benchmarks/_work/tspq_da_copies/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import REPO, WORK, Results, data_root, md_table  # noqa: E402
+from teacher_glue import require_teacher  # noqa: E402
+
+from kronbit.runner import load_recipe, run_recipe  # noqa: E402
+
+
+def overrides_for(copies: int, subset: int | None, seq: int) -> tuple[str, list[str]]:
+    """(recipe file, overrides) of one point: 0 copies is the same schedule without DA."""
+    base = [f"train.max_seq_length={seq}", *([f"train.train_subset={subset}"] if subset else [])]
+    if copies == 0:
+        return "binary.yaml", base
+    return "binary-da.yaml", [*base, f"augment.n_copies={copies}"]
+
+
+def render(res: Results) -> str:
+    rows = sorted(res.data["rows"].values(), key=lambda r: r["copies"])
+    table = [[r["copies"], 100 * r["score"], r["train_examples"], r["wall_time_s"] / 60,
+              " → ".join(f"{s['stage']} {100 * s[r['primary_metric']]:.1f}" for s in r["stages"])] for r in rows]
+    task = rows[0]["task"] if rows else ""
+    return ("# Augmented copies per example: TSPQ W1A1 + DA on " + task + " (dev, ×100)\n\n"
+            "Produced by `python benchmarks/tspq_da_copies.py`; commands, dates, machine and load in "
+            "`tspq_da_copies.json`. 0 copies = the binary recipe without DA on the same examples. Training "
+            "examples: the last stage's (originals + copies).\n\n"
+            + md_table(["copies", "dev score", "train examples", "wall min", "dev after each stage"], table))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--task", default="rte")
+    ap.add_argument("--subset", type=int, default=800, help="training examples before augmentation")
+    ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--copies", nargs="+", type=int, default=[0, 1, 4, 8])
+    ap.add_argument("--max-steps", type=int, help="cap every stage (smoke test of the script)")
+    args = ap.parse_args()
+    res = Results("tspq_da_copies" if args.max_steps is None else "tspq_da_copies_smoke",
+                  "TSPQ W1A1 + DA: dev score against augmented copies per example")
+    teacher = require_teacher(args.task)
+    for copies in args.copies:
+        key = f"{args.task}/copies{copies}"
+        if res.done(key):
+            print(f"[skip] {key}")
+            continue
+        recipe_file, overrides = overrides_for(copies, args.subset, args.seq)
+        out = WORK / "tspq_da_copies" / args.task / f"copies{copies}"
+        table = run_recipe(load_recipe(REPO / "recipes" / "tspq" / recipe_file, overrides), model=str(teacher),
+                           task=args.task, data_dir=str(data_root() / "glue"), output_dir=str(out),
+                           max_steps=args.max_steps, resume=out.is_dir(), recipe_source=f"recipes/tspq/{recipe_file}")
+        last, m = table["stages"][-1], table["primary_metric"]
+        res.add(key, {"task": args.task, "copies": copies, "recipe": f"recipes/tspq/{recipe_file}",
+                      "overrides": overrides, "primary_metric": m, "score": last[m], "score_unit": "fraction",
+                      "train_examples": last["train_examples"], "stages": table["stages"],
+                      "wall_time_s": round(sum(s["wall_time_s"] for s in table["stages"]), 1), "wall_time_unit": "s"})
+        res.save(render(res))
+
+
+if __name__ == "__main__":
+    main()
