@@ -6,10 +6,11 @@ import pytest
 import torch
 
 from kronbit.core.errors import ConfigError
-from kronbit.quant.quantizers import (ACT_QUANTIZERS, AUTO_ACT, AUTO_WEIGHT, WEIGHT_QUANTIZERS, BWNWeight,
-                                      ElasticAct, ElasticUnsignedAct, LSQAct, LSQWeight, MinMaxAct, TWNWeight,
-                                      UniformWeight, build_weight_quantizer, check_quantizer, grad_scale,
-                                      round_ste, ste)
+from kronbit.quant.quantizers import (BWNWeight, ElasticAct, ElasticUnsignedAct, LSQAct, LSQWeight, MinMaxAct,
+                                      TWNWeight, UniformWeight)
+from kronbit.quant.registry import (ACT_QUANTIZERS, AUTO_ACT, AUTO_WEIGHT, WEIGHT_QUANTIZERS, build_weight_quantizer,
+                                    check_quantizer)
+from kronbit.quant.ste import grad_scale, round_ste, ste
 
 
 def t(*rows):

@@ -15,7 +15,8 @@ from .api import (QuantConfig, bits_summary, dequantize_, quant_state, quantize_
 from ..core.transforms import TransformMethod, register_transform
 from .export import pack_module, packed_shell
 from .layers import QuantEmbedding, QuantLinear, QuantModule
-from .quantizers import ACT_QUANTIZERS, SCALE_PARAM_SUFFIXES, WEIGHT_QUANTIZERS
+from .quantizers import SCALE_PARAM_SUFFIXES
+from .registry import ACT_QUANTIZERS, WEIGHT_QUANTIZERS
 
 # The method's one registration: its config, how it is applied and undone, how its modules are
 # packed and rebuilt from the packed format.

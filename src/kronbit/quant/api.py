@@ -26,7 +26,8 @@ from ..core.transforms import forget_transforms, record_transform, update_record
 from ..kron.layers import KroneckerLinear
 from .kron_layers import QuantKroneckerLinear
 from .layers import FULL, QuantEmbedding, QuantLinear, QuantModule, QuantOptions
-from .quantizers import ACT_QUANTIZERS, SCALE_PARAM_SUFFIXES, WEIGHT_QUANTIZERS, check_quantizer
+from .quantizers import SCALE_PARAM_SUFFIXES
+from .registry import ACT_QUANTIZERS, WEIGHT_QUANTIZERS, check_quantizer
 
 BITS = (1, 2, 4, 8, 32)
 # Every linear layer inside a transformer block, whatever the architecture calls its block list

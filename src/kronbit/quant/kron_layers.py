@@ -19,7 +19,7 @@ from torch import nn
 from ..core.errors import ModelError
 from ..kron.layers import KroneckerLinear, kron_linear
 from .layers import FULL, QuantModule, QuantOptions, normalize_bits
-from .quantizers import build_weight_quantizer
+from .registry import build_weight_quantizer
 
 
 class QuantKroneckerLinear(QuantModule):

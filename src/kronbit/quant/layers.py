@@ -25,7 +25,7 @@ from torch import nn
 
 from ..core.errors import ModelError
 from ..core.swap import Conv1D, linear_weight
-from .quantizers import AUTO_ACT, AUTO_WEIGHT, build_act_quantizer, build_weight_quantizer, resolve
+from .registry import AUTO_ACT, AUTO_WEIGHT, build_act_quantizer, build_weight_quantizer, resolve
 
 FULL = 32
 
