@@ -72,3 +72,24 @@ def test_a_missing_local_path_is_not_taken_for_a_hub_id(tmp_path, monkeypatch):
         resolve_model("runs/rte-teacher")
     assert resolve_model("bert-base-uncased") == "bert-base-uncased"
     assert resolve_model("google/bert_uncased_L-2_H-128_A-2") == "google/bert_uncased_L-2_H-128_A-2"
+
+
+def test_written_files_and_directories_honour_the_umask(tmp_path):
+    import os
+    import stat
+
+    from kronbit.core.io import atomic_dir, write_json
+
+    old = os.umask(0o022)
+    try:
+        write_json(tmp_path / "a.json", {"x": 1})
+        with atomic_dir(tmp_path / "model") as d:
+            write_json(d / "kronbit.json", {})
+        modes = [stat.S_IMODE(os.stat(p).st_mode) for p in (tmp_path / "a.json", tmp_path / "model",
+                                                              tmp_path / "model" / "kronbit.json")]
+        assert modes == [0o644, 0o755, 0o644]
+        os.umask(0o077)
+        write_json(tmp_path / "private.json", {})
+        assert stat.S_IMODE(os.stat(tmp_path / "private.json").st_mode) == 0o600
+    finally:
+        os.umask(old)

@@ -236,7 +236,7 @@ def test_packed_load_materialises_every_tensor(make_bert, make_gpt2, tmp_path, a
     model = {"bert": make_bert, "gpt2": make_gpt2, "gpt2-kron-embedding": make_gpt2, "llama": _tiny_llama}[arch]()
     if arch == "gpt2-kron-embedding":  # a KroneckerTiedHead reads the embedding's factors
         kroneckerize_(model, {"compression": 2, "layers": "all", "embeddings": True})
-    quantize_(model, QuantConfig(w_bits=2, a_bits=8))  # the word embeddings (and a tied head) stay fp32
+    quantize_(model, QuantConfig(w_bits=2, a_bits=8))  # auto: BERT quantizes its word embeddings, GPT-2 (tied head) keeps them fp32
     vocab = 25 if arch == "bert" else 100
     ids = _ids(shape=(2, 16), vocab=vocab)
     want = _logits(model, ids)

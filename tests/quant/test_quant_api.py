@@ -23,12 +23,29 @@ def logits(model, ids):
 
 def test_default_targets_are_exactly_the_encoder_linears_of_bert(make_bert):
     m = make_bert()
-    swapped = quantize_(m, QuantConfig(w_bits=2))
+    swapped = quantize_(m, QuantConfig(w_bits=2, quantize_embeddings=False))
     assert swapped == [f"bert.encoder.layer.{i}.{p}" for i in range(2) for p in BERT_LINEARS]
     assert [n for n, _ in quantized_modules(m)] == swapped
     assert type(m.classifier) is nn.Linear and type(m.bert.pooler.dense) is nn.Linear
     assert type(m.bert.embeddings.word_embeddings) is nn.Embedding
     assert type(m.bert.encoder.layer[0].output.LayerNorm) is nn.LayerNorm
+
+
+def test_below_4_bits_the_embeddings_are_quantized_unless_told_otherwise(make_bert, make_gpt2):
+    from kronbit.core.transforms import recorded_transforms
+    from kronbit.quant import QuantEmbedding
+
+    m = make_bert()
+    quantize_(m, QuantConfig(w_bits=1, a_bits=1))
+    assert type(m.bert.embeddings.word_embeddings) is QuantEmbedding
+    assert recorded_transforms(m)[0]["config"]["quantize_embeddings"] is True  # recorded resolved
+    m = make_bert()
+    quantize_(m, QuantConfig(w_bits=4))
+    assert type(m.bert.embeddings.word_embeddings) is nn.Embedding
+    assert recorded_transforms(m)[0]["config"]["quantize_embeddings"] is False
+    g = make_gpt2()  # its LM head is the embedding matrix: the head needs it in full precision
+    quantize_(g, QuantConfig(w_bits=2))
+    assert type(g.get_input_embeddings()) is nn.Embedding
 
 
 def test_named_targets_filter_and_embeddings(make_bert):
@@ -75,12 +92,12 @@ def test_fake_quant_equals_dequantized_model_exactly(model, w_bits, weight_quant
 
 def test_dequantize_refuses_to_silently_drop_activation_quantizers(make_bert, ids):
     m = make_bert()
-    quantize_(m, QuantConfig(w_bits=2, a_bits=8))
+    quantize_(m, QuantConfig(w_bits=2, a_bits=8, quantize_embeddings=False))
     with pytest.raises(ConfigError, match="12 layers quantize activations .* drop_activation_quantizers=True"):
         dequantize_(m)
     assert len(quantized_modules(m)) == 12  # nothing was swapped
     weight_only = make_bert()
-    quantize_(weight_only, QuantConfig(w_bits=2))
+    quantize_(weight_only, QuantConfig(w_bits=2, quantize_embeddings=False))
     dequantize_(m, drop_activation_quantizers=True)
     assert torch.equal(logits(m, ids), logits(weight_only, ids))
 
@@ -219,7 +236,7 @@ def test_size_estimate_arithmetic(make_bert, make_gpt2):
     m = make_bert()
     fp = 4 * sum(p.numel() for p in m.parameters())
     assert estimate_size(m)["total_bytes"] == fp
-    quantize_(m, QuantConfig(w_bits=1))
+    quantize_(m, QuantConfig(w_bits=1, quantize_embeddings=False))
     est = estimate_size(m)
     layers = [x for _, x in quantized_modules(m)]
     n_q = sum(x.weight.numel() for x in layers)

@@ -21,6 +21,21 @@ import yaml
 from .errors import KronbitError
 
 
+def _umask() -> int:
+    """The process umask (read by setting it and putting it back: there is no getter)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _as_if_created(path: Path, directory: bool) -> None:
+    """mkstemp/mkdtemp create 0600/0700 (private to this user); the finished output gets the
+    mode a plain open()/mkdir() would have given it (0644/0755 under the usual umask), so a model
+    can be served or shared as another user."""
+    if path.exists():
+        os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temp path beside ``path``; on success rename it over ``path``, on error delete it."""
@@ -31,6 +46,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        _as_if_created(tmp_path, directory=False)
         os.replace(tmp_path, path)
     except BaseException as e:
         tmp_path.unlink(missing_ok=True)
@@ -67,6 +83,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
         _raise_if_disk_full(e, path)
         raise
+    _as_if_created(tmp, directory=True)
     old = None
     if path.exists():
         old = path.with_name(f".{path.name}.old")

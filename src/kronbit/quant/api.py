@@ -55,8 +55,11 @@ class QuantConfig(Config):
     clip_ratio: float = 1.0          # uniform / minmax: clip range = clip_ratio × the min-max range
     clip_val: float | None = None    # absolute clip before uniform/twn/bwn/minmax (TernaryBERT: 2.5)
     target_modules: str | list[str] = BLOCK_LINEARS  # PEFT convention: names/suffixes, or one regex
-    quantize_embeddings: bool = False  # the word embeddings (weights only, per row); other embeddings
-    #                                    (positions, token types) are quantized when target_modules names them
+    # The word embeddings (weights only, per row). None = auto: quantized below 4 weight bits (unless an LM head is tied to it), where a
+    # full-precision embedding would be most of the model (a binary BERT-base exports to ~110 MB
+    # with an fp32 embedding, ~19 MB with it quantized: docs/results/packed_export.md). Decided when quantize_ runs, and recorded resolved.
+    # Other embeddings (positions, token types) are quantized when target_modules names them.
+    quantize_embeddings: bool | None = None
     quantize_attention: bool = False   # also quantize Q/K/V outputs (inputs of the attention matmuls)
     version: int = 1
 
@@ -105,7 +108,10 @@ def quantize_(model: nn.Module, config: QuantConfig, filter_fn: FilterFn | None 
 
     swapped = swap_modules(model, targets, build, filter_fn, kinds=_linear_or_embedding,
                            what="linear layer or embedding")
-    if config.quantize_embeddings:
+    embeddings = config.quantize_embeddings
+    if embeddings is None:  # auto: below 4 bits, unless an LM head shares the embedding matrix
+        embeddings = config.w_bits < 4 and not _tied_to_head(model)
+    if embeddings:
         if not hasattr(model, "get_input_embeddings"):
             raise ConfigError(f"quantize_embeddings needs a model with get_input_embeddings() (a Hugging Face "
                               f"model); {type(model).__name__} has none")
@@ -116,8 +122,19 @@ def quantize_(model: nn.Module, config: QuantConfig, filter_fn: FilterFn | None 
             swapped += swap_modules(model, [name], lambda _, m: QuantEmbedding.from_module(m, config),
                                     what="word embedding")
     if swapped:
-        record_transform(model, "quant", config.to_dict())
+        # Recorded resolved, so a rebuild makes the same modules whatever "auto" means later.
+        record_transform(model, "quant", {**config.to_dict(), "quantize_embeddings": embeddings})
     return swapped
+
+
+def _tied_to_head(model: nn.Module) -> bool:
+    """Does an output head use the word embedding matrix (GPT-2's tied LM head)? Then the head needs
+    the full-precision matrix, and auto leaves the embedding alone."""
+    get_in, get_out = getattr(model, "get_input_embeddings", None), getattr(model, "get_output_embeddings", None)
+    if get_in is None or get_out is None:
+        return False
+    emb, head = get_in(), get_out()
+    return head is not None and emb is not None and getattr(head, "weight", None) is getattr(emb, "weight", None)
 
 
 def _linear_or_embedding(module: nn.Module) -> bool:
