@@ -31,6 +31,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; a file kronbit writes follows the umask
         os.replace(tmp_path, path)
     except BaseException as e:
         tmp_path.unlink(missing_ok=True)
@@ -67,6 +68,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
         _raise_if_disk_full(e, path)
         raise
+    _follow_umask(tmp)
     old = None
     if path.exists():
         old = path.with_name(f".{path.name}.old")
@@ -76,6 +78,27 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     os.replace(tmp, path)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _umask() -> int:
+    """The process umask (reading it means setting it; set straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _follow_umask(root: Path) -> None:
+    """Give a freshly written tree the modes the umask gives any new file: mkdtemp makes the
+    directory 0700, and some writers (safetensors' ``save_file``) make their files 0600."""
+    mask = _umask()
+    os.chmod(root, 0o777 & ~mask)
+    for top, dirs, files in os.walk(root):
+        for name in dirs:
+            os.chmod(os.path.join(top, name), 0o777 & ~mask)
+        for name in files:
+            f = os.path.join(top, name)
+            executable = os.stat(f).st_mode & 0o111
+            os.chmod(f, (0o777 if executable else 0o666) & ~mask)
 
 
 def _raise_if_disk_full(e: BaseException, path: Path) -> None:
