@@ -19,6 +19,7 @@ from kronbit.core.errors import ConfigError
 from kronbit.kron import (KroneckerConfig, KroneckerEmbedding, KroneckerLinear, KroneckerTiedHead, densify_,
                           kroneckerize_)
 from kronbit.kron.api import block_index
+from kronbit.kron.nkp import balanced_shapes
 from kronbit.core.swap import count_parameters
 
 KNGPT2 = dict(compression=2, layers="odd", embeddings=True, embedding_factor=2)
@@ -67,6 +68,21 @@ def test_full_rank_leaves_llama_outputs_unchanged(make_llama, ids):
     assert isinstance(model.model.layers[1].mlp.down_proj, KroneckerLinear)
     assert type(model.lm_head) is nn.Linear
     assert (logits(model, ids) - ref).abs().max() <= TOL
+
+
+def test_full_rank_without_shapes_picks_the_most_balanced_shape(make_llama, ids):
+    model = make_llama(dtype=torch.float64)
+    ref = logits(model, ids)
+    report = kroneckerize_(model, KroneckerConfig(rank="full"))
+    assert len(report.layers) == 2 * 7
+    for r in report.layers:
+        assert (tuple(r.a_shape), tuple(r.b_shape)) == balanced_shapes(*r.shape)
+    by_name = {r.name.rsplit(".", 1)[-1]: r for r in report.layers}
+    assert by_name["q_proj"].a_shape == [4, 8] and by_name["q_proj"].b_shape == [8, 4]  # 32×32: 32 entries each
+    assert (logits(model, ids) - ref).abs().max() <= TOL
+    # the frozen config names the shapes, so a rebuild does not depend on the pick
+    frozen = report.config.layer_shapes
+    assert frozen["model.layers.0.self_attn.q_proj"][:4] == [*by_name["q_proj"].a_shape, *by_name["q_proj"].b_shape]
 
 
 # ---- KnGPT2: compression 2, odd blocks, embedding (+ tied head)
@@ -280,6 +296,7 @@ def test_model_dependent_config_errors(make_gpt2, kwargs, expected):
     ({"rank": 0, "a_shape": [2, 2]}, "rank must be an integer ≥ 1 or 'full'"),
     ({"rank": "max", "a_shape": [2, 2]}, "rank must be an integer ≥ 1 or 'full'"),
     ({}, "set a_shape and/or b_shape, or compression"),
+    ({"rank": 2}, "or rank: full"),
     ({"compression": 0.5}, "compression must be > 1"),
     ({"compression": 2, "layers": "odds"}, "is not one of odd, even, all"),
     ({"compression": 2, "min_speedup": 0.9}, "min_speedup must be ≥ 1"),

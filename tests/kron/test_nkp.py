@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -145,3 +147,26 @@ def test_relative_error_edge_cases():
     assert relative_error(W, torch.zeros(1, 2, 2, dtype=f64), torch.zeros(1, 2, 2, dtype=f64)) == 1.0
     with pytest.raises(ConfigError, match="not W"):
         relative_error(W, torch.zeros(1, 2, 2), torch.zeros(1, 3, 2))
+
+
+@pytest.mark.parametrize("m, n", [(768, 768), (3072, 768), (12, 20), (7, 5), (1, 1)])
+def test_full_rank_without_shapes_picks_the_most_balanced_shape(m, n):
+    from kronbit.kron.nkp import balanced_shapes, divisors
+
+    a, b = balanced_shapes(m, n)
+    assert (a[0] * b[0], a[1] * b[1]) == (m, n)
+    # no factorization has factors closer in size
+    best = min(abs(math.log(p * q / (m * n / (p * q)))) for p in divisors(m) for q in divisors(n))
+    assert abs(math.log(a[0] * a[1] / (b[0] * b[1]))) == pytest.approx(best)
+    assert resolve_shapes((m, n), None, None, rank="full") == (a, b)
+    W = torch.randn(m, n, dtype=f64, generator=gen(m + n))
+    A, B = nearest_kronecker(W, a, b, rank="full")
+    assert torch.allclose(kron_sum(A, B), W, atol=1e-10)
+
+
+def test_balanced_shape_of_a_square_bert_layer():
+    from kronbit.kron.nkp import balanced_shapes
+
+    assert balanced_shapes(768, 768) == ((24, 32), (32, 24))  # 768 = 24·32: equal sizes, near-square
+    with pytest.raises(ConfigError, match="give a_shape and/or b_shape"):
+        resolve_shapes((768, 768), None, None, rank=4)

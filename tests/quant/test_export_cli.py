@@ -58,3 +58,24 @@ def test_export_errors_are_one_line(compressed, tiny_bert, tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert err.startswith("kronbit: error: ") and message in err and "\n" not in err
     assert (tmp_path / "busy" / "keep.txt").read_text() == "precious"
+
+
+def test_export_with_onnx_writes_both_or_nothing(compressed, tmp_path, capsys, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    import torch
+
+    from kronbit.quant import quantizers
+
+    out = tmp_path / "packed"
+    argv = ["export", "--model", str(compressed), "--output-dir", str(out), "--onnx", "--onnx-seq-len", "16"]
+    # An operator ONNX cannot express (the binarizer's copysign, before it had an export form).
+    monkeypatch.setattr(quantizers, "elastic_binary", lambda u, a, g: torch.copysign(a, u))
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("kronbit: error: ONNX export") and "copysign" in err and "\n" not in err
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    monkeypatch.undo()
+    assert main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["onnx"]["path"] == str(out / "model.onnx") and (out / "model.onnx").is_file()
+    assert result["onnx"]["max_abs_diff_vs_torch"] < 1e-5

@@ -21,21 +21,6 @@ import yaml
 from .errors import KronbitError
 
 
-def _umask() -> int:
-    """The process umask (read by setting it and putting it back: there is no getter)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _as_if_created(path: Path, directory: bool) -> None:
-    """mkstemp/mkdtemp create 0600/0700 (private to this user); the finished output gets the
-    mode a plain open()/mkdir() would have given it (0644/0755 under the usual umask), so a model
-    can be served or shared as another user."""
-    if path.exists():
-        os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
-
-
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temp path beside ``path``; on success rename it over ``path``, on error delete it."""
@@ -46,7 +31,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        _as_if_created(tmp_path, directory=False)
+        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; a file kronbit writes follows the umask
         os.replace(tmp_path, path)
     except BaseException as e:
         tmp_path.unlink(missing_ok=True)
@@ -83,7 +68,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
         _raise_if_disk_full(e, path)
         raise
-    _as_if_created(tmp, directory=True)
+    _follow_umask(tmp)
     old = None
     if path.exists():
         old = path.with_name(f".{path.name}.old")
@@ -93,6 +78,27 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     os.replace(tmp, path)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _umask() -> int:
+    """The process umask (reading it means setting it; set straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _follow_umask(root: Path) -> None:
+    """Give a freshly written tree the modes the umask gives any new file: mkdtemp makes the
+    directory 0700, and some writers (safetensors' ``save_file``) make their files 0600."""
+    mask = _umask()
+    os.chmod(root, 0o777 & ~mask)
+    for top, dirs, files in os.walk(root):
+        for name in dirs:
+            os.chmod(os.path.join(top, name), 0o777 & ~mask)
+        for name in files:
+            f = os.path.join(top, name)
+            executable = os.stat(f).st_mode & 0o111
+            os.chmod(f, (0o777 if executable else 0o666) & ~mask)
 
 
 def _raise_if_disk_full(e: BaseException, path: Path) -> None:

@@ -97,9 +97,9 @@ class KroneckerConfig(Config):
             raise ConfigError(f"min_speedup must be ≥ 1 (never pick a shape slower than dense), "
                               f"got {self.min_speedup}")
         if self.target_modules != [] and self.a_shape is None and self.b_shape is None \
-                and self.compression is None and not self.layer_shapes:
+                and self.compression is None and not self.layer_shapes and self.rank != "full":
             raise ConfigError("KroneckerConfig: set a_shape and/or b_shape, or compression (e.g. compression: 2 "
-                              "halves each layer's parameters)")
+                              "halves each layer's parameters), or rank: full (exact; the most balanced shape)")
         if self.target_modules == [] and not self.embeddings:
             raise ConfigError("KroneckerConfig: target_modules is [] and embeddings is false: nothing to decompose")
         if isinstance(self.layers, str) and self.layers not in LAYER_SETS:
@@ -236,8 +236,8 @@ def _plan_linears(model: nn.Module, config: KroneckerConfig, filter_fn: FilterFn
             a, b = resolve_shapes((m, n), spec[:2], spec[2:4], where)
             if len(spec) == 5:
                 rank = spec[4]
-        elif config.a_shape is not None or config.b_shape is not None:
-            a, b = resolve_shapes((m, n), config.a_shape, config.b_shape, where)
+        elif config.a_shape is not None or config.b_shape is not None or rank == "full":
+            a, b = resolve_shapes((m, n), config.a_shape, config.b_shape, where, rank=rank)
         elif config.compression is None or not isinstance(rank, int):
             raise ConfigError(f"{where}: no factor shapes for it: not in layer_shapes, and neither a_shape/b_shape "
                               "nor compression is set")

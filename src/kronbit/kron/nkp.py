@@ -47,9 +47,24 @@ def valid_factorizations_hint(shape: Sequence[int]) -> str:
             f"{n} ({', '.join(map(str, divisors(n)))}), and B = ({m}/d1, {n}/d2)")
 
 
+def balanced_shapes(m: int, n: int) -> tuple[Shape, Shape]:
+    """The most balanced factorization of W (m, n): A and B with as equal a number of entries as the
+    divisors allow (m1·n1 ≈ m2·n2), then each factor as close to the other's shape as possible. At
+    full rank every factorization reproduces W exactly; this one makes both factors matter (the
+    extremes are A = 1×1, B = W and the reverse)."""
+    def cost(a: Shape) -> tuple[float, float, Shape]:
+        b = (m // a[0], n // a[1])
+        return (abs(math.log(a[0] * a[1] / (b[0] * b[1]))),
+                abs(math.log(a[0] / b[0])) + abs(math.log(a[1] / b[1])), a)
+
+    a = min(((m1, n1) for m1 in divisors(m) for n1 in divisors(n)), key=cost)
+    return a, (m // a[0], n // a[1])
+
+
 def resolve_shapes(shape: Sequence[int], a_shape: Sequence[int] | None, b_shape: Sequence[int] | None,
-                   where: str = "") -> tuple[Shape, Shape]:
-    """Check (or complete, when one of them is None) the factor shapes for W of ``shape``.
+                   where: str = "", rank: int | str | None = None) -> tuple[Shape, Shape]:
+    """Check (or complete, when one of them is None) the factor shapes for W of ``shape``. With
+    neither given and ``rank="full"`` (exact at any shape), the most balanced shape.
 
     Raises ConfigError in one line naming the shapes and the valid factorizations.
     """
@@ -57,6 +72,8 @@ def resolve_shapes(shape: Sequence[int], a_shape: Sequence[int] | None, b_shape:
     prefix = f"{where}: " if where else ""
     a = _pair(a_shape, f"{prefix}a_shape")
     b = _pair(b_shape, f"{prefix}b_shape")
+    if a is None and b is None and rank == "full":
+        return balanced_shapes(m, n)
     if a is None and b is None:
         raise ConfigError(f"{prefix}give a_shape and/or b_shape for W ({m}, {n}); {valid_factorizations_hint((m, n))}")
     if a is None:

@@ -57,7 +57,7 @@ import math
 import torch
 from torch import nn
 
-from .ste import (EPS, _clip_abs, _dequant, _dims, _ElasticBinary, _minmax_codes, _qrange, _reduce, grad_scale,
+from .ste import (EPS, _clip_abs, _dequant, _dims, _minmax_codes, _qrange, _reduce, elastic_binary, grad_scale,
                   round_ste, sign_pm1, ste)
 
 SCALE_PARAM_SUFFIXES = ("_quantizer.scale", "_quantizer.alpha", "_quantizer.beta")
@@ -289,7 +289,7 @@ class ElasticAct(ActQuantizer):
         gscale = 1.0 / math.sqrt(x.numel() * self.qp)
         alpha = self.alpha.clamp_min(EPS)
         if self.bits == 1:
-            return _ElasticBinary.apply(u, alpha, gscale).to(x.dtype)
+            return elastic_binary(u, alpha, gscale).to(x.dtype)
         alpha = grad_scale(alpha, gscale)
         return (round_ste(torch.clamp(u / alpha, -self.qn, self.qp)) * alpha).to(x.dtype)
 

@@ -86,6 +86,17 @@ class _ElasticBinary(torch.autograd.Function):
         return gu, galpha, None
 
 
+def elastic_binary(u: torch.Tensor, alpha: torch.Tensor, gscale: float) -> torch.Tensor:
+    """α·sign(u) with ``sign_pm1``'s convention and BiT's gradients (``_ElasticBinary``). While
+    exporting to ONNX, the same values from ops ONNX has: ``copysign`` has none (opset 18), and
+    ``Sign`` gives 0 for ±0, so the sign bit is read as ``u < 0``, with 1/u (±inf) for a zero.
+    Only then: in eager torch that form is ~10x slower than ``copysign``."""
+    if torch.onnx.is_in_onnx_export():
+        negative = torch.where(u == 0, 1 / u, u) < 0
+        return torch.where(negative, -alpha, alpha)
+    return _ElasticBinary.apply(u, alpha, gscale)
+
+
 def _dims(x: torch.Tensor, granularity: str) -> tuple[int, ...] | None:
     """Dims reduced for one scale: all of them per tensor (None), all but dim 0 per row."""
     return tuple(range(1, x.dim())) if granularity == "row" and x.dim() > 1 else None

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import ModelError
+from ..core.io import atomic_dir
 from ..formats.compressed import compressed_dir, load_compressed
 from ..formats.meta import read_meta
 from ..formats.onnx import export_onnx
@@ -31,10 +32,14 @@ def export_model(model: str | Path, output_dir: str | Path, *, dtype: str = "flo
     m = load_compressed(src)
     meta = {k: v for k, v in read_meta(src).items() if k not in ("format", "format_version", "transforms")}
     tokenizer = load_tokenizer(src)
-    export_packed(m, out, tokenizer=tokenizer, dtype=dtype, meta={**meta, "source": str(src)})
     result: dict[str, Any] = {"output_dir": str(out), "dtype": dtype}
-    if onnx:
-        result["onnx"] = export_onnx(out, out / "model.onnx", seq_len=onnx_seq_len)
+    # Packed files and model.onnx are built side by side and appear together: an ONNX failure
+    # leaves no output directory (or the previous one as it was).
+    with atomic_dir(out) as tmp:
+        export_packed(m, tmp, tokenizer=tokenizer, dtype=dtype, meta={**meta, "source": str(src)})
+        if onnx:
+            result["onnx"] = {**export_onnx(tmp, tmp / "model.onnx", seq_len=onnx_seq_len),
+                              "path": str(out / "model.onnx")}
     report = size_report(out, in_memory=False)
     result.update({k: report[k] for k in ("disk_mb", "fp32_mb", "ratio_vs_fp32")})
     return result
