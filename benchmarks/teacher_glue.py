@@ -98,14 +98,17 @@ def main() -> None:
         budget = BUDGETS[task]
         cfg = FinetuneConfig(model="packaged:minilm", task=task, data_dir=str(glue),
                              output_dir=str(teacher_dir(task)), bf16="auto", seed=args.seed, **budget)
+        # A teacher cut short (session end, kill) continues from its last checkpoint; the row's wall
+        # time then covers only this process's part and says so.
+        resume = (teacher_dir(task) / "checkpoints").is_dir() and not args.redo
         t0 = time.time()
-        out = finetune(cfg, overwrite=True)
+        out = finetune(cfg, overwrite=not resume, resume=resume)
         res.add(task, {
             "metrics": {m: out[m] for m in ("mcc", "accuracy", "f1", "pearson", "spearman") if m in out},
             "metrics_unit": "fraction (×100 in tables)", "primary_metric": out["primary_metric"],
             "budget": budget, "train_examples": out["train_examples"], "steps": out["steps"],
             "wall_time_s": round(time.time() - t0, 1), "wall_time_unit": "s", "bf16": resolve_bf16("auto"),
-            "seed": args.seed, "model_dir": str(teacher_dir(task).relative_to(WORK.parent.parent) / "model"),
+            "resumed": resume, "seed": args.seed, "model_dir": str(teacher_dir(task).relative_to(WORK.parent.parent) / "model"),
         })
         res.save(render(res))
         print(f"[done] {task}: {out}")
