@@ -5,6 +5,8 @@ modules and functions, and each method registered once."""
 from __future__ import annotations
 
 import ast
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -155,3 +157,14 @@ def test_each_method_registered_once():
                      if line.lstrip().startswith(("register_transform(", "GLUE = register_run_method(",
                                                   "LM = register_run_method("))]
     assert len(registrations) == 4
+
+
+def test_no_tracked_symlinks():
+    """A committed symlink checks out over whatever the path held (git replaces ignored
+    directories such as benchmarks/_work without asking), so the tree tracks none."""
+    root = Path(__file__).resolve().parent.parent
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    staged = subprocess.run(["git", "ls-files", "-s"], cwd=root, capture_output=True, text=True, check=True)
+    links = [line.split("\t", 1)[1] for line in staged.stdout.splitlines() if line.startswith("120000 ")]
+    assert links == []
