@@ -1,11 +1,13 @@
 """The size report: on-disk and in-memory size of a packed, compressed or plain model directory,
-with a breakdown (embeddings, encoder weights, scales, full-precision parts) and the ratio to the
-same architecture stored as fp32. Tensor tables are read from the safetensors header, without
+with a breakdown (embeddings, encoder weights, scales, full-precision parts), what stays in full
+precision by group (word / position embeddings, LayerNorms, biases, classifier, ...) and the ratio
+to the same architecture stored as fp32. Tensor tables are read from the safetensors header, without
 loading (or unpickling) anything."""
 
 from __future__ import annotations
 
 import json
+import re
 import struct
 from pathlib import Path
 from typing import Any
@@ -56,6 +58,36 @@ def _category(name: str, packed_names: set[str]) -> str:
     return "full_precision"
 
 
+# What stays in full precision, by group: the first pattern a tensor name matches names its group.
+_FP_GROUPS = (
+    ("word embeddings", re.compile(r"(word_embeddings|embed_tokens|\bwte)\.")),
+    ("position embeddings", re.compile(r"(position_embeddings|\bwpe)\.")),
+    ("token-type embeddings", re.compile(r"token_type_embeddings\.")),
+    ("LayerNorms", re.compile(r"(layernorm|layer_norm|\bln_\w*|\bnorm)\.", re.IGNORECASE)),
+    ("classifier / head", re.compile(r"^(classifier|score|lm_head)\.")),
+    ("pooler", re.compile(r"pooler\.")),
+    ("biases", re.compile(r"\.bias$")),
+    ("Kronecker factors", re.compile(r"\.(a|b)$")),
+    ("linear weights", re.compile(r"\.weight$")),
+)
+
+
+def _fp_group(name: str) -> str:
+    return next((g for g, pattern in _FP_GROUPS if pattern.search(name)), "other")
+
+
+def full_precision_groups(header: dict[str, Any], packed_names: set[str]) -> dict[str, float]:
+    """MB of the float tensors that are neither integer codes nor scales, by group (largest first):
+    what a user can still shrink (``quantize_embeddings``, ``--dtype float16``)."""
+    sizes: dict[str, int] = {}
+    for name, v in header.items():
+        if not v["dtype"].startswith(("F", "BF")) or _category(name, packed_names) == "scales":
+            continue
+        group = _fp_group(name)
+        sizes[group] = sizes.get(group, 0) + v["data_offsets"][1] - v["data_offsets"][0]
+    return {g: round(b / 1e6, 3) for g, b in sorted(sizes.items(), key=lambda kv: -kv[1])}
+
+
 def fp32_reference_bytes(model_dir: Path) -> tuple[int, int]:
     """(parameters, bytes at fp32) of the uncompressed base model described by config.json,
     counted on the meta device (no memory, no weights); tied parameters count once."""
@@ -95,6 +127,7 @@ def size_report(path: str | Path, in_memory: bool = True) -> dict[str, Any]:
         "ratio_vs_fp32": round(fp32 / disk, 3),
         "breakdown_mb": {k: round(v / 1e6, 3) for k, v in breakdown.items()},
         "breakdown_mib": {k: round(v / 2**20, 3) for k, v in breakdown.items()},
+        "full_precision_mb": full_precision_groups(header, packed_names),
         "counts": "tensor file only (config/tokenizer JSON excluded); fp32 = the base architecture's parameters × 4 "
                   "bytes, tied parameters once",
     }
