@@ -6,9 +6,7 @@ loading (or unpickling) anything."""
 
 from __future__ import annotations
 
-import json
 import re
-import struct
 from pathlib import Path
 from typing import Any
 
@@ -16,31 +14,11 @@ import torch
 from torch import nn
 
 from ..core.errors import ModelError
+from ..core.io import safetensors_header
 from .compressed import WEIGHTS_NAME
 from .load import load_model
 from .meta import build_base
 from .packed import PACKED_WEIGHTS, load_packed, packed_dir, read_packed_meta
-
-
-def _safetensors_header(path: Path) -> dict[str, Any]:
-    """The tensor table of a safetensors file, read without loading (or unpickling) anything."""
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        raw = f.read(8)
-        if len(raw) < 8:
-            raise ModelError(f"{path}: truncated safetensors file ({size} bytes)")
-        (n,) = struct.unpack("<Q", raw)
-        if n > size - 8:
-            raise ModelError(f"{path}: truncated safetensors file (header says {n} bytes, file has {size})")
-        try:
-            header = json.loads(f.read(n))
-        except ValueError:
-            raise ModelError(f"{path}: damaged safetensors header") from None
-    header.pop("__metadata__", None)
-    end = max((v["data_offsets"][1] for v in header.values()), default=0)
-    if 8 + n + end > size:
-        raise ModelError(f"{path}: truncated safetensors file (tensors need {8 + n + end} bytes, file has {size})")
-    return header
 
 
 def _category(name: str, packed_names: set[str]) -> str:
@@ -113,7 +91,7 @@ def size_report(path: str | Path, in_memory: bool = True) -> dict[str, Any]:
             raise ModelError(f"{p}: no model tensors found (a packed, compressed or Hugging Face safetensors dir)")
         d, packed_names = tensor_file.parent, set()
         kind = "compressed" if tensor_file.name == WEIGHTS_NAME else "huggingface"
-    header = _safetensors_header(tensor_file)
+    header = safetensors_header(tensor_file)
     breakdown: dict[str, int] = {"embeddings": 0, "encoder_weights": 0, "scales": 0, "full_precision": 0}
     for name, v in header.items():
         a, b = v["data_offsets"]
