@@ -115,6 +115,15 @@ def cmd_size(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .runner.demo import DemoConfig, demo, render
+
+    data = _config_dict(args, ["task", "recipe", "data_dir", "output_dir", "train_subset", "max_seq_length"])
+    summary = demo(DemoConfig.from_dict(data, where="demo"))
+    print(render(summary))
+    return 0
+
+
 DATA_HELP = ("GLUE TSV root (CoLA/, SST-2/, ...) or 'hub'; default: $KRONBIT_DATA_ROOT/glue, else the "
              "local data folder when it exists, else the hub")
 
@@ -208,6 +217,18 @@ def _export_parsers(sub) -> None:
     p.set_defaults(func=cmd_size)
 
 
+def _demo_parser(sub, data_default: str) -> None:
+    p = sub.add_parser("demo", help="the main job at a small budget: teacher → TSPQ → packed export → size, "
+                                    "score and latency against fp32 and int8 (about 10 min on 2 cores)")
+    p.add_argument("--task", help="GLUE task (default sst2)")
+    p.add_argument("--recipe", help="TSPQ recipe (default recipes/tspq/ternary.yaml; recipes/tspq/binary.yaml for W1A1)")
+    p.add_argument("--data-dir", default=data_default, help=DATA_HELP)
+    p.add_argument("--output-dir", help="where everything goes (default runs/demo); what exists there is reused")
+    p.add_argument("--train-subset", type=int, help="training examples for the teacher and each stage (default 4000)")
+    p.add_argument("--max-seq-length", type=int, help="truncate inputs to N tokens (default 64)")
+    p.set_defaults(func=cmd_demo, config=None, overrides=[])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kronbit", description="Compress transformer language models: "
                                      "two-stage progressive quantization and Kronecker decomposition.")
@@ -220,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     _perplexity_parser(sub)
     _eval_parser(sub, data_default)
     _export_parsers(sub)
+    _demo_parser(sub, data_default)
     return parser
 
 

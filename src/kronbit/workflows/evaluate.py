@@ -48,6 +48,17 @@ def predict(model, dataset, collator, batch_size: int = 128, bf16: bool = False,
     return logits.numpy()
 
 
+def score(model, tokenizer, task, examples, settings: dict, desc: str | None = None) -> dict[str, float]:
+    """The task's metrics of ``model`` on labelled ``examples`` (``settings``: batch_size,
+    max_seq_length, bf16)."""
+    ds = tokenize(examples, tokenizer, task, settings["max_seq_length"])
+    logits = predict(model, ds, DataCollatorWithPadding(tokenizer), settings["batch_size"], settings["bf16"],
+                     desc=desc)
+    preds = logits.reshape(-1) if task.is_regression else logits.argmax(-1)
+    labels = np.array([e.label for e in examples])
+    return glue_metrics.compute(list(task.metrics), preds, labels)
+
+
 DEFAULTS = {"bf16": False, "batch_size": 128, "max_seq_length": 128}
 
 
@@ -96,12 +107,7 @@ def evaluate(model: str, task: str | None = None, data_dir: str = "hub", split: 
     clf = load_model(model_path, t if not meta else None, trust_remote_code=trust_remote_code)
     if clf.config.num_labels != t.num_labels:
         raise KronbitError(f"model has {clf.config.num_labels} output(s) but task {t.name} needs {t.num_labels}")
-    ds = tokenize(examples, tokenizer, t, settings["max_seq_length"])
-    logits = predict(clf, ds, DataCollatorWithPadding(tokenizer), settings["batch_size"], settings["bf16"],
-                     desc=f"eval {t.name} {split}")
-    preds = logits.reshape(-1) if t.is_regression else logits.argmax(-1)
-    labels = np.array([e.label for e in examples])
-    scores = glue_metrics.compute(list(t.metrics), preds, labels)
+    scores = score(clf, tokenizer, t, examples, settings, desc=f"eval {t.name} {split}")
     return {"task": t.name, "split": split, "model": str(model), **scores,
             "primary_metric": t.primary_metric, "examples": len(examples),
             "precision": "bf16 autocast" if settings["bf16"] else "fp32", **settings, "settings_from": source,
