@@ -16,6 +16,7 @@ import io
 import logging
 import statistics
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -123,7 +124,9 @@ def _measure(cfg: DemoConfig, task, teacher_dir: Path, packed: Path) -> list[dic
     student_meta = read_meta(packed)
     settings, _ = eval_settings(student_meta)  # as the run's stage table computed it
     teacher = load_classifier(teacher_dir).eval()
-    int8 = torch.ao.quantization.quantize_dynamic(teacher, {nn.Linear}, dtype=torch.qint8)
+    with warnings.catch_warnings():  # torch's notice that eager int8 moves to torchao: not the user's concern
+        warnings.simplefilter("ignore")
+        int8 = torch.ao.quantization.quantize_dynamic(teacher, {nn.Linear}, dtype=torch.qint8)
     student = load_model(packed).eval()
     models = {"teacher fp32": teacher, "teacher int8 dynamic": int8, "kronbit packed": student}
     ms = latency(models, cfg.max_seq_length, cfg.latency_repeats)
@@ -150,7 +153,8 @@ def _state_dict_mb(model: nn.Module) -> float:
 def latency(models: dict[str, nn.Module], seq_len: int, repeats: int, batch: int = 1) -> dict[str, float]:
     """Median forward time (ms) per model at ``batch`` × ``seq_len``, repeats interleaved so that a
     change of load on the machine shifts every model alike."""
-    ids = torch.randint(1000, 2000, (batch, seq_len), generator=torch.Generator().manual_seed(0))
+    vocab = next(iter(models.values())).config.vocab_size
+    ids = torch.randint(vocab // 4, vocab, (batch, seq_len), generator=torch.Generator().manual_seed(0))
     mask = torch.ones_like(ids)
     times: dict[str, list[float]] = {name: [] for name in models}
     for name, m in models.items():  # warm-up: first calls allocate and pick kernels

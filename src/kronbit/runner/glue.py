@@ -38,6 +38,7 @@ from ..models.encoders import load_classifier, load_tokenizer
 from ..models.resolve import resolve_model
 from ..quant import SCALE_PARAM_SUFFIXES, quantize_, set_bits_
 from ..quant.size import estimate_size
+from ..workflows.console import attach_console, say
 from ..workflows.finetune import FinetuneConfig, finetune
 from ..workflows.training import build_callbacks, glue_compute_metrics, selected_metrics, training_arguments
 from .recipe import Recipe, RunMethod, TrainSettings, register_run_method
@@ -105,8 +106,7 @@ def _teacher(recipe: Recipe, model: str, model_path: str, task, data_dir: str, o
     if meta.get("kind") == "teacher" and meta.get("task") == task.name:
         return Path(model_path)
     if not (out / "teacher" / "metrics.json").is_file():
-        log.info("teacher: %s is not yet fine-tuned on %s; fine-tuning it first (recipe section 'teacher')",
-                 model, task.name)
+        say(f"teacher: {model} is not yet fine-tuned on {task.name}; fine-tuning it first (recipe section 'teacher')")
         shared = set(FinetuneConfig.field_names()) & set(TrainSettings.field_names())
         settings = {k: v for k, v in recipe.teacher.to_dict().items() if k in shared}
         settings["max_steps"] = cap_steps(recipe.teacher.max_steps, max_steps)
@@ -167,6 +167,7 @@ def run_stage(recipe: Recipe, index: int, *, init_dir: Path, teacher_dir: Path, 
         lr_multipliers=_scale_multipliers(settings.scale_lr_multiplier))
     trainer.teacher_cache = teacher_cache_for(teacher_caches, teacher_dir, trainer.teacher, train_ds,
                                               trainer.data_collator, kd, settings)
+    attach_console(trainer, stage.name)
     trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
     metrics = selected_metrics(trainer)
     meta = {"kind": "compressed", "task": task.name, "stage": stage.name, "method": recipe.method,

@@ -37,6 +37,7 @@ from ..formats.meta import read_meta
 from ..kron import kroneckerize_
 from ..layerdrop import decoder_layers, drop_layers, plan_for_params, resolve_keep
 from ..models.decoders import load_causal_lm, load_causal_tokenizer
+from ..workflows.console import attach_console
 from ..workflows.perplexity import score_perplexity
 from ..workflows.training import build_callbacks, save_model, training_arguments
 from .recipe import Recipe, RunMethod, register_run_method
@@ -169,6 +170,7 @@ def run_lm_stage(recipe: Recipe, index: int, *, init, teacher, tokenizer, train_
     args = training_arguments(settings, stage_out, len(train_ds), evaluate=False)
     trainer = DistillationTrainer(model=student, args=args, train_dataset=train_ds,
                                   callbacks=build_callbacks(stage_out, evaluate=False), teacher=teacher, kd=kd)
+    attach_console(trainer, stage.name)
     trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
     after = score_perplexity(trainer.model, tokenizer, eval_text, recipe.perplexity)
     meta = {"kind": "student", "stage": stage.name, "method": recipe.method, "recipe": recipe.name,

@@ -22,6 +22,7 @@ from ..core.errors import ConfigError
 from ..core.io import atomic_dir, write_json
 from ..formats.compressed import compressed_dir
 from ..models.resolve import resolve_model
+from ..workflows.console import say
 from .recipe import Recipe
 
 log = logging.getLogger("kronbit")
@@ -93,9 +94,9 @@ def run_stages(recipe: Recipe, out: Path, table: StageTable, teacher_ref: Path |
         header = f"stage {i + 1}/{n}: {recipe.run_method.describe(recipe, i)}"
         if (sdir / "result.json").is_file():
             table.load(sdir / "result.json")
-            log.info("%s — already finished; skipping", header)
+            say(f"{header} — already finished; skipping")
             continue
-        log.info("%s", header)
+        say(header)
         init = recipe.resolve_init(i)
         init_dir = (Path(teacher_ref) if init == "teacher" else student_ref if init == "student"
                     else stage_dir(out, recipe.index_of(init), init) / "model")

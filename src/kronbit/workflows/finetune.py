@@ -22,6 +22,7 @@ from ..data.features import sorted_by_length, subsample, tokenize
 from ..data.glue import get_task, is_hub, load_split
 from ..models.encoders import load_classifier, load_tokenizer
 from ..models.resolve import resolve_model
+from .console import attach_console
 from .training import (TrainingOptions, build_callbacks, check_training, glue_compute_metrics, save_model,
                        selected_metrics, training_arguments)
 
@@ -71,6 +72,7 @@ def _finetune(cfg: FinetuneConfig, task, model_path: str, train_ex, dev_ex, out:
     trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=dev_ds,
                       data_collator=DataCollatorWithPadding(tokenizer),
                       compute_metrics=glue_compute_metrics(task), callbacks=build_callbacks(out))
+    attach_console(trainer, f"finetune {task.name}")
     ckpt = rundir.latest_checkpoint(out / "checkpoints") if resume else None
     trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
     metrics = selected_metrics(trainer)
