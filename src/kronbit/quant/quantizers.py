@@ -21,7 +21,11 @@ Weights (W is (out, in); ``granularity="row"`` means one scale per output channe
     its gradient scaled by 1/sqrt(n·Qp) with n = number of elements sharing that step size
     (the whole tensor per tensor, one row per row). No gradient to w where it is clipped.
   * ``twn``: ternary (Li & Liu 2016, as in TernaryBERT): Δ = 0.7·mean|w|, α = mean of |w| over
-    |w| > Δ, codes = sign(w)·[|w| > Δ] in {-1, 0, 1}. Identity gradient.
+    |w| > Δ, codes = sign(w)·[|w| > Δ] in {-1, 0, 1}. Identity gradient. TernaryBERT's code uses
+    one Δ/α per matrix for the linear layers and per row for the word embeddings; per row (the
+    recipes' choice) fits each matrix at least as closely, and Δ = 0.7·mean|w| is TWN's
+    Gaussian approximation of the per-row L2-optimal threshold. Not implemented: TernaryBERT's
+    loss-aware variant (LAT, Δ/α weighted by Adam's second moments).
   * ``bwn``: binary (as in BinaryBERT and BiT): α = mean|w|, codes = sign(w - μ) in {-1, +1},
     with μ = mean(w) over the same row/tensor when mean-centring (BiT), μ = 0 otherwise
     (BinaryBERT). The sign is never 0 (sign(+0) = +1, sign(-0) = -1), so a code is one bit.
