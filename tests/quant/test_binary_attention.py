@@ -296,3 +296,38 @@ def test_onnx_export_of_a_binary_attention_model(tmp_path, tiny_bert):
     export_packed(model, tmp_path / "p", tokenizer=AutoTokenizer.from_pretrained(tiny_bert))
     result = export_onnx(tmp_path / "p", tmp_path / "p" / "model.onnx", seq_len=16)
     assert result["max_abs_diff_vs_torch"] < 1e-5
+
+
+def test_gpt2_binary_attention_on_the_fused_projection_and_causal_mask(tmp_path):
+    """GPT-2: Q/K/V come out of one fused Conv1D (c_attn), binarized as one tensor; the causal
+    future's probabilities (exactly 0) stay 0; the packed reload computes the same logits."""
+    from helpers import tiny_gpt2
+
+    model = tiny_gpt2(n_layer=2)
+    quantize_(model, QuantConfig(**{**W1A1, "quantize_embeddings": None}))
+    assert active_binary_attention(model) == 2 and model.config._attn_implementation == KRONBIT_ATTENTION
+    assert model.transformer.h[0].mlp.c_proj.input_act_quantizer == "elastic_unsigned"
+    assert model.transformer.h[0].attn.c_proj.input_act_quantizer is None
+    ids = torch.randint(0, 1000, (2, 12), generator=torch.Generator().manual_seed(7))
+    seen = []
+    attn = model.transformer.h[0].attn
+    hook = getattr(attn, PROB_QUANTIZER).register_forward_hook(lambda m, a, out: seen.append(out.detach()))
+    with torch.no_grad():
+        want = model(ids).logits
+    hook.remove()
+    future = torch.ones(12, 12, dtype=torch.bool).triu(1)
+    alpha = float(getattr(attn, PROB_QUANTIZER).alpha)  # 4·mean(p): early queries' few keys are above α/2
+    assert set(seen[0].unique().tolist()) == {0.0, alpha} and (seen[0][..., future] == 0).all()
+    export_packed(model, tmp_path / "p")
+    back = load_packed(tmp_path / "p")
+    with torch.no_grad():
+        assert torch.equal(back(ids).logits, want)
+
+
+def test_binary_attention_is_refused_on_kronecker_layers(make_bert):
+    from kronbit.kron import kroneckerize_
+
+    model = make_bert()
+    kroneckerize_(model, {"target_modules": ["query"], "compression": 2})
+    with pytest.raises(ConfigError, match="attention: binary and ffn_act_quantizer are not supported on Kronecker"):
+        quantize_(model, QuantConfig(**W1A1))
