@@ -75,6 +75,11 @@ def _truncate(path: Path) -> None:
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
+def _damaged_teacher(d: Path) -> None:
+    (d / "kronbit.json").write_text('{"kind": "teacher", "task": "sst2"}')
+    _truncate(d / "model.safetensors")
+
+
 def ft(w, *extra, data=None, out="o"):
     return ["finetune", "--model", str(w / "tiny"), "--task", "sst2", "--data-dir", str(data or w / "glue"),
             "--output-dir", str(w / out), *extra]
@@ -183,6 +188,14 @@ CLI_CASES = [
      lambda w: ev(w, _copy(w, "compressed", "c-mismatch", lambda d: (d / "kronbit.json").write_text(json.dumps(
          {**json.loads((d / "kronbit.json").read_text()), "transforms": []})))),
      "does not match its transforms"),
+    ("ckpt-truncated-plain-finetune", "checkpoint", "fine-tuning a model whose model.safetensors is cut short",
+     lambda w: ["finetune", "--model", str(_copy(w, "tiny", "t-trunc", lambda d: _truncate(d / "model.safetensors"))),
+                "--task", "sst2", "--data-dir", str(w / "glue"), "--output-dir", str(w / "o")],
+     "t-trunc/model.safetensors: truncated safetensors file"),
+    ("ckpt-truncated-teacher-run", "checkpoint", "a recipe whose fine-tuned teacher's weights are cut short",
+     lambda w: ["run", BINARY, "--model", str(_copy(w, "tiny", "teacher-trunc", _damaged_teacher)), "--task", "sst2",
+                "--data-dir", str(w / "glue"), "--output-dir", str(w / "r")],
+     "teacher-trunc/model.safetensors: truncated safetensors file"),
     ("ckpt-size-nothing", "checkpoint", "kronbit size on a directory without tensors",
      lambda w: ["size", str(w / "noconf")], "no model tensors found"),
     # ---- outputs
@@ -210,6 +223,10 @@ def test_cli_case(world, capsys, case):
     assert errors[0].startswith("kronbit: error: ") and phrase in errors[0], errors[0]
     for name, snap in protected.items():
         assert _snapshot(world / name) == snap, f"{case_id} changed {name}/"
+    # and no new output directory is left behind, even when the mistake shows only once the
+    # run directory exists (a damaged model found while loading it)
+    for name in ("o", "r", "x", "never"):
+        assert not (world / name).exists(), f"{case_id} left {name}/ behind"
 
 
 # ---- mistakes made through the Python API

@@ -180,9 +180,11 @@ def _eval_parser(sub, data_default: str) -> None:
     p.add_argument("--task", help="task name (default: the task recorded in the model directory)")
     p.add_argument("--data-dir", default=data_default, help=DATA_HELP)
     p.add_argument("--split", default="dev", help="dev (default) or train; GLUE test labels are hidden")
-    p.add_argument("--batch-size", type=int, default=128, help="examples per forward pass (default 128)")
-    p.add_argument("--max-seq-length", type=int, default=128, help="truncate inputs to N tokens (default 128)")
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast (faster on CPUs with bf16 units)")
+    same = " (default: as the model's dev metrics were computed, recorded in its kronbit.json; else {})"
+    p.add_argument("--batch-size", type=int, help="examples per forward pass" + same.format(128))
+    p.add_argument("--max-seq-length", type=int, help="truncate inputs to N tokens" + same.format(128))
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction,
+                   help="bf16 autocast, faster on CPUs with bf16 units" + same.format("off"))
     p.add_argument("--trust-remote-code", action="store_true",
                    help="allow model code from the checkpoint to run (off by default)")
     p.add_argument("--output", help="metrics JSON path (default: MODEL/eval-TASK-SPLIT.json)")

@@ -48,6 +48,24 @@ def test_below_4_bits_the_embeddings_are_quantized_unless_told_otherwise(make_be
     assert type(g.get_input_embeddings()) is nn.Embedding
 
 
+def test_auto_embeddings_survive_a_schedule_and_a_rebuild(make_bert, tmp_path, tiny_bert):
+    """4-bit start (auto: embedding off), then 2 bits: the rebuilt model has the same modules."""
+    from transformers import AutoTokenizer
+
+    from kronbit.core.transforms import recorded_transforms
+    from kronbit.formats.compressed import load_compressed, save_compressed
+
+    m = make_bert()
+    quantize_(m, QuantConfig(w_bits=4))
+    set_bits_(m, w_bits=2, a_bits=8)
+    save_compressed(m, AutoTokenizer.from_pretrained(tiny_bert), tmp_path / "c", {}, recorded_transforms(m))
+    back = load_compressed(tmp_path / "c")
+    assert type(back.bert.embeddings.word_embeddings) is nn.Embedding
+    ids = torch.randint(5, 29, (2, 7), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(back(input_ids=ids).logits, m(input_ids=ids).logits)
+
+
 def test_named_targets_filter_and_embeddings(make_bert):
     m = make_bert()
     swapped = quantize_(m, QuantConfig(w_bits=8, target_modules=["query", "value"], quantize_embeddings=True),

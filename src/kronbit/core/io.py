@@ -1,4 +1,5 @@
-"""Atomic file output: write to a temporary name in the same directory, then rename.
+"""Atomic file output (write to a temporary name in the same directory, then rename), and reading
+checks that name a damaged or truncated file in one line.
 
 Why: a run that dies (or a disk that fills) halfway through a write must never leave a
 half-written file where a good one used to be. ``os.replace`` is atomic on POSIX when source and
@@ -10,6 +11,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import struct
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -18,7 +20,7 @@ from typing import Any, Iterator
 
 import yaml
 
-from .errors import KronbitError
+from .errors import KronbitError, ModelError
 
 
 @contextmanager
@@ -106,3 +108,51 @@ def _raise_if_disk_full(e: BaseException, path: Path) -> None:
     if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
         raise KronbitError(f"disk full while writing {path}; the previous version (if any) is kept — "
                            "free some space and run again") from None
+
+
+# ------------------------------------------------------------------------------------------------
+# Reading: a damaged or truncated file is named in one line.
+
+
+def safetensors_header(path: Path) -> dict[str, Any]:
+    """The tensor table of a safetensors file, read without loading (or unpickling) anything."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        if len(raw) < 8:
+            raise ModelError(f"{path}: truncated safetensors file ({size} bytes)")
+        (n,) = struct.unpack("<Q", raw)
+        if n > size - 8:
+            raise ModelError(f"{path}: truncated safetensors file (header says {n} bytes, file has {size})")
+        try:
+            header = json.loads(f.read(n))
+        except ValueError:
+            raise ModelError(f"{path}: damaged safetensors header") from None
+    try:
+        header.pop("__metadata__", None)
+        end = max((int(v["data_offsets"][1]) for v in header.values()), default=0)
+    except (AttributeError, KeyError, TypeError, IndexError, ValueError):  # JSON, but not a tensor table
+        raise ModelError(f"{path}: damaged safetensors header") from None
+    if 8 + n + end > size:
+        raise ModelError(f"{path}: truncated safetensors file (tensors need {8 + n + end} bytes, file has {size})")
+    return header
+
+
+def damaged_file(directory: str | os.PathLike) -> str | None:
+    """One line naming the first damaged or truncated JSON or safetensors file in a model
+    directory, or None (not a directory, or every file reads). Used to explain a load that failed
+    deep inside a library with a message that names no file."""
+    d = Path(directory)
+    if not d.is_dir():
+        return None
+    for f in sorted(d.glob("*.json")):
+        try:
+            json.loads(f.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as e:
+            return f"{f}: not valid JSON ({str(e).splitlines()[0]}); the file is damaged or truncated"
+    for f in sorted(d.glob("*.safetensors")):
+        try:
+            safetensors_header(f)
+        except ModelError as e:
+            return f"{e}; the file is damaged or truncated"
+    return None

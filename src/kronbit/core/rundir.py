@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import logging
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from .. import __version__
 from . import distributed
@@ -52,13 +54,43 @@ def _prepare(output_dir: str | Path, config: dict, *, overwrite: bool = False, r
     return out
 
 
-def attach_log_file(path: Path) -> None:
-    """Send kronbit's INFO records to ``path``; the console keeps warnings only (progress bars
-    already show where a run is)."""
+# What prepare() writes; a run directory holding nothing else has no work in it yet.
+_PREPARED = ("config.yaml", "train.log")
+
+
+@contextmanager
+def discarded_if_unused(out: Path, resume: bool = False) -> Iterator[Path]:
+    """Run the body for the run directory ``out`` that ``prepare`` just made; if it fails before
+    any work reached the directory (only config.yaml, train.log and empty folders — training
+    begins by creating log.jsonl), remove the directory again, so a bad model or tokenizer found
+    after the input checks leaves nothing behind. A resumed run's directory is always kept."""
+    try:
+        yield out
+    except BaseException:
+        if not resume:
+            distributed.on_main(_discard_if_unused, out)
+        raise
+
+
+def _discard_if_unused(out: Path) -> None:
+    if any(f.is_file() and f.relative_to(out).as_posix() not in _PREPARED for f in out.rglob("*")):
+        return
+    detach_log_file()
+    shutil.rmtree(out, ignore_errors=True)
+
+
+def detach_log_file() -> None:
     logger = logging.getLogger("kronbit")
     for h in [h for h in logger.handlers if getattr(h, "_kronbit_file", False)]:
         logger.removeHandler(h)
         h.close()
+
+
+def attach_log_file(path: Path) -> None:
+    """Send kronbit's INFO records to ``path``; the console keeps warnings only (progress bars
+    already show where a run is)."""
+    logger = logging.getLogger("kronbit")
+    detach_log_file()
     handler = logging.FileHandler(path, encoding="utf-8")
     handler._kronbit_file = True  # type: ignore[attr-defined]
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))

@@ -1,12 +1,12 @@
 """The size report: on-disk and in-memory size of a packed, compressed or plain model directory,
-with a breakdown (embeddings, encoder weights, scales, full-precision parts) and the ratio to the
-same architecture stored as fp32. Tensor tables are read from the safetensors header, without
+with a breakdown (embeddings, encoder weights, scales, full-precision parts), what stays in full
+precision by group (word / position embeddings, LayerNorms, biases, classifier, ...) and the ratio
+to the same architecture stored as fp32. Tensor tables are read from the safetensors header, without
 loading (or unpickling) anything."""
 
 from __future__ import annotations
 
-import json
-import struct
+import re
 from pathlib import Path
 from typing import Any
 
@@ -14,32 +14,12 @@ import torch
 from torch import nn
 
 from ..core.errors import ModelError
+from ..core.io import safetensors_header
 from ..core.transforms import transform_summaries
 from .compressed import WEIGHTS_NAME
 from .load import load_model
 from .meta import build_base, read_meta
 from .packed import PACKED_WEIGHTS, load_packed, packed_dir, read_packed_meta
-
-
-def _safetensors_header(path: Path) -> dict[str, Any]:
-    """The tensor table of a safetensors file, read without loading (or unpickling) anything."""
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        raw = f.read(8)
-        if len(raw) < 8:
-            raise ModelError(f"{path}: truncated safetensors file ({size} bytes)")
-        (n,) = struct.unpack("<Q", raw)
-        if n > size - 8:
-            raise ModelError(f"{path}: truncated safetensors file (header says {n} bytes, file has {size})")
-        try:
-            header = json.loads(f.read(n))
-        except ValueError:
-            raise ModelError(f"{path}: damaged safetensors header") from None
-    header.pop("__metadata__", None)
-    end = max((v["data_offsets"][1] for v in header.values()), default=0)
-    if 8 + n + end > size:
-        raise ModelError(f"{path}: truncated safetensors file (tensors need {8 + n + end} bytes, file has {size})")
-    return header
 
 
 def _category(name: str, packed_names: set[str]) -> str:
@@ -55,6 +35,36 @@ def _category(name: str, packed_names: set[str]) -> str:
             and "norm" not in module.rsplit(".", 1)[-1].lower():
         return "encoder_weights"
     return "full_precision"
+
+
+# What stays in full precision, by group: the first pattern a tensor name matches names its group.
+_FP_GROUPS = (
+    ("word embeddings", re.compile(r"(word_embeddings|embed_tokens|\bwte)\.")),
+    ("position embeddings", re.compile(r"(position_embeddings|\bwpe)\.")),
+    ("token-type embeddings", re.compile(r"token_type_embeddings\.")),
+    ("LayerNorms", re.compile(r"(layernorm|layer_norm|\bln_\w*|\bnorm)\.", re.IGNORECASE)),
+    ("classifier / head", re.compile(r"^(classifier|score|lm_head)\.")),
+    ("pooler", re.compile(r"pooler\.")),
+    ("biases", re.compile(r"\.bias$")),
+    ("Kronecker factors", re.compile(r"\.(a|b)$")),
+    ("linear weights", re.compile(r"\.weight$")),
+)
+
+
+def _fp_group(name: str) -> str:
+    return next((g for g, pattern in _FP_GROUPS if pattern.search(name)), "other")
+
+
+def full_precision_groups(header: dict[str, Any], packed_names: set[str]) -> dict[str, float]:
+    """MB of the float tensors that are neither integer codes nor scales, by group (largest first):
+    what a user can still shrink (``quantize_embeddings``, ``--dtype float16``)."""
+    sizes: dict[str, int] = {}
+    for name, v in header.items():
+        if not v["dtype"].startswith(("F", "BF")) or _category(name, packed_names) == "scales":
+            continue
+        group = _fp_group(name)
+        sizes[group] = sizes.get(group, 0) + v["data_offsets"][1] - v["data_offsets"][0]
+    return {g: round(b / 1e6, 3) for g, b in sorted(sizes.items(), key=lambda kv: -kv[1])}
 
 
 def fp32_reference_bytes(model_dir: Path) -> tuple[int, int]:
@@ -86,7 +96,7 @@ def size_report(path: str | Path, in_memory: bool = True) -> dict[str, Any]:
         kind = "compressed" if tensor_file.name == WEIGHTS_NAME else "huggingface"
         if kind == "compressed":
             transforms = read_meta(d).get("transforms") or []
-    header = _safetensors_header(tensor_file)
+    header = safetensors_header(tensor_file)
     breakdown: dict[str, int] = {"embeddings": 0, "encoder_weights": 0, "scales": 0, "full_precision": 0}
     for name, v in header.items():
         a, b = v["data_offsets"]
@@ -100,6 +110,7 @@ def size_report(path: str | Path, in_memory: bool = True) -> dict[str, Any]:
         "ratio_vs_fp32": round(fp32 / disk, 3),
         "breakdown_mb": {k: round(v / 1e6, 3) for k, v in breakdown.items()},
         "breakdown_mib": {k: round(v / 2**20, 3) for k, v in breakdown.items()},
+        "full_precision_mb": full_precision_groups(header, packed_names),
         "counts": "tensor file only (config/tokenizer JSON excluded); fp32 = the base architecture's parameters × 4 "
                   "bytes, tied parameters once",
     }

@@ -29,6 +29,8 @@ from .hub import from_pretrained
 # Written into every GGUF conversion directory: which file it came from, so a changed file is
 # converted again instead of silently reusing a stale cache.
 SOURCE_META = "kronbit-source.json"
+# The GGUF reader's errors for a cut-short file are numpy's ("cannot reshape array ..."), naming no file.
+GGUF_HINT = " (is the GGUF file damaged or truncated?)"
 
 
 def _require_gguf_reader() -> None:
@@ -64,13 +66,14 @@ def load_gguf_model(gguf_path: str | Path, dtype: torch.dtype = torch.float32):
     GGUF-quantized, so it cannot be saved; see ``to_plain_causal_lm``)."""
     _require_gguf_reader()
     p = Path(gguf_path)
-    return from_pretrained(AutoModelForCausalLM, str(p.parent), gguf_file=p.name, dtype=dtype)
+    return from_pretrained(AutoModelForCausalLM, str(p.parent), gguf_file=p.name, dtype=dtype, source=str(p),
+                           hint=GGUF_HINT)
 
 
 def load_gguf_tokenizer(gguf_path: str | Path):
     _require_gguf_reader()
     p = Path(gguf_path)
-    return from_pretrained(AutoTokenizer, str(p.parent), gguf_file=p.name)
+    return from_pretrained(AutoTokenizer, str(p.parent), gguf_file=p.name, source=str(p), hint=GGUF_HINT)
 
 
 def to_plain_causal_lm(model):

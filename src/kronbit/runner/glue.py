@@ -86,15 +86,17 @@ def run(recipe: Recipe, *, model: str, task: str | None, data_dir: str, output_d
                                       "student": student_dir and str(student_dir), "task": t.name,
                                       "data_dir": str(data_dir), "max_steps": max_steps,
                                       "recipe": recipe.to_dict()}, overwrite=overwrite, resume=resume)
-    teacher_dir = _teacher(recipe, model, model_path, t, data_dir, out, max_steps)
-    table = GlueStageTable(out, t, read_meta(teacher_dir).get("dev_metrics", {}))
-    caches: dict = {}  # stages on the same training set share the teacher's outputs
+    with rundir.discarded_if_unused(out, resume):  # e.g. a damaged teacher found while loading it
+        teacher_dir = _teacher(recipe, model, model_path, t, data_dir, out, max_steps)
+        table = GlueStageTable(out, t, read_meta(teacher_dir).get("dev_metrics", {}))
+        caches: dict = {}  # stages on the same training set share the teacher's outputs
 
-    def run_one(i: int, init_dir: Path, sdir: Path) -> dict[str, Any]:
-        return run_stage(recipe, i, init_dir=init_dir, teacher_dir=teacher_dir, stage_out=sdir, task=t,
-                         train_ex=train_ex, dev_ex=dev_ex, max_steps=max_steps, run_out=out, teacher_caches=caches)
+        def run_one(i: int, init_dir: Path, sdir: Path) -> dict[str, Any]:
+            return run_stage(recipe, i, init_dir=init_dir, teacher_dir=teacher_dir, stage_out=sdir, task=t,
+                             train_ex=train_ex, dev_ex=dev_ex, max_steps=max_steps, run_out=out,
+                             teacher_caches=caches)
 
-    run_stages(recipe, out, table, teacher_dir, run_one, student_dir)
+        run_stages(recipe, out, table, teacher_dir, run_one, student_dir)
     return table.as_dict()
 
 

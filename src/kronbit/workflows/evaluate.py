@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
+from tqdm.auto import tqdm
 from transformers import DataCollatorWithPadding
 
 from ..core.errors import DataError, KronbitError
@@ -22,7 +24,7 @@ from ..models.resolve import resolve_model
 
 
 @torch.inference_mode()
-def predict(model, dataset, collator, batch_size: int = 128, bf16: bool = False) -> np.ndarray:
+def predict(model, dataset, collator, batch_size: int = 128, bf16: bool = False, desc: str | None = None) -> np.ndarray:
     """Logits for every example, in the dataset's order. Batches are formed longest-first (then
     put back in order): with dynamic padding each batch pads to a near-equal length, the same
     batching the Trainer's evaluation sees (``features.sorted_by_length``)."""
@@ -33,7 +35,8 @@ def predict(model, dataset, collator, batch_size: int = 128, bf16: bool = False)
     autocast = (torch.autocast(device_type=device.type, dtype=torch.bfloat16) if bf16
                 else contextlib.nullcontext())
     out = []
-    for batch in loader:
+    # A bar on the console only when asked for (kronbit eval), on stderr; none in logs or tests' output.
+    for batch in tqdm(loader, desc=desc, unit="batch", disable=desc is None, leave=False, file=sys.stderr):
         batch = {k: v.to(device) for k, v in batch.items() if k != "labels"}
         with autocast:
             out.append(model(**batch).logits.float().cpu())
@@ -45,9 +48,34 @@ def predict(model, dataset, collator, batch_size: int = 128, bf16: bool = False)
     return logits.numpy()
 
 
+DEFAULTS = {"bf16": False, "batch_size": 128, "max_seq_length": 128}
+
+
+def eval_settings(meta: dict, **given) -> tuple[dict, str]:
+    """Precision and batching for an evaluation: what the user gave, else what the model's
+    kronbit.json records its dev metrics were computed with (``eval``: the stage table's and a
+    fine-tune's numbers), else the defaults. Returns the settings and where they came from."""
+    recorded = meta.get("eval") or {}
+    settings, sources = {}, {}
+    for key, default in DEFAULTS.items():
+        if given.get(key) is not None:
+            settings[key], sources[key] = given[key], "flags"
+        elif recorded.get(key) is not None:
+            settings[key], sources[key] = recorded[key], "kronbit.json"
+        else:
+            settings[key], sources[key] = default, "defaults"
+    kinds = sorted(set(sources.values()))
+    where = kinds[0] if len(kinds) == 1 else ", ".join(
+        f"{k} ({', '.join(n for n, v in sources.items() if v == k)})" for k in kinds)
+    return settings, where
+
+
 def evaluate(model: str, task: str | None = None, data_dir: str = "hub", split: str = "dev",
-             batch_size: int = 128, max_seq_length: int = 128, bf16: bool = False,
+             batch_size: int | None = None, max_seq_length: int | None = None, bf16: bool | None = None,
              trust_remote_code: bool = False) -> dict:
+    """The task's metrics on ``split``. Unset ``batch_size`` / ``max_seq_length`` / ``bf16`` come
+    from the model's kronbit.json when it records how its dev metrics were computed, so a stage's
+    or teacher's number is reproduced; the result says which settings were used."""
     model_path = resolve_model(model)
     meta = read_meta(model_path) if Path(model_path).is_dir() else {}
     task_name = task or meta.get("task")
@@ -60,6 +88,7 @@ def evaluate(model: str, task: str | None = None, data_dir: str = "hub", split: 
     if any(e.label is None for e in examples):
         raise DataError(f"split '{split}' of {t.name} has no labels to score (GLUE test labels are hidden); "
                         "use --split dev")
+    settings, source = eval_settings(meta, batch_size=batch_size, max_seq_length=max_seq_length, bf16=bf16)
     start = time.time()
     tokenizer = load_tokenizer(model_path, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
@@ -67,11 +96,13 @@ def evaluate(model: str, task: str | None = None, data_dir: str = "hub", split: 
     clf = load_model(model_path, t if not meta else None, trust_remote_code=trust_remote_code)
     if clf.config.num_labels != t.num_labels:
         raise KronbitError(f"model has {clf.config.num_labels} output(s) but task {t.name} needs {t.num_labels}")
-    ds = tokenize(examples, tokenizer, t, max_seq_length)
-    logits = predict(clf, ds, DataCollatorWithPadding(tokenizer), batch_size, bf16)
+    ds = tokenize(examples, tokenizer, t, settings["max_seq_length"])
+    logits = predict(clf, ds, DataCollatorWithPadding(tokenizer), settings["batch_size"], settings["bf16"],
+                     desc=f"eval {t.name} {split}")
     preds = logits.reshape(-1) if t.is_regression else logits.argmax(-1)
     labels = np.array([e.label for e in examples])
     scores = glue_metrics.compute(list(t.metrics), preds, labels)
     return {"task": t.name, "split": split, "model": str(model), **scores,
             "primary_metric": t.primary_metric, "examples": len(examples),
+            "precision": "bf16 autocast" if settings["bf16"] else "fp32", **settings, "settings_from": source,
             "eval_time_s": round(time.time() - start, 2)}

@@ -50,6 +50,11 @@ def finetune(cfg: FinetuneConfig, *, overwrite: bool = False, resume: bool = Fal
     dev_ex = load_split(task, cfg.data_dir, "dev")
     out = rundir.prepare(cfg.output_dir, {"command": "finetune", **cfg.to_dict()},
                          overwrite=overwrite, resume=resume)
+    with rundir.discarded_if_unused(out, resume):  # e.g. a damaged model found while loading it
+        return _finetune(cfg, task, model_path, train_ex, dev_ex, out, resume)
+
+
+def _finetune(cfg: FinetuneConfig, task, model_path: str, train_ex, dev_ex, out: Path, resume: bool) -> dict:
     set_seed(cfg.seed)
     start = time.time()
     tokenizer = load_tokenizer(model_path, trust_remote_code=cfg.trust_remote_code)
@@ -78,7 +83,10 @@ def finetune(cfg: FinetuneConfig, *, overwrite: bool = False, resume: bool = Fal
               "bf16": resolve_bf16(cfg.bf16), "wall_time_s": round(wall, 1)}
     meta = {"kronbit_version": __version__, "kind": "teacher", "task": task.name,
             "source_model": str(cfg.model), "data": "hub" if is_hub(cfg.data_dir) else "glue-tsv",
-            "dev_metrics": {m: metrics[m] for m in task.metrics}}
+            "dev_metrics": {m: metrics[m] for m in task.metrics},
+            # how dev_metrics were computed: kronbit eval's defaults for this model
+            "eval": {"bf16": resolve_bf16(cfg.bf16), "batch_size": cfg.eval_batch_size,
+                     "max_seq_length": cfg.max_seq_length}}
     def save() -> None:  # under torchrun: written once, by the main process
         save_model(trainer.model, tokenizer, out / "model", meta)
         write_json(out / "metrics.json", result)

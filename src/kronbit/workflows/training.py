@@ -94,6 +94,10 @@ class RunLog(TrainerCallback):
     def __init__(self, out: Path):
         self.out = out
 
+    def on_train_begin(self, args, state, control, **kw):
+        if state.is_world_process_zero:  # training has begun: the run directory holds work now
+            (self.out / "log.jsonl").touch()
+
     def on_log(self, args, state, control, logs=None, **kw):
         if state.is_world_process_zero and logs:
             with open(self.out / "log.jsonl", "a", encoding="utf-8") as f:
