@@ -56,7 +56,10 @@ GLUE_BUDGETS = {
 GLUE_TRAIN = {"epochs": 1.0, "batch_size": 16, "bf16": True, "eval_batch_size": 64}
 
 
-def main() -> None:
+LM_RECIPES = {"kronecker": "kron-pretrain.yaml", "layerdrop": "layerdrop-pretrain.yaml"}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tokens", type=int, default=150_000, help="distillation tokens per student")
     ap.add_argument("--ppl-tokens", type=int, default=40_000, help="WikiText-2 test tokens scored")
@@ -64,7 +67,36 @@ def main() -> None:
     ap.add_argument("--redo", action="store_true")
     ap.add_argument("--parts", nargs="+", default=["lm", "glue"], choices=["lm", "glue"])
     ap.add_argument("--glue-tasks", nargs="+", default=list(GLUE_BUDGETS), choices=list(GLUE_BUDGETS))
-    args = ap.parse_args()
+    return ap.parse_args(argv)
+
+
+def lm_overrides(args: argparse.Namespace, name: str, kron_params: int | None) -> list[str]:
+    """The token budgets; the layer-drop student is sized to the Kronecker student's parameters."""
+    overrides = [f"lm.max_tokens={args.tokens}", f"perplexity.max_tokens={args.ppl_tokens}"]
+    if name == "layerdrop":
+        overrides += ["stages.0.layerdrop.keep=null", f"stages.0.layerdrop.target_params={kron_params}"]
+    return overrides
+
+
+def glue_overrides(task: str) -> list[str]:
+    return [f"train.{k}={v}" for k, v in {**GLUE_TRAIN, **GLUE_BUDGETS[task]}.items()]
+
+
+def planned_recipes(args: argparse.Namespace, kron_params: int = 1) -> list[tuple[str, Path, list[str]]]:
+    """(row key, recipe file, overrides) of every run ``args`` asks for (checked by the tests);
+    ``kron_params``: the Kronecker student's size, known only once it has run."""
+    plans = []
+    if "lm" in args.parts:
+        plans += [(name, REPO / "recipes" / "kngpt2" / f, lm_overrides(args, name, kron_params))
+                  for name, f in LM_RECIPES.items()]
+    if "glue" in args.parts:
+        plans += [(f"glue/{task}/{name}", REPO / "recipes" / "kngpt2" / "glue.yaml", glue_overrides(task))
+                  for task in args.glue_tasks for name in STUDENTS]
+    return plans
+
+
+def main() -> None:
+    args = parse_args()
     res = Results("kngpt2" if args.max_steps is None else "kngpt2_smoke",
                   "KnGPT2 Kronecker student vs layer-drop student at equal size and tokens (SmolLM2-135M teacher)")
     if "lm" in args.parts:
@@ -80,15 +112,13 @@ def work_dir(args) -> Path:
 
 
 def lm_part(args, res: Results) -> None:
-    budget = [f"lm.max_tokens={args.tokens}", f"perplexity.max_tokens={args.ppl_tokens}"]
     kron_params = None
-    for name, recipe_file in (("kronecker", "kron-pretrain.yaml"), ("layerdrop", "layerdrop-pretrain.yaml")):
-        overrides = list(budget)
+    for name, recipe_file in LM_RECIPES.items():
         if name == "layerdrop":
             kron_params = kron_params or res.data["rows"].get("kronecker", {}).get("params")
             if kron_params is None:
                 sys.exit("the Kronecker student must finish first (its size sets the baseline's)")
-            overrides += ["stages.0.layerdrop.keep=null", f"stages.0.layerdrop.target_params={kron_params}"]
+        overrides = lm_overrides(args, name, kron_params)
         out = work_dir(args) / name
         # A finished row is skipped only while its student is still on disk: the GLUE step
         # fine-tunes that student (a fresh machine re-distils it, re-measuring the row).
@@ -144,7 +174,7 @@ def glue_part(args, res: Results) -> None:
                 print(f"[wait] {key}: no {name} student on disk yet (run --parts lm first)")
                 continue
             out = work_dir(args) / "glue" / task / name
-            overrides = [f"train.{k}={v}" for k, v in {**GLUE_TRAIN, **budget}.items()]
+            overrides = glue_overrides(task)
             recipe = load_recipe(REPO / "recipes" / "kngpt2" / "glue.yaml", overrides)
             table = run_recipe(recipe, model=str(tdir / "model"), task=task, data_dir=str(glue), output_dir=str(out),
                                max_steps=args.max_steps, resume=out.is_dir() and not args.redo, overwrite=args.redo,

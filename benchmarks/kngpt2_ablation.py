@@ -38,16 +38,43 @@ VARIANTS = {
     "odd blocks only": {"compression": 2, "layers": "odd"},
     "23 blocks, embedding dense (equal size)": DENSE_EMBEDDING,
 }
+RECIPE = REPO / "recipes" / "kngpt2" / "kron-pretrain.yaml"
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--parts", nargs="+", default=["init"], choices=["init", "distil"])
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--tokens", type=int, default=100_000, help="distillation tokens (part distil)")
     ap.add_argument("--ppl-tokens", type=int, default=30_000, help="WikiText-2 test tokens scored")
     ap.add_argument("--redo", action="store_true")
-    args = ap.parse_args()
+    return ap.parse_args(argv)
+
+
+def kron_settings(name: str) -> dict:
+    """The variant's ``stages.0.kron`` as a mapping (the dense-embedding one is a config read
+    from its recipe)."""
+    v = VARIANTS[name]
+    return v if isinstance(v, dict) else v.to_dict()
+
+
+def distil_overrides(args: argparse.Namespace, name: str) -> list[str]:
+    return [f"lm.max_tokens={args.tokens}", f"perplexity.max_tokens={args.ppl_tokens}",
+            "stages.0.kron=" + json.dumps(kron_settings(name))]
+
+
+def planned_recipes(args: argparse.Namespace) -> list[tuple[str, Path, list[str]]]:
+    """(row key, recipe file, overrides) of every recipe ``args`` loads (checked by the tests)."""
+    plans = []
+    if "init" in args.parts:
+        plans.append(("init", RECIPE, [f"perplexity.max_tokens={args.ppl_tokens}"]))
+    if "distil" in args.parts:
+        plans += [(f"distil/{name}", RECIPE, distil_overrides(args, name)) for name in args.variants]
+    return plans
+
+
+def main() -> None:
+    args = parse_args()
     res = Results("kngpt2_ablation", "Kronecker student ablation: which layers to decompose (SmolLM2-135M teacher)")
     if "init" in args.parts:
         init_part(args, res)
@@ -63,8 +90,7 @@ def init_part(args, res: Results) -> None:
     from kronbit.runner.lm import PerplexityConfig, lm_root, score_perplexity
     from kronbit.core.swap import count_parameters
 
-    recipe = load_recipe(REPO / "recipes" / "kngpt2" / "kron-pretrain.yaml",
-                         [f"perplexity.max_tokens={args.ppl_tokens}"])
+    recipe = load_recipe(RECIPE, [f"perplexity.max_tokens={args.ppl_tokens}"])
     ppl_cfg = PerplexityConfig.from_dict(recipe.perplexity, where="perplexity")
     tokenizer = load_causal_tokenizer(TEACHER)
     text = read_text(ppl_cfg.text, lm_root(str(data_root())))
@@ -75,10 +101,10 @@ def init_part(args, res: Results) -> None:
             continue
         t0 = time.time()
         model = load_causal_lm(TEACHER)
-        report = kroneckerize_(model, KroneckerConfig.from_dict(VARIANTS[name]))
+        report = kroneckerize_(model, KroneckerConfig.from_dict(kron_settings(name)))
         errors = [r.relative_error for r in report.layers if r.relative_error is not None]
         ppl = score_perplexity(model, tokenizer, text, ppl_cfg)
-        res.add(key, {"part": "init", "variant": name, "kron": VARIANTS[name], "params": count_parameters(model),
+        res.add(key, {"part": "init", "variant": name, "kron": kron_settings(name), "params": count_parameters(model),
                       "params_unit": "parameters (unique)", "kron_layers": len(report.layers),
                       "kron_mean_rel_error": round(sum(errors) / len(errors), 4) if errors else None,
                       "ppl_before": ppl["ppl"], "ppl_tokens": ppl["ppl_tokens"],
@@ -93,15 +119,14 @@ def distil_part(args, res: Results) -> None:
         if res.done(key) and not args.redo:
             print(f"[skip] {key}")
             continue
-        overrides = [f"lm.max_tokens={args.tokens}", f"perplexity.max_tokens={args.ppl_tokens}",
-                     "stages.0.kron=" + json.dumps(VARIANTS[name])]
-        recipe = load_recipe(REPO / "recipes" / "kngpt2" / "kron-pretrain.yaml", overrides)
+        overrides = distil_overrides(args, name)
+        recipe = load_recipe(RECIPE, overrides)
         out = WORK / "kngpt2_ablation" / slug(name)
         table = run_recipe(recipe, model=TEACHER, task=None, data_dir=str(data_root()), output_dir=str(out),
                            resume=out.is_dir() and not args.redo, overwrite=args.redo,
                            recipe_source="recipes/kngpt2/kron-pretrain.yaml")
         row = table["stages"][-1]
-        res.add(key, {"part": "distil", "variant": name, "kron": VARIANTS[name], "overrides": overrides,
+        res.add(key, {"part": "distil", "variant": name, "kron": kron_settings(name), "overrides": overrides,
                       "params": row["params"], "params_unit": "parameters (unique)",
                       "kron_mean_rel_error": row.get("kron_mean_rel_error"), "ppl_before": row["ppl_before"],
                       "ppl": row["ppl"], "ppl_tokens": row["ppl_tokens"], "ppl_unit": "perplexity, WikiText-2 test",

@@ -43,14 +43,27 @@ def render(res: Results) -> str:
             + md_table(["copies", "dev score", "train examples", "wall min", "dev after each stage"], table))
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--task", default="rte")
     ap.add_argument("--subset", type=int, default=800, help="training examples before augmentation")
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--copies", nargs="+", type=int, default=[0, 1, 4, 8])
     ap.add_argument("--max-steps", type=int, help="cap every stage (smoke test of the script)")
-    args = ap.parse_args()
+    return ap.parse_args(argv)
+
+
+def planned_recipes(args: argparse.Namespace) -> list[tuple[str, Path, list[str]]]:
+    """(row key, recipe file, overrides) of every point ``args`` asks for (checked by the tests)."""
+    plans = []
+    for copies in args.copies:
+        recipe_file, overrides = overrides_for(copies, args.subset, args.seq)
+        plans.append((f"{args.task}/copies{copies}", REPO / "recipes" / "tspq" / recipe_file, overrides))
+    return plans
+
+
+def main() -> None:
+    args = parse_args()
     res = Results("tspq_da_copies" if args.max_steps is None else "tspq_da_copies_smoke",
                   "TSPQ W1A1 + DA: dev score against augmented copies per example")
     teacher = require_teacher(args.task)

@@ -172,7 +172,7 @@ def _budget_lines(rows, tasks) -> str:
     return "\nBudget and cost per task: " + "; ".join(out) + ".\n" if out else ""
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tasks", nargs="+", default=list(BUDGETS), choices=list(BUDGETS))
     ap.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
@@ -181,16 +181,30 @@ def main() -> None:
     ap.add_argument("--redo", action="store_true")
     ap.add_argument("--max-steps", type=int, help="cap every stage (smoke test of the script)")
     ap.add_argument("--render-only", action="store_true", help="rewrite the table from the JSON, run nothing")
-    args = ap.parse_args()
+    return ap.parse_args(argv)
+
+
+def planned_rows(args: argparse.Namespace) -> list[tuple[str, str, int]]:
+    """(task, config, seed) of every row ``args`` asks for, in run order."""
+    return [(task, name, seed) for task in args.tasks for name in args.configs
+            for seed in (args.seeds if name in SEEDED else args.seeds[:1])]
+
+
+def planned_recipes(args: argparse.Namespace) -> list[tuple[str, Path, list[str]]]:
+    """(row key, recipe file, overrides) of every row ``args`` asks for (checked by the tests)."""
+    return [(f"{task}/{name}/seed{seed}", REPO / "recipes" / "tspq" / CONFIGS[name][0],
+             overrides_for(task, name, seed, args.da_copies)) for task, name, seed in planned_rows(args)]
+
+
+def main() -> None:
+    args = parse_args()
     res = Results("tspq_fair" if args.max_steps is None else "tspq_fair_smoke",
                   "TSPQ vs one-stage baselines at full training sets, two seeds (MiniLM-L6 teachers, dev)")
     if args.render_only:
         res.save(render(res))
         return
-    for task in args.tasks:
-        for name in args.configs:
-            for seed in (args.seeds if name in SEEDED else args.seeds[:1]):
-                run_row(res, task, name, seed, args.da_copies, args.max_steps, args.redo)
+    for task, name, seed in planned_rows(args):
+        run_row(res, task, name, seed, args.da_copies, args.max_steps, args.redo)
 
 
 if __name__ == "__main__":

@@ -49,14 +49,30 @@ PAPER = {  # GLUE averages reported by the papers (dev), for orientation: differ
 }
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tasks", nargs="+", default=list(BUDGETS), choices=list(BUDGETS))
     ap.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     ap.add_argument("--redo", action="store_true")
     ap.add_argument("--max-steps", type=int, help="cap every stage (smoke test of the script)")
     ap.add_argument("--render-only", action="store_true", help="rewrite the table from the JSON, run nothing")
-    args = ap.parse_args()
+    return ap.parse_args(argv)
+
+
+def recipe_overrides(task: str, config: str) -> list[str]:
+    """The task's budget; the augmentation budget only on the configurations with DA."""
+    return [f"{k}={v}" for k, v in {**BUDGETS[task], **AUGMENT_BUDGET}.items()
+            if not k.startswith("augment.") or "da" in config]
+
+
+def planned_recipes(args: argparse.Namespace) -> list[tuple[str, Path, list[str]]]:
+    """(row key, recipe file, overrides) of every run ``args`` asks for (checked by the tests)."""
+    return [(f"{task}/{name}", REPO / "recipes" / "tspq" / CONFIGS[name], recipe_overrides(task, name))
+            for task in args.tasks for name in args.configs]
+
+
+def main() -> None:
+    args = parse_args()
     res = Results("tspq_glue" if args.max_steps is None else "tspq_glue_smoke",
                   "TSPQ vs one-stage baselines on five GLUE tasks (MiniLM-L6 teachers, dev)")
     if args.render_only:
@@ -71,8 +87,7 @@ def main() -> None:
             if res.done(key) and not args.redo:
                 print(f"[skip] {key}")
                 continue
-            overrides = [f"{k}={v}" for k, v in {**BUDGETS[task], **AUGMENT_BUDGET}.items()
-                         if not k.startswith("augment.") or "da" in name]
+            overrides = recipe_overrides(task, name)
             recipe = load_recipe(REPO / "recipes" / "tspq" / CONFIGS[name], overrides)
             out = WORK / "tspq" / task / name
             table = run_recipe(recipe, model=str(tdir), task=task, data_dir=str(glue), output_dir=str(out),

@@ -65,12 +65,26 @@ VARIANTS = {
 }
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--task", default="sst2", choices=list(BUDGETS))
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--redo", action="store_true")
-    args = ap.parse_args()
+    return ap.parse_args(argv)
+
+
+def recipe_overrides(task: str, variant: str) -> list[str]:
+    return [f"{k}={v}" for k, v in BUDGETS[task].items()] + ["stages=[" + ", ".join(VARIANTS[variant][1]) + "]"]
+
+
+def planned_recipes(args: argparse.Namespace) -> list[tuple[str, Path, list[str]]]:
+    """(row key, recipe file, overrides) of every run ``args`` asks for (checked by the tests)."""
+    return [(f"{args.task}/{name}", REPO / "recipes" / "tspq" / VARIANTS[name][0], recipe_overrides(args.task, name))
+            for name in args.variants]
+
+
+def main() -> None:
+    args = parse_args()
     res = Results("tspq_schedule", "TSPQ bit-schedule ablation at equal total epochs (MiniLM-L6 teacher, dev)")
     tdir = require_teacher(args.task)
     for name in args.variants:
@@ -78,8 +92,8 @@ def main() -> None:
         if res.done(key) and not args.redo:
             print(f"[skip] {key}")
             continue
-        base, stages = VARIANTS[name]
-        overrides = [f"{k}={v}" for k, v in BUDGETS[args.task].items()] + ["stages=[" + ", ".join(stages) + "]"]
+        base = VARIANTS[name][0]
+        overrides = recipe_overrides(args.task, name)
         recipe = load_recipe(REPO / "recipes" / "tspq" / base, overrides)
         out = WORK / "tspq_schedule" / args.task / slug(name)
         t0 = time.time()

@@ -8,8 +8,8 @@ import torch
 from kronbit.core.errors import ConfigError
 from kronbit.quant.quantizers import (BWNWeight, ElasticAct, ElasticUnsignedAct, LSQAct, LSQWeight, MinMaxAct,
                                       TWNWeight, UniformWeight)
-from kronbit.quant.registry import (ACT_QUANTIZERS, AUTO_ACT, AUTO_WEIGHT, WEIGHT_QUANTIZERS, build_weight_quantizer,
-                                    check_quantizer)
+from kronbit.quant.registry import (ACT_QUANTIZERS, AUTO_ACT, AUTO_WEIGHT, WEIGHT_QUANTIZERS, build_act_quantizer,
+                                    build_weight_quantizer, check_quantizer)
 from kronbit.quant.ste import grad_scale, round_ste, ste
 
 
@@ -252,10 +252,61 @@ def test_elastic_two_bit():
 
 
 def test_elastic_unsigned_binary_for_probabilities():
-    q = ElasticUnsignedAct(1)
-    x = torch.tensor([0.1, 0.6, 0.3, 0.0])
-    assert q(x).tolist() == [0.0, 1.0, 0.0, 0.0]  # α = 4·mean = 1.0; levels {0, α}
+    q = ElasticUnsignedAct(1, offset=False)
+    assert q.beta is None and [n for n, _ in q.named_parameters()] == ["alpha"]
+    x = torch.tensor([0.1, 0.6, 0.3, 0.0]).requires_grad_()
+    y = q(x)
+    assert y.tolist() == [0.0, 1.0, 0.0, 0.0]  # α = 4·mean = 1.0 (BiT's initialisation); levels {0, α}
     assert q.alpha.item() == 1.0
+    (y * torch.tensor([1.0, 2.0, 3.0, 4.0])).sum().backward()
+    assert x.grad.tolist() == [1.0, 2.0, 3.0, 4.0]  # 0 ≤ x/α ≤ 1 everywhere: the gradient passes
+    # α: LSQ's round(q) - q inside the range, / sqrt(numel·Qp) = /2
+    want = (1 * (0 - 0.1) + 2 * (1 - 0.6) + 3 * (0 - 0.3) + 4 * 0) / 2
+    assert float(q.alpha.grad) == pytest.approx(want)
+
+
+def test_elastic_unsigned_learnable_threshold_per_feature():
+    """X̂ = α·round(clip((X - β)/α, 0, 1)): a feature's output is α where X > β + α/2."""
+    q = ElasticUnsignedAct(1, features=3)
+    with torch.no_grad():
+        q.alpha.fill_(0.5)
+        q.beta.copy_(torch.tensor([0.0, 0.4, -0.3]))
+        q.initialized.fill_(True)
+    x = t([0.3, 0.6, -0.1], [0.2, 0.7, -0.2]).requires_grad_()
+    y = q(x)
+    # thresholds β + α/2 = 0.25, 0.65, -0.05; the offset is not added back
+    assert y.tolist() == [[0.5, 0.0, 0.0], [0.0, 0.5, 0.0]]
+    y.sum().backward()
+    # (x - β)/α = [[.6, .4, .4], [.4, .6, .2]] all inside [0, 1]: β gets -1 per element
+    assert q.beta.grad.tolist() == [-2.0, -2.0, -2.0]
+    x2 = t([2.0, 0.0, -1.0]).requires_grad_()  # (x-β)/α = 4, -0.8, -1.4: outside on both sides
+    y2 = q(x2)
+    assert y2.tolist() == [[0.5, 0.0, 0.0]]
+    y2.sum().backward()
+    assert x2.grad.tolist() == [[0.0, 0.0, 0.0]]  # clipped: no gradient to the input
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4])
+def test_elastic_unsigned_initialises_as_bit_from_the_first_batch_only(bits):
+    """BiT initialises an unsigned elastic α to 4·mean|x|/sqrt(2^b - 1) on the first batch (on
+    the input after its learnable bias, zero then); later batches leave it alone."""
+    q = build_act_quantizer(bits, "elastic_unsigned", features=2)
+    assert isinstance(q, ElasticUnsignedAct) and q.beta.shape == (2,)
+    x = t([0.0, 1.0], [0.5, 0.7])
+    q(x)
+    assert q.alpha.item() == pytest.approx(4 * 0.55 / math.sqrt(2 ** bits - 1))
+    q(10 * x)
+    assert q.alpha.item() == pytest.approx(4 * 0.55 / math.sqrt(2 ** bits - 1)) and bool(q.initialized)
+
+
+def test_elastic_unsigned_two_bit_subtracts_the_minimum():
+    q = ElasticUnsignedAct(2, offset=False)
+    with torch.no_grad():
+        q.alpha.fill_(0.25)
+        q.initialized.fill_(True)
+    x = torch.tensor([-0.2, 0.1, 0.4, 2.0])
+    # above the minimum -0.2: 0, .3, .6, 2.2 → round(clamp(u/α, 0, 3)) = 0, 1, 2, 3; + minimum
+    assert q(x).tolist() == pytest.approx([-0.2, 0.05, 0.3, 0.55])
 
 
 # ---- primitives and the registry ----------------------------------------------------------------
@@ -280,7 +331,8 @@ def test_registry_bits_and_auto():
     assert {n: s.bits for n, s in WEIGHT_QUANTIZERS.items()} == {"uniform": (2, 4, 8), "lsq": (2, 4, 8),
                                                                    "twn": (2,), "bwn": (1,)}
     assert {n: s.bits for n, s in ACT_QUANTIZERS.items()} == {"minmax": (2, 4, 8), "lsq": (2, 4, 8),
-                                                                "elastic": (1, 2, 4, 8)}
+                                                                "elastic": (1, 2, 4, 8),
+                                                                "elastic_unsigned": (1, 2, 4, 8)}
     for bits, name in AUTO_WEIGHT.items():
         assert bits in WEIGHT_QUANTIZERS[name].bits
     for bits, name in AUTO_ACT.items():

@@ -8,7 +8,8 @@ its own package's ``__init__``, with
 * ``apply(model, config)`` and ``undo(model)``;
 * optionally ``pack(module) -> (packed_module, info) | None`` and ``shell(module, info, **opts)``:
   how one of its modules is written to, and rebuilt from, the packed format; and
-  ``for_new_head(config)``: how its recorded config changes when the model gets a new head.
+  ``for_new_head(config)``: how its recorded config changes when the model gets a new head;
+  ``summary(config)``: what a recorded config does, in a few JSON fields, for reports.
 
 Every ``apply`` appends what it did to the model (``record_transform``), so a model can be saved as
 "base architecture + transforms + tensors" and rebuilt from that, wherever it came from (the role
@@ -41,6 +42,8 @@ class TransformMethod:
     # The config to replay when the model comes back under a new head (a language model's
     # transform replayed on its sequence classifier); None: the same config.
     for_new_head: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    # What a recorded config does, for the size report (e.g. bits, whether attention is binary).
+    summary: Callable[[dict[str, Any]], dict[str, Any]] | None = None
 
 
 METHODS: dict[str, TransformMethod] = {}
@@ -58,6 +61,16 @@ def get_transform(kind: str) -> TransformMethod:
         raise ModelError(f"unknown transform '{kind}'; known: {', '.join(METHODS) or 'none'} "
                          "(written by a newer kronbit?)")
     return METHODS[kind]
+
+
+def transform_summaries(transforms: list[dict]) -> dict[str, dict[str, Any]]:
+    """{kind: summary} of the recorded transforms whose method gives a summary (for reports)."""
+    out = {}
+    for t in transforms:
+        method = get_transform(t["kind"])
+        if method.summary is not None:
+            out[t["kind"]] = method.summary(t["config"])
+    return out
 
 
 def apply_transform(model: nn.Module, kind: str, config: Any) -> Any:

@@ -6,7 +6,9 @@ register ``"kronbit_eager"``: the same arithmetic as the models' eager path, plu
     and the mask of valid (query, key) pairs, because TinyBERT-style attention distillation matches
     scores, which the models' ``output_attentions`` (probabilities) cannot give back;
   * a hook for quantizing attention probabilities (BiT quantizes the inputs of both attention
-    matmuls): a module attribute ``kronbit_prob_quantizer`` is applied to the probabilities.
+    matmuls): a submodule ``kronbit_prob_quantizer`` of the attention module, when present, is
+    applied to the probabilities after dropout (as BiT), so the second matmul's input is exactly
+    on the quantizer's grid in training as well (``quant.attention`` sets it).
 The SDPA path returns no attention maps at all, so distillation switches students and teachers to
 this implementation with ``use_kronbit_attention(model)``.
 """
@@ -23,6 +25,7 @@ from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 NAME = "kronbit_eager"
+PROB_QUANTIZER = "kronbit_prob_quantizer"  # attention-module attribute read below
 _state = threading.local()
 
 
@@ -70,10 +73,10 @@ def kronbit_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
             valid = attention_mask if attention_mask.dtype == torch.bool else attention_mask == 0
         records.append((scores, valid))
     probs = nn.functional.softmax(masked, dim=-1, dtype=torch.float32).to(query.dtype)
-    quantizer = getattr(module, "kronbit_prob_quantizer", None)
+    probs = nn.functional.dropout(probs, p=dropout, training=module.training)
+    quantizer = getattr(module, PROB_QUANTIZER, None)
     if quantizer is not None:
         probs = quantizer(probs)
-    probs = nn.functional.dropout(probs, p=dropout, training=module.training)
     out = torch.matmul(probs, value).transpose(1, 2).contiguous()
     return out, probs
 

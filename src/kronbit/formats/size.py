@@ -15,9 +15,10 @@ from torch import nn
 
 from ..core.errors import ModelError
 from ..core.io import safetensors_header
+from ..core.transforms import transform_summaries
 from .compressed import WEIGHTS_NAME
 from .load import load_model
-from .meta import build_base
+from .meta import build_base, read_meta
 from .packed import PACKED_WEIGHTS, load_packed, packed_dir, read_packed_meta
 
 
@@ -81,9 +82,11 @@ def size_report(path: str | Path, in_memory: bool = True) -> dict[str, Any]:
     (parameters × 4) over this model's tensor file."""
     p = Path(path)
     d = packed_dir(p)
+    transforms: list[dict[str, Any]] = []
     if d is not None:
         tensor_file, kind = d / PACKED_WEIGHTS, "packed"
-        packed_names = set(read_packed_meta(d).get("packed", {}))
+        packed_meta = read_packed_meta(d)
+        packed_names, transforms = set(packed_meta.get("packed", {})), packed_meta["transforms"]
     else:
         cands = [c / f for c in (p, p / "model") for f in (WEIGHTS_NAME, "model.safetensors")]
         tensor_file = next((c for c in cands if c.is_file()), None)
@@ -91,6 +94,8 @@ def size_report(path: str | Path, in_memory: bool = True) -> dict[str, Any]:
             raise ModelError(f"{p}: no model tensors found (a packed, compressed or Hugging Face safetensors dir)")
         d, packed_names = tensor_file.parent, set()
         kind = "compressed" if tensor_file.name == WEIGHTS_NAME else "huggingface"
+        if kind == "compressed":
+            transforms = read_meta(d).get("transforms") or []
     header = safetensors_header(tensor_file)
     breakdown: dict[str, int] = {"embeddings": 0, "encoder_weights": 0, "scales": 0, "full_precision": 0}
     for name, v in header.items():
@@ -109,6 +114,8 @@ def size_report(path: str | Path, in_memory: bool = True) -> dict[str, Any]:
         "counts": "tensor file only (config/tokenizer JSON excluded); fp32 = the base architecture's parameters × 4 "
                   "bytes, tied parameters once",
     }
+    # What the recorded transforms do (quant: bits, and whether the attention matmul inputs are binary)
+    report.update(transform_summaries(transforms))
     if in_memory:
         if kind == "packed":
             model = load_packed(d)

@@ -10,7 +10,7 @@ Learnable quantizer parameters are named ``*_quantizer.scale`` / ``.alpha`` / ``
 their own learning rate.
 """
 
-from .api import (QuantConfig, bits_summary, dequantize_, quant_state, quantize_, quantized_modules,
+from .api import (QuantConfig, bits_summary, dequantize_, quant_state, quant_summary, quantize_, quantized_modules,
                   quantizer_parameters, set_bits_)
 from ..core.transforms import TransformMethod, register_transform
 from .export import pack_module, packed_shell
@@ -21,7 +21,7 @@ from .registry import ACT_QUANTIZERS, WEIGHT_QUANTIZERS
 # The method's one registration: its config, how it is applied and undone, how its modules are
 # packed and rebuilt from the packed format.
 register_transform(TransformMethod(kind="quant", config_cls=QuantConfig, apply=quantize_, undo=dequantize_,
-                                   pack=pack_module, shell=packed_shell))
+                                   pack=pack_module, shell=packed_shell, summary=quant_summary))
 
 __all__ = ["QuantConfig", "quantize_", "set_bits_", "dequantize_", "quantized_modules", "quant_state",
            "bits_summary", "quantizer_parameters", "QuantLinear", "QuantEmbedding", "QuantModule", "SCALE_PARAM_SUFFIXES",

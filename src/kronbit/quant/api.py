@@ -10,6 +10,10 @@ quantized weight values.
 Rebuilding: ``quantize_(fresh_model, QuantConfig.from_dict(config.to_dict()))`` followed by
 ``load_state_dict(saved, strict=True)`` restores a quantized model exactly, learned scales
 included, because every quantizer's parameters and buffers have shapes fixed at construction.
+
+Config versions: 1 is the original set of keys; 2 adds ``attention`` (BiT's binarized attention,
+``quant.attention``) and ``ffn_act_quantizer``. A version-1 config (a kronbit.json written before
+them) reads with their defaults, i.e. with the meaning it was written with.
 """
 
 from __future__ import annotations
@@ -21,9 +25,11 @@ from torch import nn
 
 from ..core.config import Config
 from ..core.errors import ConfigError
-from ..core.swap import FilterFn, find_modules, is_linear_like, swap_modules
-from ..core.transforms import forget_transforms, record_transform, update_recorded
+from ..core.swap import FilterFn, find_modules, is_linear_like, name_matches, swap_modules
+from ..core.transforms import TRANSFORMS_ATTR, forget_transforms, record_transform, update_recorded
 from ..kron.layers import KroneckerLinear
+from .attention import (active_binary_attention, check_attention_bits, clear_binary_attention, mark_binary_attention,
+                        set_attention_bits)
 from .kron_layers import QuantKroneckerLinear
 from .layers import FULL, QuantEmbedding, QuantLinear, QuantModule, QuantOptions
 from .quantizers import SCALE_PARAM_SUFFIXES
@@ -38,6 +44,11 @@ BLOCK_LINEARS = r".*\.(layer|h|layers|block|blocks)\.\d+\..*"
 # Layers whose outputs are the inputs of the attention matmuls (Q, K, V): BERT, GPT-2 (fused
 # c_attn) and Llama names.
 ATTENTION_INPUTS = ("query", "key", "value", "c_attn", "q_proj", "k_proj", "v_proj")
+# The FFN output projections, whose inputs are the FFN intermediate activations (BERT/RoBERTa:
+# GELU(intermediate.dense), not attention.output.dense; GPT-2 mlp.c_proj; DistilBERT ffn.lin2;
+# Llama mlp.down_proj, whose input is signed).
+FFN_OUTPUTS = r"(.*\.)?(layer\.\d+\.output\.dense|mlp\.c_proj|mlp\.down_proj|ffn\.lin2)"
+VERSION = 2
 
 
 @dataclass
@@ -61,7 +72,12 @@ class QuantConfig(Config):
     # Other embeddings (positions, token types) are quantized when target_modules names them.
     quantize_embeddings: bool | None = None
     quantize_attention: bool = False   # also quantize Q/K/V outputs (inputs of the attention matmuls)
-    version: int = 1
+    # binary: at a_bits=1, Q/K/V and the attention probabilities are binarized too (BiT; full
+    # precision at a_bits=32, so it can stay on through a schedule's weight-only stages)
+    attention: Literal["full", "binary"] = "full"
+    ffn_act_quantizer: str | None = None  # the FFN output projection's input quantizer (None: act_quantizer),
+    #                                       e.g. elastic_unsigned for BiT's {0, α} on GELU outputs
+    version: int = VERSION
 
     def validate(self) -> None:
         for side, bits in (("w_bits", self.w_bits), ("a_bits", self.a_bits)):
@@ -72,10 +88,23 @@ class QuantConfig(Config):
             raise ConfigError(f"clip_ratio={self.clip_ratio} must be in (0, 1] (1 = the full min-max range)")
         if self.clip_val is not None and not self.clip_val > 0:
             raise ConfigError(f"clip_val={self.clip_val} must be a positive number, or null for no clipping")
-        if self.version != 1:
-            raise ConfigError(f"QuantConfig version {self.version} is not supported (this kronbit reads version 1)")
+        if self.version not in (1, VERSION):
+            raise ConfigError(f"QuantConfig version {self.version} is not supported (this kronbit reads versions "
+                              f"1 and {VERSION})")
+        self._validate_v2()
         if not self.target_modules:
             raise ConfigError("target_modules is empty; give module names (e.g. [query, value]) or a regex")
+
+    def _validate_v2(self) -> None:
+        """The keys version 2 added: absent (at their defaults) from a version-1 config."""
+        if self.version == 1 and (self.attention != "full" or self.ffn_act_quantizer is not None):
+            raise ConfigError("attention / ffn_act_quantizer need QuantConfig version 2 (omit version, or set 2)")
+        if self.ffn_act_quantizer is not None:
+            check_quantizer("ffn_act_quantizer", self.ffn_act_quantizer, self.a_bits, ACT_QUANTIZERS, "a_bits")
+        if self.attention == "binary" and self.a_bits not in (1, 32):
+            raise ConfigError(f"attention: binary binarizes the attention matmul inputs at a_bits=1 (and leaves them "
+                              f"full precision at 32); a_bits={self.a_bits} is neither (quantize_attention quantizes "
+                              "Q/K/V at k bits)")
 
     def options(self) -> QuantOptions:
         return QuantOptions.of(self)
@@ -98,16 +127,26 @@ def quantize_(model: nn.Module, config: QuantConfig, filter_fn: FilterFn | None 
         raise ConfigError(f"{type(model).__name__} is already quantized; change bits with set_bits_, "
                           "or dequantize_ first")
 
+    binary_attention = config.attention == "binary"
+
     def build(name: str, module: nn.Module) -> nn.Module:
         if isinstance(module, nn.Embedding):  # an embedding named in target_modules (e.g. positions)
             return QuantEmbedding.from_module(module, config)
+        attention_input = name.rsplit(".", 1)[-1] in ATTENTION_INPUTS
+        ffn_act = config.ffn_act_quantizer if name_matches(name, FFN_OUTPUTS) else None
         if isinstance(module, KroneckerLinear):  # quantized Kronecker factors
+            if (binary_attention and attention_input) or ffn_act:
+                raise ConfigError(f"{name}: attention: binary and ffn_act_quantizer are not supported on Kronecker "
+                                  "layers")
             return QuantKroneckerLinear.from_module(module, config)
-        quantize_output = config.quantize_attention and name.rsplit(".", 1)[-1] in ATTENTION_INPUTS
-        return QuantLinear.from_module(module, config, quantize_output=quantize_output)
+        return QuantLinear.from_module(module, config, quantize_output=config.quantize_attention and attention_input,
+                                       binary_output=binary_attention and attention_input, input_act_quantizer=ffn_act)
 
     swapped = swap_modules(model, targets, build, filter_fn, kinds=_linear_or_embedding,
                            what="linear layer or embedding")
+    if binary_attention:
+        mark_binary_attention(model, [n for n in swapped if n.rsplit(".", 1)[-1] in ATTENTION_INPUTS])
+        set_attention_bits(model, config.a_bits)
     embeddings = config.quantize_embeddings
     if embeddings is None:  # auto: below 4 bits, unless an LM head shares the embedding matrix
         embeddings = config.w_bits < 4 and not _tied_to_head(model)
@@ -161,8 +200,12 @@ def set_bits_(model: nn.Module, w_bits: int | None, a_bits: int | None) -> list[
         check_quantizer("weight_quantizer", m.options.weight_quantizer, w_bits, WEIGHT_QUANTIZERS, "w_bits")
         if m.takes_activations:
             check_quantizer("act_quantizer", m.options.act_quantizer, a_bits, ACT_QUANTIZERS, "a_bits")
+        if getattr(m, "input_act_quantizer", None):
+            check_quantizer("ffn_act_quantizer", m.input_act_quantizer, a_bits, ACT_QUANTIZERS, "a_bits")
+    check_attention_bits(model, a_bits)
     for _, m in mods:
         m.set_bits(w_bits, a_bits)
+    set_attention_bits(model, a_bits)
     update_recorded(model, "quant", w_bits=w_bits, a_bits=a_bits)  # a rebuild must use the new bits
     return [n for n, _ in mods]
 
@@ -178,6 +221,7 @@ def dequantize_(model: nn.Module, drop_activation_quantizers: bool = False) -> l
         raise ConfigError(f"dequantize_: {len(active)} layers quantize activations (a_bits={mods[0][1].a_bits}), "
                           "which plain layers cannot; pass drop_activation_quantizers=True to drop them")
     swap_modules(model, [n for n, _ in mods], lambda _, m: m.to_module(), what="quantized module")
+    clear_binary_attention(model)
     forget_transforms(model, "quant")
     return [n for n, _ in mods]
 
@@ -191,6 +235,39 @@ def quant_state(model: nn.Module) -> dict[str, dict[str, Any]]:
                        "weight_quantizer": m.weight_quantizer_name, "act_quantizer": m.act_quantizer_name,
                        "quantize_output": bool(getattr(m, "quantize_output", False))}
     return state
+
+
+def check_quant_options(model: nn.Module, config: QuantConfig, where: str) -> None:
+    """One line when ``model`` was quantized with other options than ``config`` (bits aside):
+    ``set_bits_`` keeps the options a model was quantized with, so a stage that re-bits a
+    student from an older run would silently train what that run chose, not what it says.
+    ``quantize_embeddings: null`` (auto) was decided when the student was first quantized, and
+    matches whatever that decided."""
+    recorded = next((t["config"] for t in model.__dict__.get(TRANSFORMS_ATTR, []) if t["kind"] == "quant"), None)
+    if recorded is None:
+        return
+    ignore = {"w_bits", "a_bits", "version"} | ({"quantize_embeddings"} if config.quantize_embeddings is None else set())
+    old = {k: v for k, v in QuantConfig.from_dict(recorded, where="recorded quant").to_dict().items() if k not in ignore}
+    new = {k: v for k, v in config.to_dict().items() if k not in ignore}
+    diff = {k: (old.get(k), v) for k, v in new.items() if old.get(k) != v}
+    if diff:
+        shown = ", ".join(f"{k}: {a!r} → {b!r}" for k, (a, b) in diff.items())
+        raise ConfigError(f"{where}: the student was quantized with other options than the recipe's ({shown}); "
+                          "start it from a checkpoint quantized with these options, or set them back")
+
+
+def quant_summary(config: dict[str, Any] | QuantConfig) -> dict[str, Any]:
+    """What a recorded quant config does at its bits, for reports: ``attention`` is "binary" only
+    where it is in effect (a_bits=1), ``ffn_act_quantizer`` only where activations are quantized."""
+    c = config if isinstance(config, QuantConfig) else QuantConfig.from_dict(config, where="quant transform")
+    return {"w_bits": c.w_bits, "a_bits": c.a_bits,
+            "attention": "binary" if c.attention == "binary" and c.a_bits == 1 else "full",
+            "ffn_act_quantizer": c.ffn_act_quantizer if c.a_bits < FULL else None}
+
+
+def attention_mode(model: nn.Module) -> str:
+    """"binary" when the model binarizes its attention matmul inputs right now, else "full"."""
+    return "binary" if active_binary_attention(model) else "full"
 
 
 def bits_summary(model: nn.Module) -> dict[str, int]:

@@ -87,11 +87,14 @@ class QuantModule(nn.Module):
             return None
         return resolve(self.options.act_quantizer, self.a_bits, AUTO_ACT)
 
-    def _make_act_quantizer(self, bits: int, features: int, device: torch.device) -> nn.Module | None:
+    def _make_act_quantizer(self, bits: int, features: int, device: torch.device,
+                            name: str | None = None) -> nn.Module | None:
+        """The activation quantizer at ``bits`` (None at full precision): ``name`` when given,
+        else the config's ``act_quantizer``."""
         if bits >= FULL:
             return None
         o = self.options
-        return build_act_quantizer(bits, o.act_quantizer, symmetric=o.act_symmetric, clip_ratio=o.clip_ratio,
+        return build_act_quantizer(bits, name or o.act_quantizer, symmetric=o.act_symmetric, clip_ratio=o.clip_ratio,
                                    clip_val=o.clip_val, features=features).to(device)
 
 
@@ -141,14 +144,20 @@ class _Quantized(QuantModule):
 class QuantLinear(_Quantized):
     """A linear layer with a fake-quantized weight and, when ``a_bits < 32``, a quantized input
     (and, with ``quantize_output``, a quantized output: the Q/K/V projections feeding the
-    attention matmuls). Bias stays full precision."""
+    attention matmuls; with ``binary_output``, the same but only at ``a_bits == 1``, BiT's
+    binarized attention). ``input_act_quantizer`` names the input's quantizer when it differs
+    from the config's ``act_quantizer`` (BiT's unsigned binarizer on the non-negative FFN
+    intermediate activations). Bias stays full precision."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, config: Any = None, *,
-                 fan_in_fan_out: bool = False, quantize_output: bool = False, device=None, dtype=None):
+                 fan_in_fan_out: bool = False, quantize_output: bool = False, binary_output: bool = False,
+                 input_act_quantizer: str | None = None, device=None, dtype=None):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.fan_in_fan_out = fan_in_fan_out
         self.quantize_output = quantize_output
+        self.binary_output = binary_output
+        self.input_act_quantizer = input_act_quantizer
         self.weight = nn.Parameter(torch.empty(out_features, in_features, device=device, dtype=dtype))
         self.bias = nn.Parameter(torch.empty(out_features, device=device, dtype=dtype)) if bias else None
         self.reset_parameters()
@@ -165,11 +174,13 @@ class QuantLinear(_Quantized):
             nn.init.uniform_(self.bias, -bound, bound)
 
     @classmethod
-    def from_module(cls, module: nn.Module, config: Any, quantize_output: bool = False) -> "QuantLinear":
+    def from_module(cls, module: nn.Module, config: Any, quantize_output: bool = False, *,
+                    binary_output: bool = False, input_act_quantizer: str | None = None) -> "QuantLinear":
         """Wrap an ``nn.Linear`` or ``Conv1D`` (its weight and bias are copied, as (out, in))."""
         w, b, fan_in_fan_out = linear_weight(module)
         q = cls(w.shape[1], w.shape[0], b is not None, config, fan_in_fan_out=fan_in_fan_out,
-                quantize_output=quantize_output, device=w.device, dtype=w.dtype)
+                quantize_output=quantize_output, binary_output=binary_output,
+                input_act_quantizer=input_act_quantizer, device=w.device, dtype=w.dtype)
         with torch.no_grad():
             q.weight.copy_(w)
             if b is not None:
@@ -183,11 +194,17 @@ class QuantLinear(_Quantized):
         new_w = self._make_weight_quantizer(w_bits) if w_bits != self.w_bits else self.weight_quantizer
         new_in, new_out = self.input_quantizer, self.output_quantizer
         if a_bits != self.a_bits:
-            new_in = self._make_act_quantizer(a_bits, self.in_features, self.weight.device)
-            new_out = (self._make_act_quantizer(a_bits, self.out_features, self.weight.device)
-                       if self.quantize_output else None)
+            new_in = self._make_act_quantizer(a_bits, self.in_features, self.weight.device, self.input_act_quantizer)
+            output = self.quantize_output or (self.binary_output and a_bits == 1)
+            new_out = self._make_act_quantizer(a_bits, self.out_features, self.weight.device) if output else None
         self.weight_quantizer, self.input_quantizer, self.output_quantizer = new_w, new_in, new_out
         self.w_bits, self.a_bits = w_bits, a_bits
+
+    @property
+    def act_quantizer_name(self) -> str | None:
+        """The input's activation quantizer ("auto" resolved), or None at full precision."""
+        name = self.input_act_quantizer or self.options.act_quantizer
+        return None if self.a_bits >= FULL else resolve(name, self.a_bits, AUTO_ACT)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_quantizer is not None:
@@ -222,7 +239,9 @@ class QuantLinear(_Quantized):
         return m
 
     def extra_repr(self) -> str:
-        extra = (", conv1d" if self.fan_in_fan_out else "") + (", quantize_output" if self.quantize_output else "")
+        extra = ((", conv1d" if self.fan_in_fan_out else "") + (", quantize_output" if self.quantize_output else "")
+                 + (", binary_output" if self.binary_output else "")
+                 + (f", input_act_quantizer={self.input_act_quantizer}" if self.input_act_quantizer else ""))
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
                 f"w_bits={self.w_bits}, a_bits={self.a_bits}{extra}")
 

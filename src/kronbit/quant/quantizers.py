@@ -21,7 +21,11 @@ Weights (W is (out, in); ``granularity="row"`` means one scale per output channe
     its gradient scaled by 1/sqrt(n·Qp) with n = number of elements sharing that step size
     (the whole tensor per tensor, one row per row). No gradient to w where it is clipped.
   * ``twn``: ternary (Li & Liu 2016, as in TernaryBERT): Δ = 0.7·mean|w|, α = mean of |w| over
-    |w| > Δ, codes = sign(w)·[|w| > Δ] in {-1, 0, 1}. Identity gradient.
+    |w| > Δ, codes = sign(w)·[|w| > Δ] in {-1, 0, 1}. Identity gradient. TernaryBERT's code uses
+    one Δ/α per matrix for the linear layers and per row for the word embeddings; per row (the
+    recipes' choice) fits each matrix at least as closely, and Δ = 0.7·mean|w| is TWN's
+    Gaussian approximation of the per-row L2-optimal threshold. Not implemented: TernaryBERT's
+    loss-aware variant (LAT, Δ/α weighted by Adam's second moments).
   * ``bwn``: binary (as in BinaryBERT and BiT): α = mean|w|, codes = sign(w - μ) in {-1, +1},
     with μ = mean(w) over the same row/tensor when mean-centring (BiT), μ = 0 otherwise
     (BinaryBERT). The sign is never 0 (sign(+0) = +1, sign(-0) = -1), so a code is one bit.
@@ -39,8 +43,24 @@ Activations (per tensor, statistics from the current batch):
     Gradient to x and β where u/α is inside the clip range; α gets BiT's gradient (for 1 bit
     Σ sign(u)·g, for k bits the LSQ one), scaled by 1/sqrt(numel·Qp). α starts at
     2·mean|u|/sqrt(Qp) of the first batch (Qp = 1 for one bit), β at 0, as in BiT.
-  * ``ElasticUnsignedAct`` (not in the config registry): BiT's quantizer for non-negative inputs
-    such as attention probabilities: 1 bit gives {0, α}.
+  * ``elastic_unsigned`` (BiT's quantizer for non-negative inputs: GELU outputs, attention
+    probabilities): u = x - β, 1 bit: out = α·round(clamp(u/α, 0, 1)) ∈ {0, α}, i.e. α where
+    x > β + α/2; k bits: levels α·{0, ..., 2^b - 1} above the batch minimum, which is added back
+    (as BiT). β is one per feature when ``features`` is given (BiT's learnable bias in front of
+    a quantized linear layer); ``offset=False`` drops it, as BiT has none on the attention
+    probabilities (the threshold is then α/2 > 0, so a masked key's probability, exactly 0,
+    stays 0). Gradients as LSQ: x and β where 0 ≤ u/α ≤ Qp, α gets round(u/α) - u/α inside and
+    Qp above, scaled by 1/sqrt(numel·Qp). α starts at 4·mean|u|/sqrt(Qp) of the first batch.
+
+Scale initialisation, checked against BiT's public code (its ``AlphaInit`` wrapper initialises α
+from the first batch it sees): signed α = 2·mean|x|/sqrt(Qp) with Qp = 2^(b-1) - 1 (taken as 1
+for one bit, so α = 2·mean|x| for the ±α binarizer), unsigned α = 4·mean|x|/sqrt(Qp) with
+Qp = 2^b - 1 (so α = 4·mean|x| for {0, α}); the statistic is taken on the input after the
+learnable offset (β = 0 at that point); the gradient scale of α is 1/sqrt(numel·Qp) in both, and
+the input gradient passes where u/α is inside the clip range. ``elastic`` and
+``elastic_unsigned`` follow that. BiT's BWN weights (α = mean|W|, sign(W - mean W)) match
+``bwn``; BiT takes mean(W) over the whole matrix even with per-row α, ``bwn`` per row takes it
+over the row.
 
 Parameter naming convention: every learnable quantizer tensor is an ``nn.Parameter`` called
 ``scale`` (LSQ step size), ``alpha`` (elastic scale) or ``beta`` (elastic offset), and quantized
@@ -298,24 +318,34 @@ class ElasticAct(ActQuantizer):
 
 
 class ElasticUnsignedAct(ActQuantizer):
-    """BiT's elastic quantizer for non-negative inputs (attention probabilities): levels
-    α·{0, 1, ..., 2^b - 1}; for more than one bit the batch minimum is subtracted first and added
-    back, as in BiT. ``alpha`` starts at 4·mean|x|/sqrt(Qp) of the first batch."""
+    """BiT's elastic quantizer for non-negative inputs (GELU outputs, attention probabilities):
+    learnable ``alpha`` (scale, scalar) and, with ``offset``, ``beta`` (one per feature when
+    ``features`` is given, else a scalar); 1 bit: out = α·round(clamp((x - β)/α, 0, 1)) ∈ {0, α}.
+    The offset is not added back: it moves the threshold, not the levels."""
 
-    def __init__(self, bits: int):
+    def __init__(self, bits: int, features: int | None = None, offset: bool = True):
         super().__init__(bits)
         self.qp = 2 ** bits - 1
         self.alpha = nn.Parameter(torch.ones(()))
+        if offset:
+            self.beta = nn.Parameter(torch.zeros(features) if features else torch.zeros(()))
+        else:
+            self.register_parameter("beta", None)
         self.register_buffer("initialized", torch.tensor(False))
 
     def forward(self, x):
-        xf = x.float()
-        low = xf.detach().amin() if self.bits > 1 else None
+        u = x.float() if self.beta is None else x.float() - self.beta
         if not bool(self.initialized):
             with torch.no_grad():
-                self.alpha.fill_(max(float(4 * xf.abs().mean() / math.sqrt(self.qp)), EPS))
+                self.alpha.fill_(max(float(4 * u.detach().abs().mean() / math.sqrt(self.qp)), EPS))
                 self.initialized.fill_(True)
+        low = u.detach().amin() if self.bits > 1 else None
+        if low is not None:
+            u = u - low
         alpha = grad_scale(self.alpha.clamp_min(EPS), 1.0 / math.sqrt(x.numel() * self.qp))
-        u = xf if low is None else xf - low
         out = round_ste(torch.clamp(u / alpha, 0, self.qp)) * alpha
         return (out if low is None else out + low).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        beta = "none" if self.beta is None else (self.beta.numel() if self.beta.dim() else "scalar")
+        return f"bits={self.bits}, unsigned, offset={beta}"

@@ -9,8 +9,8 @@ from typing import Any, Callable, NamedTuple
 from torch import nn
 
 from ..core.errors import ConfigError
-from .quantizers import (ActQuantizer, BWNWeight, ElasticAct, LSQAct, LSQWeight, MinMaxAct, TWNWeight, UniformWeight,
-                         WeightQuantizer)
+from .quantizers import (ActQuantizer, BWNWeight, ElasticAct, ElasticUnsignedAct, LSQAct, LSQWeight, MinMaxAct,
+                         TWNWeight, UniformWeight, WeightQuantizer)
 
 
 class QuantizerSpec(NamedTuple):
@@ -31,6 +31,8 @@ ACT_QUANTIZERS: dict[str, QuantizerSpec] = {
                             MinMaxAct(b, symmetric, clip_ratio, clip_val)),
     "lsq": QuantizerSpec((2, 4, 8), lambda b, **_: LSQAct(b)),
     "elastic": QuantizerSpec((1, 2, 4, 8), lambda b, features, **_: ElasticAct(b, features)),
+    # BiT's {0, α} for non-negative inputs (GELU outputs), learnable per-feature threshold offset
+    "elastic_unsigned": QuantizerSpec((1, 2, 4, 8), lambda b, features, **_: ElasticUnsignedAct(b, features)),
 }
 # What "auto" means per bit-width: the choices of TernaryBERT (8/4-bit uniform, ternary TWN,
 # 8-bit min-max activations) and BinaryBERT/BiT (BWN weights, elastic binary activations).

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from .attention import active_binary_attention
 from .layers import FULL, QuantModule
 
 
@@ -40,4 +41,6 @@ def estimate_size(model: nn.Module) -> dict:
     total = quant_bytes + scale_bytes + fp_bytes
     return {"total_bytes": int(total), "quantized_weight_bytes": int(quant_bytes), "scale_bytes": int(scale_bytes),
             "fp32_bytes": int(fp_bytes),
+            # BiT's binarized attention in effect (its probability α's are among the fp32 bytes)
+            "attention": "binary" if active_binary_attention(model) else "full",
             "note": "estimate: quantized weights at their bit-width + fp32 scales/offsets + fp32 for the rest"}

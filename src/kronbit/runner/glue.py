@@ -37,6 +37,7 @@ from ..formats.meta import read_meta
 from ..models.encoders import load_classifier, load_tokenizer
 from ..models.resolve import resolve_model
 from ..quant import SCALE_PARAM_SUFFIXES, quantize_, set_bits_
+from ..quant.api import check_quant_options, quant_summary
 from ..quant.size import estimate_size
 from ..workflows.console import attach_console, say
 from ..workflows.finetune import FinetuneConfig, finetune
@@ -61,6 +62,8 @@ def validate(recipe: Recipe) -> None:
 def describe(recipe: Recipe, index: int) -> str:
     s = recipe.stages[index]
     bits = f"W{s.w_bits}, A{s.a_bits}" if s.quantized else "full precision"
+    if s.quantized and quant_summary(recipe.quant_config(s))["attention"] == "binary":
+        bits += ", binary attention"
     return f"{s.name} ({bits}{', augmented data' if s.augment else ''}), from {recipe.resolve_init(index)}"
 
 
@@ -123,7 +126,9 @@ def _student(recipe: Recipe, index: int, init_dir: Path, task):
     stage = recipe.stages[index]
     student = load_model(init_dir, task)  # a language model (a KnGPT2 student) gets a new head
     if any(t["kind"] == "quant" for t in recorded_transforms(student)):
-        # Same model, new bits: the progressive schedule lowers bits on the trained modules.
+        # Same model, new bits: the progressive schedule lowers bits on the trained modules. It
+        # keeps the options the student was quantized with, so they must be the recipe's.
+        check_quant_options(student, recipe.quant_config(stage), f"stage '{stage.name}'")
         set_bits_(student, w_bits=stage.w_bits, a_bits=stage.a_bits)
     elif stage.quantized:  # a full-precision stage (decoder GLUE fine-tuning): nothing to quantize
         quantize_(student, recipe.quant_config(stage))
@@ -179,7 +184,8 @@ def run_stage(recipe: Recipe, index: int, *, init_dir: Path, teacher_dir: Path, 
     # swap APIs recorded it: a rebuild from this list gives the same modules.
     distributed.on_main(_save_stage, trainer.model, tokenizer, stage_out, meta, recorded_transforms(trainer.model))
     size = estimate_size(trainer.model)
-    return {"stage": stage.name, "w_bits": stage.w_bits, "a_bits": stage.a_bits, "augment": stage.augment,
+    return {"stage": stage.name, "w_bits": stage.w_bits, "a_bits": stage.a_bits, "attention": size["attention"],
+            "augment": stage.augment,
             **{m: metrics[m] for m in task.metrics}, "primary_metric": task.primary_metric,
             "size_mb": round(size["total_bytes"] / 1e6, 3), "size_note": size["note"],
             "train_examples": len(train_ds), "steps": trainer.state.global_step,

@@ -30,12 +30,13 @@ class GlueStageTable(StageTable):
         write_json(self.out / "stages.json", self.as_dict())
         m = self.task.primary_metric
         lines = [f"# Stage table: {self.task.name} (dev {m} ×100)", "",
-                 "| stage | W bits | A bits | DA | dev " + m + " | size MB | steps | wall s |",
-                 "|---|---|---|---|---|---|---|---|"]
+                 "| stage | W bits | A bits | attention | DA | dev " + m + " | size MB | steps | wall s |",
+                 "|---|---|---|---|---|---|---|---|---|"]
         if m in self.teacher:
-            lines.append(f"| teacher | 32 | 32 |  | {100 * self.teacher[m]:.2f} |  |  |  |")
-        for r in self.rows:
-            lines.append(f"| {r['stage']} | {r['w_bits']} | {r['a_bits']} | {'yes' if r['augment'] else ''} | "
+            lines.append(f"| teacher | 32 | 32 | full |  | {100 * self.teacher[m]:.2f} |  |  |  |")
+        for r in self.rows:  # rows of older runs have no "attention": theirs was full precision
+            lines.append(f"| {r['stage']} | {r['w_bits']} | {r['a_bits']} | {r.get('attention', 'full')} | "
+                         f"{'yes' if r['augment'] else ''} | "
                          f"{100 * r[m]:.2f} | {r['size_mb']:.2f} | {r['steps']} | {r['wall_time_s']:.0f} |")
         write_text(self.out / "stages.md", "\n".join(lines) + "\n")
         self._plot()

@@ -1,0 +1,102 @@
+"""BiT's binarized attention (``QuantConfig.attention: binary``): at ``a_bits == 1`` the inputs
+of both attention matmuls are binary, as in BiT (Liu et al. 2022, "BiT: Robustly Binarized
+Multi-distilled Transformer"):
+
+  * Q, K and V: the query/key/value projections' outputs go through the signed elastic binarizer
+    α·sign(x - β) (one α per tensor, β per feature): ``QuantLinear(binary_output=True)``;
+  * the attention probabilities: the unsigned elastic binarizer, α·round(clamp(p/α, 0, 1)) ∈
+    {0, α}, with a learnable α (so a learnable threshold α/2) initialised at 4·mean(p) of the
+    first batch; no offset, as BiT, so a masked key's probability (exactly 0) stays 0. It is
+    applied after attention dropout, as BiT does, so the matmul input is binary in training too.
+
+The probability quantizer is a submodule ``kronbit_prob_quantizer`` of each attention module
+(the module Hugging Face passes to the attention function), so it is saved, reloaded and packed
+like any other quantizer parameter; kronbit's eager attention (``distill.attention``) applies it,
+and a model with binary attention is switched to that implementation. A forward pre-hook refuses
+to run such a module on any other attention path (SDPA would skip the quantizer silently).
+
+At other bit-widths (32 during the weight-only stages) the attention stays full precision; the
+quantizers appear when ``set_bits_`` lowers the activations to 1 bit, so ``attention: binary``
+can sit in a recipe's shared quant section and act only on the W1A1 stage.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from ..core.errors import ConfigError, ModelError
+from ..distill.attention import NAME as KRONBIT_ATTENTION
+from ..distill.attention import PROB_QUANTIZER, use_kronbit_attention
+from .quantizers import ElasticUnsignedAct
+
+MODE_ATTR = "kronbit_attention"  # plain attribute on an attention module: "binary" when marked
+
+
+def _check_attention_path(module: nn.Module, args) -> None:
+    """Forward pre-hook: binary probabilities exist only on kronbit's eager attention."""
+    if getattr(module, PROB_QUANTIZER, None) is None:
+        return
+    config = getattr(module, "config", None)
+    impl = getattr(config, "_attn_implementation", KRONBIT_ATTENTION)
+    if impl != KRONBIT_ATTENTION:
+        raise ModelError(f"{type(module).__name__}: binary attention needs the '{KRONBIT_ATTENTION}' attention "
+                         f"implementation, the model uses '{impl}' (which would skip the probability binarizer); "
+                         "call kronbit.distill.attention.use_kronbit_attention(model)")
+
+
+def mark_binary_attention(model: nn.Module, projection_names: list[str]) -> int:
+    """Mark the modules owning the given Q/K/V projections as binary-attention modules (once);
+    returns how many were marked."""
+    modules = dict(model.named_modules())
+    parents = {name.rsplit(".", 1)[0] for name in projection_names if "." in name}
+    for pname in sorted(parents):
+        parent = modules[pname]
+        if getattr(parent, MODE_ATTR, None) != "binary":
+            setattr(parent, MODE_ATTR, "binary")
+            parent.register_forward_pre_hook(_check_attention_path)
+    return len(parents)
+
+
+def binary_attention_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(name, module) of every module marked for binary attention, in model order."""
+    return [(n, m) for n, m in model.named_modules() if getattr(m, MODE_ATTR, None) == "binary"]
+
+
+def active_binary_attention(model: nn.Module) -> int:
+    """How many attention modules binarize their probabilities right now."""
+    return sum(getattr(m, PROB_QUANTIZER, None) is not None for _, m in binary_attention_modules(model))
+
+
+def check_attention_bits(model: nn.Module, a_bits: int) -> None:
+    """Binary attention exists at 1 bit; k-bit activations would leave it full precision unseen."""
+    if binary_attention_modules(model) and a_bits not in (1, 32):
+        raise ConfigError(f"attention: binary binarizes the attention matmul inputs at a_bits=1 (full precision at "
+                          f"32); a_bits={a_bits} is neither (quantize_attention quantizes Q/K/V at k bits)")
+
+
+def set_attention_bits(model: nn.Module, a_bits: int) -> int:
+    """Add (a_bits == 1) or remove (otherwise) the probability binarizer of every marked module,
+    keeping an existing one and its learned α; switch the model to kronbit's eager attention
+    when any is active. Returns the number active."""
+    for _, m in binary_attention_modules(model):
+        have = getattr(m, PROB_QUANTIZER, None)
+        if a_bits == 1 and have is None:
+            device = next((p.device for p in m.parameters()), None)
+            q = ElasticUnsignedAct(1, offset=False)
+            m.register_module(PROB_QUANTIZER, q if device is None else q.to(device))
+        elif a_bits != 1 and have is not None:
+            m.register_module(PROB_QUANTIZER, None)
+    active = active_binary_attention(model)
+    if active:
+        if not hasattr(model, "set_attn_implementation"):
+            raise ConfigError(f"attention: binary needs a Hugging Face model (set_attn_implementation); "
+                              f"{type(model).__name__} has none")
+        use_kronbit_attention(model)
+    return active
+
+
+def clear_binary_attention(model: nn.Module) -> None:
+    """Drop the probability binarizers and the marks (``dequantize_``)."""
+    for _, m in binary_attention_modules(model):
+        m.register_module(PROB_QUANTIZER, None)
+        setattr(m, MODE_ATTR, "full")

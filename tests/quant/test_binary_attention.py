@@ -1,0 +1,333 @@
+"""BiT's binarized attention (quant.attention: binary) and the unsigned FFN binarizer on tiny
+random-init BERT and RoBERTa: what the matmuls see, gradients, checkpoints and packed reloads."""
+
+import json
+
+import pytest
+import torch
+from transformers import (AutoTokenizer, BertConfig, BertForSequenceClassification, RobertaConfig,
+                          RobertaForSequenceClassification, TrainingArguments)
+
+from kronbit.core.errors import ConfigError, ModelError
+from kronbit.core.transforms import recorded_transforms
+from kronbit.distill.attention import NAME as KRONBIT_ATTENTION
+from kronbit.distill.attention import PROB_QUANTIZER, record_attention_scores
+from kronbit.distill.losses import KDConfig
+from kronbit.distill.trainer import DistillationTrainer
+from kronbit.formats import export_packed, load_model, load_packed, save_compressed, size_report
+from kronbit.formats.compressed import WEIGHTS_NAME
+from kronbit.formats.meta import KRONBIT_META
+from kronbit.formats.onnx import export_onnx
+from kronbit.quant import QuantConfig, dequantize_, quantize_, set_bits_
+from kronbit.quant.api import attention_mode, check_quant_options
+from kronbit.quant.attention import active_binary_attention, binary_attention_modules
+from kronbit.quant.quantizers import ElasticAct, ElasticUnsignedAct
+from kronbit.quant.size import estimate_size
+
+KINDS = ["bert", "roberta"]
+W1A1 = dict(w_bits=1, a_bits=1, quantize_embeddings=True, attention="binary", ffn_act_quantizer="elastic_unsigned")
+
+
+def _model(kind: str, seed: int = 0, dropout: float = 0.1):
+    torch.manual_seed(seed)
+    common = dict(vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                  hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
+    if kind == "bert":
+        return BertForSequenceClassification(BertConfig(max_position_embeddings=64, **common)).eval()
+    return RobertaForSequenceClassification(RobertaConfig(max_position_embeddings=70, pad_token_id=1,
+                                                          type_vocab_size=1, **common)).eval()
+
+
+def _batch(seed: int = 0) -> dict[str, torch.Tensor]:
+    """Three rows of 10 tokens, the last two padded (4 and 2 pad positions): 30 tokens, above the
+    packed layers' lookup-table threshold, so the packed reload takes the exact path."""
+    ids = torch.randint(5, 40, (3, 10), generator=torch.Generator().manual_seed(seed))
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0
+    mask[2, 8:] = 0
+    return {"input_ids": ids.masked_fill(mask == 0, 1), "attention_mask": mask}
+
+
+def _logits(model, batch):
+    with torch.no_grad():
+        return model(**batch).logits
+
+
+def _binary(kind: str, **cfg):
+    model = _model(kind)
+    quantize_(model, QuantConfig(**{**W1A1, **cfg}))
+    _logits(model, _batch())  # the elastic quantizers initialise α from this first batch
+    # A random-init model attends almost uniformly, and BiT's α = 4·mean(p) then puts every
+    # probability below the threshold α/2 (a trained model's peaked attention does not): set α
+    # so that about half of them are above it, as in a trained model.
+    with torch.no_grad():
+        for _, attn in binary_attention_modules(model):
+            getattr(attn, PROB_QUANTIZER).alpha.fill_(0.2)
+    return model
+
+
+def _capture(model, batch):
+    """Inputs/outputs of every attention-input quantizer, probability binarizer and attention
+    module of one forward pass, per layer."""
+    seen: dict[str, list] = {}
+    hooks = []
+
+    def keep(key):
+        def hook(mod, args, out):
+            seen.setdefault(key, []).append((args[0].detach(), (out[0] if isinstance(out, tuple) else out).detach()))
+        return hook
+
+    for _, attn in binary_attention_modules(model):
+        for part in ("query", "key", "value"):
+            hooks.append(getattr(attn, part).output_quantizer.register_forward_hook(keep(part)))
+        hooks.append(getattr(attn, PROB_QUANTIZER).register_forward_hook(keep("probs")))
+        hooks.append(attn.register_forward_hook(keep("context")))
+    for name, m in model.named_modules():
+        if name.endswith("output.dense") and ".attention." not in name:
+            hooks.append(m.input_quantizer.register_forward_hook(keep("ffn")))
+    try:
+        out = model(**batch)
+    finally:
+        for h in hooks:
+            h.remove()
+    return out, seen
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_attention_matmul_input_is_binary_and_masked_keys_stay_zero(kind):
+    model = _binary(kind)
+    attns = [m for _, m in binary_attention_modules(model)]
+    assert len(attns) == 2 and model.config._attn_implementation == KRONBIT_ATTENTION
+    batch = _batch(1)
+    with torch.no_grad():
+        _, seen = _capture(model, batch)
+    key_ok = batch["attention_mask"].bool()[:, None, None, :]  # (batch, 1, 1, keys)
+    for layer, attn in enumerate(attns):
+        qkv = {}
+        for part in ("query", "key", "value"):
+            out = seen[part][layer][1]
+            alpha = getattr(attn, part).output_quantizer.alpha.detach()
+            assert torch.equal(out.abs(), alpha.expand_as(out)), part  # ±α: one bit per element
+            qkv[part] = out
+        p_in, p_out = seen["probs"][layer]
+        alpha_p = getattr(attn, PROB_QUANTIZER).alpha.detach()
+        assert set(p_out.unique().tolist()) == {0.0, float(alpha_p)}  # {0, α}
+        assert torch.equal(p_out, torch.where(p_in > alpha_p / 2, alpha_p, 0.0))  # threshold α/2
+        assert (p_out.masked_select(~key_ok.expand_as(p_out)) == 0).all()  # padded keys get nothing
+        # the attention output is exactly the second matmul on those binary inputs
+        b, s, _ = qkv["query"].shape
+        heads = lambda x: x.view(b, s, 2, 16).transpose(1, 2)  # noqa: E731
+        q, k, v = heads(qkv["query"]), heads(qkv["key"]), heads(qkv["value"])
+        scores = q @ k.transpose(-1, -2) * 16 ** -0.5
+        probs = torch.softmax(scores.masked_fill(~key_ok, torch.finfo(torch.float32).min), -1)
+        torch.testing.assert_close(p_in, probs)
+        want = (p_out @ v).transpose(1, 2).reshape(b, s, 32)
+        torch.testing.assert_close(seen["context"][layer][1], want)
+    for x_in, x_out in seen["ffn"]:  # the FFN intermediate activations: {0, α} per tensor
+        assert len(x_out.unique()) == 2 and x_out.min() == 0 and (x_in.min() < 0 < x_in.max())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_binary_attention_acts_only_at_one_bit(kind):
+    full, binary = _model(kind), _model(kind)
+    quantize_(full, QuantConfig(w_bits=1, a_bits=32, quantize_embeddings=True))
+    quantize_(binary, QuantConfig(w_bits=1, a_bits=32, quantize_embeddings=True, attention="binary"))
+    batch = _batch()
+    # weight-only stage: nothing changes, the model keeps its default attention path
+    assert active_binary_attention(binary) == 0 and attention_mode(binary) == "full"
+    assert binary.config._attn_implementation != KRONBIT_ATTENTION
+    assert torch.equal(_logits(binary, batch), _logits(full, batch))
+    # W1A1: Q/K/V binarized in both (quantize_attention on the reference); the probabilities
+    # only with attention: binary, and that changes the outputs
+    ref = _model(kind)
+    quantize_(ref, QuantConfig(w_bits=1, a_bits=32, quantize_embeddings=True, quantize_attention=True))
+    set_bits_(ref, 1, 1)
+    set_bits_(binary, 1, 1)
+    assert active_binary_attention(binary) == 2 and attention_mode(binary) == "binary"
+    assert binary.config._attn_implementation == KRONBIT_ATTENTION
+    assert not torch.allclose(_logits(binary, batch), _logits(ref, batch))
+    binary.set_attn_implementation("eager")  # same arithmetic as kronbit's, minus the binarizer
+    with pytest.raises(ModelError, match="binary attention needs the 'kronbit_eager' attention"):
+        _logits(binary, batch)
+
+
+def test_set_bits_schedule_keeps_learned_scales_and_refuses_k_bit_attention():
+    model = _model("bert")
+    quantize_(model, QuantConfig(w_bits=2, a_bits=32, attention="binary", ffn_act_quantizer="elastic_unsigned"))
+    set_bits_(model, 1, 1)
+    attn = binary_attention_modules(model)[0][1]
+    q = getattr(attn, PROB_QUANTIZER)
+    assert isinstance(q, ElasticUnsignedAct) and q.beta is None
+    assert isinstance(attn.query.output_quantizer, ElasticAct)
+    ffn_in = model.bert.encoder.layer[0].output.dense.input_quantizer
+    assert isinstance(ffn_in, ElasticUnsignedAct) and ffn_in.beta.shape == (64,)
+    assert isinstance(model.bert.encoder.layer[0].attention.output.dense.input_quantizer, ElasticAct)
+    with torch.no_grad():
+        q.alpha.fill_(0.3)
+    set_bits_(model, 1, 1)
+    assert getattr(attn, PROB_QUANTIZER) is q and q.alpha.item() == pytest.approx(0.3)
+    with pytest.raises(ConfigError, match="attention: binary binarizes the attention matmul inputs at a_bits=1"):
+        set_bits_(model, 1, 8)
+    assert model.bert.encoder.layer[0].attention.self.query.a_bits == 1  # refused before any change
+    assert recorded_transforms(model)[0]["config"]["a_bits"] == 1
+    set_bits_(model, 1, 32)
+    assert active_binary_attention(model) == 0 and attn.query.output_quantizer is None
+    set_bits_(model, 1, 1)  # back at one bit: a fresh binarizer (its old α belonged to the old run)
+    assert isinstance(getattr(attn, PROB_QUANTIZER), ElasticUnsignedAct) and active_binary_attention(model) == 2
+    dequantize_(model, drop_activation_quantizers=True)
+    assert not binary_attention_modules(model) and getattr(attn, PROB_QUANTIZER, None) is None
+    assert recorded_transforms(model) == []
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_gradients_flow_through_every_binarizer(kind):
+    model = _binary(kind).train()  # dropout on: the probabilities are binarized after it
+    batch = _batch(2)
+    out, seen = _capture(model, batch)
+    for _, p_out in seen["probs"]:
+        assert len(p_out.unique()) == 2  # still {0, α} in training
+    out.logits.square().sum().backward()
+    attn = binary_attention_modules(model)[0][1]
+    grads = {"prob α": getattr(attn, PROB_QUANTIZER).alpha.grad,
+             # K reaches the output only through the scores, the probability and the K binarizers
+             "key weight": attn.key.weight.grad, "key α": attn.key.output_quantizer.alpha.grad,
+             "key β": attn.key.output_quantizer.beta.grad, "value β": attn.value.output_quantizer.beta.grad}
+    layer = getattr(model, kind).encoder.layer[0]
+    grads["ffn α"] = layer.output.dense.input_quantizer.alpha.grad
+    grads["ffn β"] = layer.output.dense.input_quantizer.beta.grad
+    grads["intermediate weight"] = layer.intermediate.dense.weight.grad
+    for name, g in grads.items():
+        assert g is not None and torch.isfinite(g).all() and g.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_compressed_checkpoint_reloads_exactly(kind, tmp_path):
+    model = _binary(kind)
+    batch = _batch(3)
+    want = _logits(model, batch)
+    save_compressed(model, None, tmp_path / "m", {"kind": "compressed"}, recorded_transforms(model))
+    cfg = json.loads((tmp_path / "m" / KRONBIT_META).read_text())["transforms"][0]["config"]
+    assert cfg["attention"] == "binary" and cfg["ffn_act_quantizer"] == "elastic_unsigned" and cfg["version"] == 2
+    back = load_model(tmp_path / "m")
+    assert back.config._attn_implementation == KRONBIT_ATTENTION and active_binary_attention(back) == 2
+    assert torch.equal(_logits(back, batch), want)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_packed_reload_equals_fake_quant(kind, tmp_path):
+    model = _binary(kind)
+    batch = _batch(4)
+    want = _logits(model, batch)
+    export_packed(model, tmp_path / "p")
+    for mode in ("packed", "dequantized"):
+        back = load_packed(tmp_path / "p", mode=mode)
+        assert active_binary_attention(back) == 2 and back.config._attn_implementation == KRONBIT_ATTENTION
+        assert torch.equal(_logits(back, batch), want), mode
+    report = size_report(tmp_path / "p", in_memory=False)
+    assert report["quant"] == {"w_bits": 1, "a_bits": 1, "attention": "binary",
+                               "ffn_act_quantizer": "elastic_unsigned"}
+    assert estimate_size(model)["attention"] == "binary"
+
+
+def test_version_1_description_loads_with_its_old_meaning(tmp_path):
+    """A kronbit.json written before attention/ffn_act_quantizer existed (QuantConfig version 1)."""
+    model = _model("bert")
+    quantize_(model, QuantConfig(w_bits=1, a_bits=1, quantize_attention=True))
+    batch = _batch(5)
+    want = _logits(model, batch)
+    save_compressed(model, None, tmp_path / "m", {"kind": "compressed"}, recorded_transforms(model))
+    meta_path = tmp_path / "m" / KRONBIT_META
+    meta = json.loads(meta_path.read_text())
+    cfg = meta["transforms"][0]["config"]
+    for key in ("attention", "ffn_act_quantizer"):
+        del cfg[key]
+    cfg["version"] = 1
+    meta_path.write_text(json.dumps(meta))
+    back = load_model(tmp_path / "m")
+    assert attention_mode(back) == "full" and not binary_attention_modules(back)
+    assert torch.equal(_logits(back, batch), want)
+    assert (tmp_path / "m" / WEIGHTS_NAME).is_file()
+
+
+def test_attention_kd_step_on_a_binary_student(tmp_path):
+    """The trainer's path: attention KD records the student's scores on kronbit's eager attention;
+    they are products of the binary Q and K (α_q·α_k·scale times an integer)."""
+    student = _binary("bert").train()
+    teacher = _model("bert", seed=1)
+    kd = KDConfig(logits=1, attention=1, layer_map="identity")
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True)
+    trainer = DistillationTrainer(model=student, args=args, teacher=teacher, kd=kd)
+    batch = _batch(6)
+    loss = trainer.compute_loss(student, {**batch, "labels": torch.tensor([0, 1, 0])})
+    assert torch.isfinite(loss) and set(trainer._kd_sums) == {"logits", "attention"}
+    loss.backward()
+    attn = binary_attention_modules(student)[0][1]
+    assert getattr(attn, PROB_QUANTIZER).alpha.grad.abs() > 0
+    with torch.no_grad(), record_attention_scores() as records:
+        student.eval()(**batch)
+    unit = attn.query.output_quantizer.alpha * attn.key.output_quantizer.alpha * 16 ** -0.5
+    steps = records[0][0] / unit
+    torch.testing.assert_close(steps, steps.round(), rtol=0, atol=1e-3)
+
+
+def test_rebitting_a_student_quantized_with_other_options_is_refused():
+    """A stage that lowers bits keeps the options the student was quantized with: a recipe that
+    now says attention: binary must not silently train a student quantized without it."""
+    model = _model("bert")
+    quantize_(model, QuantConfig(w_bits=1, a_bits=32, quantize_embeddings=True))
+    check_quant_options(model, QuantConfig(w_bits=1, a_bits=1, quantize_embeddings=True), "stage 'w1a1'")
+    with pytest.raises(ConfigError, match=r"stage 'w1a1': the student was quantized with other options than the "
+                                          r"recipe's \(attention: 'full' → 'binary'\)"):
+        check_quant_options(model, QuantConfig(w_bits=1, a_bits=1, quantize_embeddings=True, attention="binary"),
+                            "stage 'w1a1'")
+    # quantize_embeddings: auto was decided when the student was first quantized: any decision matches
+    check_quant_options(model, QuantConfig(w_bits=1, a_bits=1, quantize_embeddings=None), "stage 'w1a1'")
+    with pytest.raises(ConfigError, match=r"ffn_act_quantizer: None → 'elastic_unsigned'"):
+        check_quant_options(model, QuantConfig(w_bits=1, a_bits=1, quantize_embeddings=True,
+                                               ffn_act_quantizer="elastic_unsigned"), "stage 'w1a1'")
+
+
+def test_onnx_export_of_a_binary_attention_model(tmp_path, tiny_bert):
+    """The signed binarizer avoids copysign (ONNX has none), so a true W1A1 model exports."""
+    pytest.importorskip("onnxruntime")
+    model = BertForSequenceClassification.from_pretrained(tiny_bert).eval()
+    quantize_(model, QuantConfig(**W1A1))
+    _logits(model, {"input_ids": torch.randint(5, 29, (2, 9))})
+    export_packed(model, tmp_path / "p", tokenizer=AutoTokenizer.from_pretrained(tiny_bert))
+    result = export_onnx(tmp_path / "p", tmp_path / "p" / "model.onnx", seq_len=16)
+    assert result["max_abs_diff_vs_torch"] < 1e-5
+
+
+def test_gpt2_binary_attention_on_the_fused_projection_and_causal_mask(tmp_path):
+    """GPT-2: Q/K/V come out of one fused Conv1D (c_attn), binarized as one tensor; the causal
+    future's probabilities (exactly 0) stay 0; the packed reload computes the same logits."""
+    from helpers import tiny_gpt2
+
+    model = tiny_gpt2(n_layer=2)
+    quantize_(model, QuantConfig(**{**W1A1, "quantize_embeddings": None}))
+    assert active_binary_attention(model) == 2 and model.config._attn_implementation == KRONBIT_ATTENTION
+    assert model.transformer.h[0].mlp.c_proj.input_act_quantizer == "elastic_unsigned"
+    assert model.transformer.h[0].attn.c_proj.input_act_quantizer is None
+    ids = torch.randint(0, 1000, (2, 12), generator=torch.Generator().manual_seed(7))
+    seen = []
+    attn = model.transformer.h[0].attn
+    hook = getattr(attn, PROB_QUANTIZER).register_forward_hook(lambda m, a, out: seen.append(out.detach()))
+    with torch.no_grad():
+        want = model(ids).logits
+    hook.remove()
+    future = torch.ones(12, 12, dtype=torch.bool).triu(1)
+    alpha = float(getattr(attn, PROB_QUANTIZER).alpha)  # 4·mean(p): early queries' few keys are above α/2
+    assert set(seen[0].unique().tolist()) == {0.0, alpha} and (seen[0][..., future] == 0).all()
+    export_packed(model, tmp_path / "p")
+    back = load_packed(tmp_path / "p")
+    with torch.no_grad():
+        assert torch.equal(back(ids).logits, want)
+
+
+def test_binary_attention_is_refused_on_kronecker_layers(make_bert):
+    from kronbit.kron import kroneckerize_
+
+    model = make_bert()
+    kroneckerize_(model, {"target_modules": ["query"], "compression": 2})
+    with pytest.raises(ConfigError, match="attention: binary and ffn_act_quantizer are not supported on Kronecker"):
+        quantize_(model, QuantConfig(**W1A1))

@@ -1,0 +1,72 @@
+"""Every benchmark that runs a shipped recipe with overrides plans its runs through
+``planned_recipes(parse_args(argv))``; applying those overrides to the shipped recipes here keeps
+the scripts in step with the recipes (a stale override, e.g. a stage index that no longer
+exists, fails this test instead of a long run)."""
+
+import importlib
+import sys
+
+import pytest
+
+from helpers import REPO
+from kronbit.core.errors import ConfigError
+from kronbit.runner import load_recipe
+
+BENCH = REPO / "benchmarks"
+SCRIPTS = sorted(p for p in BENCH.glob("*.py") if "load_recipe(" in p.read_text())
+ARGVS = {"kngpt2_ablation": [[], ["--parts", "init", "distil"]]}  # parts not run by default
+
+
+def _module(name: str):
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
+    return importlib.import_module(name)
+
+
+def test_the_recipe_benchmarks_are_found():
+    assert {p.stem for p in SCRIPTS} >= {"tspq_glue", "tspq_ablation", "tspq_schedule", "tspq_fair", "tspq_da_copies",
+                                         "kngpt2", "kngpt2_ablation"}
+
+
+@pytest.mark.parametrize("path", SCRIPTS, ids=lambda p: p.stem)
+def test_benchmark_overrides_apply_to_the_shipped_recipes(path):
+    mod = _module(path.stem)
+    assert hasattr(mod, "parse_args") and hasattr(mod, "planned_recipes"), \
+        f"{path.name} loads recipes: give it parse_args(argv) and planned_recipes(args)"
+    for argv in ARGVS.get(path.stem, [[]]):
+        plans = mod.planned_recipes(mod.parse_args(argv))
+        assert plans and len({key for key, _, _ in plans}) == len(plans)
+        for key, recipe_path, overrides in plans:
+            assert recipe_path.is_file() and recipe_path.is_relative_to(REPO / "recipes"), key
+            load_recipe(recipe_path, overrides)
+
+
+def test_ablation_variants_reach_the_stage_they_ablate():
+    mod = _module("tspq_ablation")
+    args = mod.parse_args([])
+    resolved = {}
+    for key, path, overrides in mod.planned_recipes(args):
+        name = key.split("/")[1]
+        resolved[name] = mod.check_variant(load_recipe(path, overrides), name, args.epochs)
+    # every variant trains a different stage: none is silently equal to another
+    assert len({tuple(sorted(s.items())) for s in resolved.values()}) == len(mod.VARIANTS)
+    assert resolved["prob KL, lr 5e-5"]["kd.attention"] == 1.0
+    assert resolved["prob KL, lr 5e-5"]["kd.attention_loss"] == "prob_kl"
+    # what the script of 2026-11-24 did against today's recipe: a stage that no longer exists ...
+    with pytest.raises(ConfigError, match="'4' is not an index of a 3-item list"):
+        load_recipe(mod.RECIPE, ["stages.4.learning_rate=2e-4"])
+    # ... and a global KD override that the stage's own kd: {attention: 0} overrides
+    recipe = load_recipe(mod.RECIPE, ["kd.attention_loss=prob_kl"])
+    assert mod.stage_settings(recipe)["kd.attention"] == 0.0
+    with pytest.raises(SystemExit, match="the stage resolves to"):
+        mod.check_variant(recipe, "prob KL, lr 5e-5", 1.0)
+
+
+def test_ablation_stage_is_the_binary_attention_stage():
+    """Today's w1a1 stage binarizes the attention too: the ablation's rows record it."""
+    mod = _module("tspq_ablation")
+    key, path, overrides = mod.planned_recipes(mod.parse_args(["--variants", "no attention KD, lr 2e-4"]))[0]
+    recipe = load_recipe(path, overrides)
+    stage = recipe.stages[mod.stage_index(recipe)]
+    cfg = recipe.quant_config(stage)
+    assert (stage.w_bits, stage.a_bits, cfg.attention, cfg.ffn_act_quantizer) == (1, 1, "binary", "elastic_unsigned")
