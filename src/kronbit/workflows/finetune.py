@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from transformers import DataCollatorWithPadding, Trainer, set_seed
+from transformers import DataCollatorWithPadding, set_seed
 
 from .. import __version__
 from ..core import distributed, rundir
@@ -21,6 +21,7 @@ from ..core.io import write_json
 from ..data.features import sorted_by_length, subsample, tokenize
 from ..data.glue import get_task, is_hub, load_split
 from ..models.encoders import load_classifier, load_tokenizer
+from ..distill.trainer import SameEvalTrainer
 from ..models.resolve import resolve_model
 from .console import attach_console
 from .training import (TrainingOptions, build_callbacks, check_training, glue_compute_metrics, save_model,
@@ -69,7 +70,7 @@ def _finetune(cfg: FinetuneConfig, task, model_path: str, train_ex, dev_ex, out:
 
     args = training_arguments(cfg, out, len(train_ds), metric_for_best_model=task.primary_metric,
                               greater_is_better=True)
-    trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=dev_ds,
+    trainer = SameEvalTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=dev_ds,
                       data_collator=DataCollatorWithPadding(tokenizer),
                       compute_metrics=glue_compute_metrics(task), callbacks=build_callbacks(out))
     attach_console(trainer, f"finetune {task.name}")
