@@ -8,7 +8,8 @@ its own package's ``__init__``, with
 * ``apply(model, config)`` and ``undo(model)``;
 * optionally ``pack(module) -> (packed_module, info) | None`` and ``shell(module, info, **opts)``:
   how one of its modules is written to, and rebuilt from, the packed format; and
-  ``for_new_head(config)``: how its recorded config changes when the model gets a new head.
+  ``for_new_head(config)``: how its recorded config changes when the model gets a new head;
+  ``describe(config)``: what it did, in words, for a model card.
 
 Every ``apply`` appends what it did to the model (``record_transform``), so a model can be saved as
 "base architecture + transforms + tensors" and rebuilt from that, wherever it came from (the role
@@ -41,6 +42,9 @@ class TransformMethod:
     # The config to replay when the model comes back under a new head (a language model's
     # transform replayed on its sequence classifier); None: the same config.
     for_new_head: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    # For people (a model card): describe(recorded config) → {"summary": "W1A1", "rows": [(label,
+    # text), ...], "tags": [...]}; None: the kind and its config as they are.
+    describe: Callable[[dict[str, Any]], dict[str, Any]] | None = None
 
 
 METHODS: dict[str, TransformMethod] = {}

@@ -25,6 +25,7 @@ from ..core.errors import ModelError
 from ..core.io import atomic_dir, write_json
 from ..core.transforms import apply_transform, get_transform
 from ..models.encoders import classifier_config
+from .hf_config import add_quantization_config, quantization_config, strip_kronbit_block
 from .meta import KRONBIT_META, build_base, read_meta, save_base_config
 
 WEIGHTS_NAME = "kronbit_model.safetensors"
@@ -39,14 +40,15 @@ def is_compressed(model_dir: str | Path) -> bool:
 def save_compressed(model: nn.Module, tokenizer, path: str | Path, meta: dict[str, Any],
                     transforms: list[dict[str, Any]]) -> None:
     """Write a compressed-model directory atomically (the previous one survives a failure)."""
+    description = {**meta, "format": FORMAT, "format_version": FORMAT_VERSION, "transforms": transforms}
     with atomic_dir(path) as tmp:
         save_base_config(model, tmp)
+        add_quantization_config(tmp, quantization_config(description, WEIGHTS_NAME))
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         # save_model handles shared (tied) tensors, which save_file refuses.
         save_model(model, str(tmp / WEIGHTS_NAME))
-        write_json(tmp / KRONBIT_META, {**meta, "format": FORMAT, "format_version": FORMAT_VERSION,
-                                        "transforms": transforms})
+        write_json(tmp / KRONBIT_META, description)
 
 
 def _classifier_for(model_dir: Path, task) -> nn.Module | None:
@@ -54,6 +56,7 @@ def _classifier_for(model_dir: Path, task) -> nn.Module | None:
     after language-model pre-training), the same backbone under a new sequence-classification
     head; None when the checkpoint already is one (it is then rebuilt as it was saved)."""
     config = AutoConfig.from_pretrained(model_dir)
+    strip_kronbit_block(config)
     archs = getattr(config, "architectures", None) or []
     if any(a.endswith("ForSequenceClassification") for a in archs) and config.num_labels == task.num_labels:
         return None

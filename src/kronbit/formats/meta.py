@@ -13,6 +13,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from ..core.errors import ModelError
+from .hf_config import strip_kronbit_block
 
 KRONBIT_META = "kronbit.json"
 
@@ -43,6 +44,7 @@ def build_base(model_dir: Path, kind: str = "auto") -> nn.Module:
     except (OSError, ValueError) as e:  # a damaged or truncated config.json
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelError(f"{Path(model_dir) / 'config.json'}: unreadable model config ({first})") from None
+    strip_kronbit_block(config)
     archs = getattr(config, "architectures", None) or []
     if kind == "auto":
         kind = ("classifier" if any(a.endswith("ForSequenceClassification") for a in archs)
