@@ -65,8 +65,10 @@ class KronbitHfQuantizer(HfQuantizer):
             raise ModelError(f"kronbit models run on the CPU; device_map={device_map!r} is not supported")
 
     def update_dtype(self, dtype: torch.dtype) -> torch.dtype:
-        # Scales, biases and norms are computed in float32, as kronbit's own loaders give them.
-        if isinstance(dtype, torch.dtype) and dtype != torch.float32:
+        # Scales, biases and norms are computed in float32, as kronbit's own loaders give them. (A
+        # folder exported with float16 storage makes transformers' dtype="auto" propose float16.)
+        stored = getattr(self.quantization_config, "dtype", "float32")
+        if isinstance(dtype, torch.dtype) and dtype not in (torch.float32, getattr(torch, stored, None)):
             warnings.warn(f"kronbit models compute in float32; dtype={dtype} is ignored", stacklevel=2)
         return torch.float32
 

@@ -118,8 +118,31 @@ def finish(model: nn.Module, block: dict[str, Any]) -> None:
     if left:
         raise ModelError(f"the tensors file does not hold {len(left)} tensor(s) the rebuilt model needs "
                          f"(e.g. {left[:2]}); config.json's quantization_config is inconsistent")
+    _realign(model)
     if is_packed_block(block):
         model.__dict__["kronbit_packed"] = copy.deepcopy(block["packed"])
+
+
+ALIGNMENT = 64  # bytes: what torch's CPU allocator gives a fresh tensor
+
+
+def _realign(model: nn.Module) -> None:
+    """Copy every tensor whose data does not start on a 64-byte boundary into a fresh one.
+    transformers hands over tensors read from the file's bytes, which can start anywhere; the
+    CPU matrix kernels choose their summation order by alignment, so a Linear over such a weight
+    can differ in the last bit from the same Linear in ``load_packed``'s model (whose tensors are
+    fresh copies). A tensor shared under two names stays one tensor."""
+    fresh: dict[int, torch.Tensor] = {}
+    for module in model.modules():
+        for store in (module._parameters, module._buffers):
+            for name, t in store.items():
+                if t is None or t.data_ptr() % ALIGNMENT == 0:
+                    continue
+                if id(t) not in fresh:
+                    copy_ = t.detach().clone()
+                    fresh[id(t)] = nn.Parameter(copy_, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) \
+                        else copy_
+                store[name] = fresh[id(t)]
 
 
 def state_dict_for_save(model: nn.Module, block: dict[str, Any]) -> tuple[dict[str, torch.Tensor] | None,

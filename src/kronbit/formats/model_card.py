@@ -23,7 +23,6 @@ from ..core.io import write_text
 from ..core.transforms import METHODS
 from ..data.glue import TASKS
 from ..models.packaged import PACKAGED, packaged_path
-from .hf_config import REQUIRES
 from .meta import KRONBIT_META, read_meta
 from .size import size_report
 
@@ -211,8 +210,9 @@ def _overview(f: dict[str, Any]) -> str:
     task = meta.get("task")
     task_text = f"{TASKS[task].dir_name} (GLUE)" if task in TASKS else (task or "language modelling")
     how = ", ".join(f"{k} `{meta[k]}`" for k in ("method", "recipe", "stage") if meta.get(k))
-    rows = [("base model", f"`{base['name']}`" + (f" ([{base['hub_id']}](https://huggingface.co/{base['hub_id']}))"
-                                                    if base["hub_id"] else "")),
+    hub = base["hub_id"]
+    link = f"[{hub}](https://huggingface.co/{hub})" if hub else ""
+    rows = [("base model", link if hub == base["name"] else f"`{base['name']}`" + (f" ({link})" if hub else "")),
             ("task", task_text), ("made by", f"kronbit {how}" if how else "kronbit"),
             *f["method_rows"],
             ("format", f"{meta['format']} v{meta['format_version']}" + (f", {meta['dtype']} scales and "
@@ -220,9 +220,9 @@ def _overview(f: dict[str, Any]) -> str:
             ("size", f"{size['disk_mb']} MB tensor file vs {size['fp32_mb']} MB for the same architecture in "
                      f"fp32: **{size['ratio_vs_fp32']}× smaller**")]
     table = "\n".join(["| | |", "|---|---|", *(f"| {a} | {b} |" for a, b in rows)])
-    name = f["folder"].name
-    return (f"# {name}: {base['name']} {f['summary']} (kronbit)\n\n"
-            f"A compressed {base['name']} for {task_text}, written by [kronbit](https://pypi.org/project/kronbit/). "
+    name, shown = f["folder"].name, base["hub_id"] or base["name"]
+    return (f"# {name}: {shown} {f['summary']} (kronbit)\n\n"
+            f"A compressed {shown} for {task_text}, written by [kronbit](https://pypi.org/project/kronbit/). "
             f"The weights stay compressed in memory when loaded.\n\n"
             f"> **First `pip install kronbit`, then `import kronbit`** before `from_pretrained`: kronbit registers the "
             f"`kronbit` quantization method with transformers (`quant_method: kronbit` in config.json). "
@@ -279,7 +279,8 @@ def _loading(f: dict[str, Any]) -> str:
     cli = f"`kronbit eval --model {name} --task {meta['task']}` scores it on the dev set.\n" if meta.get("task") else ""
     onnx = ("`model.onnx` (written by `kronbit export --onnx`) runs in onnxruntime without kronbit or "
             "transformers; its weights stay packed inside the graph.\n" if "model.onnx" in f["files"] else "")
-    return (f"## How to load\n\n{REQUIRES[0].upper() + REQUIRES[1:]}.\n\n### With transformers\n\n{hf}\n"
+    return (f"## How to load\n\n`pip install kronbit` first; then `import kronbit` comes before `from_pretrained`."
+            f"\n\n### With transformers\n\n{hf}\n"
             f"### With kronbit's own API\n\n{own}\n{cli}{onnx}\n"
             "### Without kronbit\n\ntransformers alone does not know `quant_method: kronbit`: it warns and then "
             "finds no `model.safetensors`, so it refuses the folder rather than load random weights.\n")
