@@ -21,11 +21,12 @@ from safetensors.torch import load_file, save_model
 from torch import nn
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
+from .. import __version__
 from ..core.errors import ModelError
 from ..core.io import atomic_dir, write_json
 from ..core.transforms import apply_transform, get_transform
 from ..models.encoders import classifier_config
-from .hf_config import add_quantization_config, quantization_config, strip_kronbit_block
+from .hf_config import add_quantization_config, check_version, quantization_config, strip_kronbit_block
 from .meta import KRONBIT_META, build_base, read_meta, save_base_config
 
 WEIGHTS_NAME = "kronbit_model.safetensors"
@@ -40,7 +41,8 @@ def is_compressed(model_dir: str | Path) -> bool:
 def save_compressed(model: nn.Module, tokenizer, path: str | Path, meta: dict[str, Any],
                     transforms: list[dict[str, Any]]) -> None:
     """Write a compressed-model directory atomically (the previous one survives a failure)."""
-    description = {**meta, "format": FORMAT, "format_version": FORMAT_VERSION, "transforms": transforms}
+    description = {**meta, "format": FORMAT, "format_version": FORMAT_VERSION, "kronbit_version": __version__,
+                   "transforms": transforms}
     with atomic_dir(path) as tmp:
         save_base_config(model, tmp)
         add_quantization_config(tmp, quantization_config(description, WEIGHTS_NAME))
@@ -81,9 +83,8 @@ def load_compressed(model_dir: str | Path, task=None) -> nn.Module:
     transforms = meta.get("transforms")
     if meta.get("format") != FORMAT or transforms is None:
         raise ModelError(f"{model_dir / KRONBIT_META}: not a kronbit compressed-model description")
-    if meta.get("format_version", 1) > FORMAT_VERSION:
-        raise ModelError(f"{model_dir}: format_version {meta['format_version']} is newer than this kronbit "
-                         f"reads ({FORMAT_VERSION}); upgrade kronbit")
+    check_version(model_dir / KRONBIT_META, FORMAT, meta.get("format_version", 1), FORMAT_VERSION,
+                  meta.get("kronbit_version"))
     model = _classifier_for(model_dir, task) if task is not None else None
     new_head = model is not None
     if new_head:

@@ -61,16 +61,24 @@ def strip_kronbit_block(config) -> None:
         del config.quantization_config
 
 
+def check_version(where: str | Path, fmt: str, version: Any, readable: int, written_by: Any = None) -> None:
+    """One line for a ``format_version`` this kronbit cannot read: a folder from a newer kronbit
+    (upgrade), or a damaged field. Shared by ``kronbit.json`` and config.json's block."""
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ModelError(f"{where}: {fmt} format_version {version!r} is not a version number; the file is damaged")
+    if version > readable:
+        raise ModelError(f"{where}: {fmt} format_version {version} is not supported: written by kronbit "
+                         f"{written_by or '(a newer release)'}, and this kronbit {__version__} reads up to version "
+                         f"{readable}; upgrade it: pip install -U kronbit")
+
+
 def check_block(block: dict[str, Any], readable: dict[str, int]) -> None:
     """One line for a block this kronbit cannot read: an unknown format, or a newer version."""
-    fmt, version = block.get("format"), block.get("format_version")
+    fmt = block.get("format")
     if fmt not in readable:
         raise ModelError(f"config.json: quantization_config has format {fmt!r}, not one kronbit knows "
                          f"({', '.join(readable)}); the folder was written by another tool or a newer kronbit")
-    if not isinstance(version, int) or version > readable[fmt]:
-        raise ModelError(f"config.json: {fmt} format_version {version!r} (written by kronbit "
-                         f"{block.get('kronbit_version', '?')}) is newer than this kronbit {__version__} reads "
-                         f"({readable[fmt]}); upgrade it: pip install -U kronbit")
+    check_version(CONFIG_NAME, fmt, block.get("format_version"), readable[fmt], block.get("kronbit_version"))
     for key in _CARRIED[fmt]:
         if key not in block and key != "aliases":
             raise ModelError(f"config.json: quantization_config ({fmt}) lacks '{key}'; the config is damaged")

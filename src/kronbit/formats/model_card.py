@@ -177,8 +177,9 @@ def _table(rows: list[dict[str, Any]], limit: int = 12) -> str:
 # The card
 
 
-def card_facts(folder: Path, report: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Everything the card says, read from ``folder`` (and ``report``: its size report)."""
+def card_facts(folder: Path, report: dict[str, Any] | None = None, name: str | None = None) -> dict[str, Any]:
+    """Everything the card says, read from ``folder`` (and ``report``: its size report); ``name``:
+    what the card calls the folder (its own name unless it is being built under a temporary one)."""
     folder = Path(folder)
     meta = read_meta(folder)
     if not meta.get("format", "").startswith("kronbit-"):
@@ -187,7 +188,7 @@ def card_facts(folder: Path, report: dict[str, Any] | None = None) -> dict[str, 
     if report is None:
         report = size_report(folder, in_memory=False)
     summaries, rows, tags = _method_rows(meta.get("transforms", []))
-    return {"folder": folder, "meta": meta, "config": config, "size": report, "bench": read_bench(folder),
+    return {"folder": folder, "name": name or folder.name, "meta": meta, "config": config, "size": report, "bench": read_bench(folder),
             "base": base_model_of(folder, meta), "summary": " + ".join(summaries) or "compressed",
             "method_rows": rows, "method_tags": tags, "pipeline_tag": _pipeline_tag(config),
             "files": sorted(p.name for p in folder.iterdir() if p.is_file() and p.name != CARD_NAME
@@ -220,7 +221,7 @@ def _overview(f: dict[str, Any]) -> str:
             ("size", f"{size['disk_mb']} MB tensor file vs {size['fp32_mb']} MB for the same architecture in "
                      f"fp32: **{size['ratio_vs_fp32']}× smaller**")]
     table = "\n".join(["| | |", "|---|---|", *(f"| {a} | {b} |" for a, b in rows)])
-    name, shown = f["folder"].name, base["hub_id"] or base["name"]
+    name, shown = f["name"], base["hub_id"] or base["name"]
     return (f"# {name}: {shown} {f['summary']} (kronbit)\n\n"
             f"A compressed {shown} for {task_text}, written by [kronbit](https://pypi.org/project/kronbit/). "
             f"The weights stay compressed in memory when loaded.\n\n"
@@ -243,8 +244,8 @@ def _evaluation(f: dict[str, Any]) -> str:
     bench = f["bench"]
     out.append("\n### Latency\n")
     if bench is None:
-        out.append(f"Not measured yet: run `kronbit bench {f['folder'].name}` (writes {BENCH_NAME}), then "
-                   f"`kronbit card {f['folder'].name}` to put it here.")
+        out.append(f"Not measured yet: run `kronbit bench {f['name']}` (writes {BENCH_NAME}), then "
+                   f"`kronbit card {f['name']}` to put it here.")
     else:
         rows, context = bench
         if "error" in context:
@@ -258,7 +259,7 @@ def _evaluation(f: dict[str, Any]) -> str:
 
 
 def _loading(f: dict[str, Any]) -> str:
-    name, meta = f["folder"].name, f["meta"]
+    name, meta = f["name"], f["meta"]
     packed = meta["format"] == "kronbit-packed"
     if f["pipeline_tag"] == "text-classification":
         auto, use = "AutoModelForSequenceClassification", (
@@ -300,9 +301,10 @@ def render_model_card(facts: dict[str, Any]) -> str:
                       _files_and_licence(facts)])
 
 
-def write_model_card(folder: str | Path, report: dict[str, Any] | None = None) -> Path:
-    """Write (or rewrite) ``folder/README.md``; ``report``: the folder's size report if at hand."""
+def write_model_card(folder: str | Path, report: dict[str, Any] | None = None, name: str | None = None) -> Path:
+    """Write (or rewrite) ``folder/README.md``; ``report``: the folder's size report if at hand;
+    ``name``: the folder's final name when it is written under a temporary one."""
     folder = Path(folder)
     path = folder / CARD_NAME
-    write_text(path, render_model_card(card_facts(folder, report)))
+    write_text(path, render_model_card(card_facts(folder, report, name)))
     return path

@@ -32,11 +32,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .. import __version__
 from ..core.errors import ModelError
 from ..core.io import atomic_dir, write_json
 from ..core.swap import swap_modules
 from ..core.transforms import METHODS, apply_transform, get_transform, recorded_transforms
-from .hf_config import add_quantization_config, quantization_config
+from .hf_config import add_quantization_config, check_version, quantization_config
 from .meta import KRONBIT_META, build_base, read_meta, save_base_config
 
 PACKED_WEIGHTS = "kronbit_packed.safetensors"
@@ -101,7 +102,8 @@ def export_packed(model: nn.Module, path: str | Path, *, tokenizer=None, dtype: 
     packed_model = copy.deepcopy(model).cpu().eval()
     packed = pack_model_(packed_model)
     tensors, aliases = packed_tensors(packed_model, fdtype)
-    description = {**(meta or {}), "format": FORMAT, "format_version": FORMAT_VERSION, "dtype": dtype,
+    description = {**(meta or {}), "format": FORMAT, "format_version": FORMAT_VERSION, "kronbit_version": __version__,
+                   "dtype": dtype,
                    "transforms": transforms, "packed": packed, "aliases": aliases}
     with atomic_dir(path) as tmp:
         save_base_config(model, tmp)
@@ -129,10 +131,8 @@ def read_packed_meta(model_dir: Path) -> dict[str, Any]:
     meta = read_meta(model_dir)
     if meta.get("format") != FORMAT:
         raise ModelError(f"{model_dir / KRONBIT_META}: not a packed kronbit model (format={meta.get('format')!r})")
-    version = meta.get("format_version")
-    if version != FORMAT_VERSION:
-        raise ModelError(f"{model_dir / KRONBIT_META}: packed format_version {version!r} is not supported "
-                         f"(this kronbit reads {FORMAT_VERSION})")
+    check_version(model_dir / KRONBIT_META, FORMAT, meta.get("format_version"), FORMAT_VERSION,
+                  meta.get("kronbit_version"))
     for key in ("transforms", "packed", "dtype"):
         if key not in meta:
             raise ModelError(f"{model_dir / KRONBIT_META}: missing '{key}'")
@@ -157,6 +157,11 @@ def load_packed(path: str | Path, mode: str = "packed", compute_dtype: str = "fl
         if orig in state:
             state[alias] = state[orig]
     tied = tied_names(model)
+    expected = model.state_dict(keep_vars=True)
+    reshaped = sorted(n for n, t in state.items() if n in expected and tuple(t.shape) != tuple(expected[n].shape))
+    if reshaped:  # load_state_dict would raise a multi-line RuntimeError
+        raise ModelError(f"{d / PACKED_WEIGHTS} does not match its description: {len(reshaped)} tensor(s) of "
+                         f"another shape (e.g. {reshaped[:2]}); the folder is damaged or {KRONBIT_META} was edited")
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     if missing or unexpected:
         raise ModelError(f"{d / PACKED_WEIGHTS} does not match its description: {len(missing)} missing tensor(s) "
