@@ -290,6 +290,14 @@ def test_without_kronbit_transformers_refuses_and_importing_it_later_registers(b
     assert "Unknown quantization type, got kronbit" in r.stderr
 
 
+def test_importing_the_classes_module_first_registers_without_a_warning():
+    r = _python("import kronbit.hf_classes\n"
+                "from transformers.quantizers.auto import AUTO_QUANTIZER_MAPPING as Q\n"
+                "print(Q['kronbit'].__name__)")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == "KronbitHfQuantizer" and "could not register" not in r.stderr
+
+
 def test_registered_once_in_this_process():
     from kronbit.hf_classes import KronbitHfQuantizer, register
 

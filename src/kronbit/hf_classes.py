@@ -107,3 +107,8 @@ def register() -> None:
         register_quantization_config(QUANT_METHOD)(KronbitConfig)
     if QUANT_METHOD not in AUTO_QUANTIZER_MAPPING:
         register_quantizer(QUANT_METHOD)(KronbitHfQuantizer)
+
+
+# Imported directly (before transformers' registry was loaded), this module registers itself: the
+# import hook defers to it while it is still being executed.
+register()

@@ -23,6 +23,9 @@ CLASSES = "kronbit.hf_classes"
 def register_now() -> None:
     """Register kronbit's config and quantizer classes with transformers (idempotent). A failure
     is a warning, never an error: it must not break the user's import of transformers."""
+    being_imported = sys.modules.get(CLASSES)
+    if being_imported is not None and not hasattr(being_imported, "register"):
+        return  # the registry loads because kronbit.hf_classes imports it; that module registers at its end
     try:
         importlib.import_module(CLASSES).register()
     except Exception as e:  # noqa: BLE001  (any failure: warn, load through kronbit instead)
