@@ -12,6 +12,12 @@ Public API::
 
 The names are resolved on first use (PEP 562), so ``import kronbit`` and the command line start
 without importing torch and transformers; ``from kronbit import X`` works as usual.
+
+After ``import kronbit``, plain transformers loads the folders kronbit writes::
+
+    import kronbit
+    from transformers import AutoModelForSequenceClassification
+    model = AutoModelForSequenceClassification.from_pretrained("exported-folder")
 """
 
 from __future__ import annotations
@@ -19,7 +25,13 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from . import hf_hook
+
 __version__ = "0.1.0"
+
+# transformers loads kronbit folders with from_pretrained once kronbit is imported: the quantizer
+# is registered when transformers' quantizer registry loads (without importing transformers here).
+hf_hook.install()
 
 # public name -> the module that defines it
 _EXPORTS = {

@@ -109,6 +109,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_card(args: argparse.Namespace) -> int:
+    from .formats.model_card import write_model_card
+
+    print(json.dumps({"model_card": str(write_model_card(args.path))}))
+    return 0
+
+
 def cmd_size(args: argparse.Namespace) -> int:
     from .formats.size import size_report
 
@@ -230,6 +237,13 @@ def _demo_parser(sub, data_default: str) -> None:
     p.set_defaults(func=cmd_demo, config=None, overrides=[])
 
 
+def _card_parser(sub) -> None:
+    p = sub.add_parser("card", help="(re)write the model card README.md of an exported folder "
+                                    "(e.g. after kronbit bench wrote bench.json)")
+    p.add_argument("path", help="packed or compressed model directory")
+    p.set_defaults(func=cmd_card)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kronbit", description="Compress transformer language models: "
                                      "two-stage progressive quantization and Kronecker decomposition.")
@@ -243,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     _eval_parser(sub, data_default)
     _export_parsers(sub)
     _demo_parser(sub, data_default)
+    _card_parser(sub)
     return parser
 
 

@@ -10,6 +10,7 @@ its own package's ``__init__``, with
   how one of its modules is written to, and rebuilt from, the packed format; and
   ``for_new_head(config)``: how its recorded config changes when the model gets a new head;
   ``summary(config)``: what a recorded config does, in a few JSON fields, for reports.
+  ``describe(config)``: what it did, in words, for a model card.
 
 Every ``apply`` appends what it did to the model (``record_transform``), so a model can be saved as
 "base architecture + transforms + tensors" and rebuilt from that, wherever it came from (the role
@@ -44,6 +45,9 @@ class TransformMethod:
     for_new_head: Callable[[dict[str, Any]], dict[str, Any]] | None = None
     # What a recorded config does, for the size report (e.g. bits, whether attention is binary).
     summary: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    # For people (a model card): describe(recorded config) → {"summary": "W1A1", "rows": [(label,
+    # text), ...], "tags": [...]}; None: the kind and its config as they are.
+    describe: Callable[[dict[str, Any]], dict[str, Any]] | None = None
 
 
 METHODS: dict[str, TransformMethod] = {}

@@ -21,10 +21,12 @@ from safetensors.torch import load_file, save_model
 from torch import nn
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
+from .. import __version__
 from ..core.errors import ModelError
 from ..core.io import atomic_dir, write_json
 from ..core.transforms import apply_transform, get_transform
 from ..models.encoders import classifier_config
+from .hf_config import add_quantization_config, check_version, quantization_config, strip_kronbit_block
 from .meta import KRONBIT_META, build_base, read_meta, save_base_config
 
 WEIGHTS_NAME = "kronbit_model.safetensors"
@@ -39,14 +41,16 @@ def is_compressed(model_dir: str | Path) -> bool:
 def save_compressed(model: nn.Module, tokenizer, path: str | Path, meta: dict[str, Any],
                     transforms: list[dict[str, Any]]) -> None:
     """Write a compressed-model directory atomically (the previous one survives a failure)."""
+    description = {**meta, "format": FORMAT, "format_version": FORMAT_VERSION, "kronbit_version": __version__,
+                   "transforms": transforms}
     with atomic_dir(path) as tmp:
         save_base_config(model, tmp)
+        add_quantization_config(tmp, quantization_config(description, WEIGHTS_NAME))
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         # save_model handles shared (tied) tensors, which save_file refuses.
         save_model(model, str(tmp / WEIGHTS_NAME))
-        write_json(tmp / KRONBIT_META, {**meta, "format": FORMAT, "format_version": FORMAT_VERSION,
-                                        "transforms": transforms})
+        write_json(tmp / KRONBIT_META, description)
 
 
 def _classifier_for(model_dir: Path, task) -> nn.Module | None:
@@ -54,6 +58,7 @@ def _classifier_for(model_dir: Path, task) -> nn.Module | None:
     after language-model pre-training), the same backbone under a new sequence-classification
     head; None when the checkpoint already is one (it is then rebuilt as it was saved)."""
     config = AutoConfig.from_pretrained(model_dir)
+    strip_kronbit_block(config)
     archs = getattr(config, "architectures", None) or []
     if any(a.endswith("ForSequenceClassification") for a in archs) and config.num_labels == task.num_labels:
         return None
@@ -78,9 +83,8 @@ def load_compressed(model_dir: str | Path, task=None) -> nn.Module:
     transforms = meta.get("transforms")
     if meta.get("format") != FORMAT or transforms is None:
         raise ModelError(f"{model_dir / KRONBIT_META}: not a kronbit compressed-model description")
-    if meta.get("format_version", 1) > FORMAT_VERSION:
-        raise ModelError(f"{model_dir}: format_version {meta['format_version']} is newer than this kronbit "
-                         f"reads ({FORMAT_VERSION}); upgrade kronbit")
+    check_version(model_dir / KRONBIT_META, FORMAT, meta.get("format_version", 1), FORMAT_VERSION,
+                  meta.get("kronbit_version"))
     model = _classifier_for(model_dir, task) if task is not None else None
     new_head = model is not None
     if new_head:

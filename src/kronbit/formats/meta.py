@@ -13,6 +13,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from ..core.errors import ModelError
+from .hf_config import strip_kronbit_block
 
 KRONBIT_META = "kronbit.json"
 
@@ -43,13 +44,18 @@ def build_base(model_dir: Path, kind: str = "auto") -> nn.Module:
     except (OSError, ValueError) as e:  # a damaged or truncated config.json
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelError(f"{Path(model_dir) / 'config.json'}: unreadable model config ({first})") from None
-    archs = getattr(config, "architectures", None) or []
+    strip_kronbit_block(config)
+    return auto_class(getattr(config, "architectures", None), kind).from_config(config)
+
+
+def auto_class(architectures: list[str] | None, kind: str = "auto") -> type:
+    """The Auto class for a config's ``architectures`` (``kind`` forces one)."""
+    archs = architectures or []
     if kind == "auto":
         kind = ("classifier" if any(a.endswith("ForSequenceClassification") for a in archs)
                 else "causal_lm" if any(a.endswith("ForCausalLM") or a.endswith("LMHeadModel") for a in archs)
                 else "base")
-    factory = {"classifier": AutoModelForSequenceClassification, "causal_lm": AutoModelForCausalLM,
-               "base": AutoModel}[kind]
-    return factory.from_config(config)
+    return {"classifier": AutoModelForSequenceClassification, "causal_lm": AutoModelForCausalLM,
+            "base": AutoModel}[kind]
 
 

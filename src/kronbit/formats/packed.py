@@ -32,10 +32,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .. import __version__
 from ..core.errors import ModelError
 from ..core.io import atomic_dir, write_json
 from ..core.swap import swap_modules
 from ..core.transforms import METHODS, apply_transform, get_transform, recorded_transforms
+from .hf_config import add_quantization_config, check_version, quantization_config
 from .meta import KRONBIT_META, build_base, read_meta, save_base_config
 
 PACKED_WEIGHTS = "kronbit_packed.safetensors"
@@ -67,6 +69,25 @@ def pack_model_(model: nn.Module, mode: str = "packed") -> dict[str, dict[str, A
     return info
 
 
+def packed_tensors(model: nn.Module, fdtype: torch.dtype) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors a packed file stores for ``model`` (already packed): floats in ``fdtype``, a
+    tensor reachable under two names (a tied head) once, the other name in ``aliases``."""
+    tensors: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    first_of: dict[tuple[int, int, tuple], str] = {}
+    for name, t in model.state_dict(keep_vars=False).items():
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
+        if t.numel() and key in first_of:  # a tied tensor: stored once
+            aliases[name] = first_of[key]
+            continue
+        first_of[key] = name
+        t = t.detach()
+        if t.is_floating_point():
+            t = t.to(fdtype)
+        tensors[name] = t.contiguous().clone()
+    return tensors, aliases
+
+
 def export_packed(model: nn.Module, path: str | Path, *, tokenizer=None, dtype: str = "float32",
                   meta: dict[str, Any] | None = None, transforms: list[dict] | None = None) -> dict[str, Any]:
     """Write ``model`` (fake-quantized, Kronecker, or both) as a packed directory at ``path``,
@@ -80,23 +101,13 @@ def export_packed(model: nn.Module, path: str | Path, *, tokenizer=None, dtype: 
         raise ModelError("export_packed needs a Hugging Face model (with .config) to rebuild it on load")
     packed_model = copy.deepcopy(model).cpu().eval()
     packed = pack_model_(packed_model)
-    tensors: dict[str, torch.Tensor] = {}
-    aliases: dict[str, str] = {}
-    first_of: dict[tuple[int, int, tuple], str] = {}
-    for name, t in packed_model.state_dict(keep_vars=False).items():
-        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
-        if t.numel() and key in first_of:  # a tied tensor: stored once
-            aliases[name] = first_of[key]
-            continue
-        first_of[key] = name
-        t = t.detach()
-        if t.is_floating_point():
-            t = t.to(fdtype)
-        tensors[name] = t.contiguous().clone()
-    description = {**(meta or {}), "format": FORMAT, "format_version": FORMAT_VERSION, "dtype": dtype,
+    tensors, aliases = packed_tensors(packed_model, fdtype)
+    description = {**(meta or {}), "format": FORMAT, "format_version": FORMAT_VERSION, "kronbit_version": __version__,
+                   "dtype": dtype,
                    "transforms": transforms, "packed": packed, "aliases": aliases}
     with atomic_dir(path) as tmp:
         save_base_config(model, tmp)
+        add_quantization_config(tmp, quantization_config(description, PACKED_WEIGHTS))
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         save_file(tensors, str(tmp / PACKED_WEIGHTS), metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
@@ -120,10 +131,8 @@ def read_packed_meta(model_dir: Path) -> dict[str, Any]:
     meta = read_meta(model_dir)
     if meta.get("format") != FORMAT:
         raise ModelError(f"{model_dir / KRONBIT_META}: not a packed kronbit model (format={meta.get('format')!r})")
-    version = meta.get("format_version")
-    if version != FORMAT_VERSION:
-        raise ModelError(f"{model_dir / KRONBIT_META}: packed format_version {version!r} is not supported "
-                         f"(this kronbit reads {FORMAT_VERSION})")
+    check_version(model_dir / KRONBIT_META, FORMAT, meta.get("format_version"), FORMAT_VERSION,
+                  meta.get("kronbit_version"))
     for key in ("transforms", "packed", "dtype"):
         if key not in meta:
             raise ModelError(f"{model_dir / KRONBIT_META}: missing '{key}'")
@@ -143,13 +152,16 @@ def load_packed(path: str | Path, mode: str = "packed", compute_dtype: str = "fl
     state = _read_packed_tensors(d / PACKED_WEIGHTS)
     with parameters_on_meta():
         model = build_base(d)
-        for t in meta["transforms"]:
-            apply_transform(model, t["kind"], t["config"])
-    _swap_in_packed_shells(model, meta["packed"], d, mode, compute_dtype)
+    rebuild_packed_modules(model, meta, d / KRONBIT_META, mode, compute_dtype)
     for alias, orig in meta.get("aliases", {}).items():
         if orig in state:
             state[alias] = state[orig]
-    tied = _tied_names(model)
+    tied = tied_names(model)
+    expected = model.state_dict(keep_vars=True)
+    reshaped = sorted(n for n, t in state.items() if n in expected and tuple(t.shape) != tuple(expected[n].shape))
+    if reshaped:  # load_state_dict would raise a multi-line RuntimeError
+        raise ModelError(f"{d / PACKED_WEIGHTS} does not match its description: {len(reshaped)} tensor(s) of "
+                         f"another shape (e.g. {reshaped[:2]}); the folder is damaged or {KRONBIT_META} was edited")
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     if missing or unexpected:
         raise ModelError(f"{d / PACKED_WEIGHTS} does not match its description: {len(missing)} missing tensor(s) "
@@ -197,7 +209,18 @@ def parameters_on_meta():
         nn.Module.register_parameter = register  # type: ignore[method-assign]
 
 
-def _swap_in_packed_shells(model: nn.Module, packed: dict[str, dict[str, Any]], d: Path, mode: str,
+def rebuild_packed_modules(model: nn.Module, description: dict[str, Any], source: str | Path,
+                           mode: str = "packed", compute_dtype: str = "float32") -> None:
+    """Give ``model`` (the base architecture) the module structure a packed description records:
+    replay its transforms with new parameters on the meta device, then swap in the empty packed
+    modules. ``source`` names the description in error messages."""
+    with parameters_on_meta():
+        for t in description["transforms"]:
+            apply_transform(model, t["kind"], t["config"])
+    _swap_in_packed_shells(model, description["packed"], source, mode, compute_dtype)
+
+
+def _swap_in_packed_shells(model: nn.Module, packed: dict[str, dict[str, Any]], source: str | Path, mode: str,
                            compute_dtype: str) -> None:
     """Replace each module named in ``packed`` by an empty packed module of its shape, built on the
     meta device by the method that packed it (all of its tensors are in the checkpoint)."""
@@ -205,7 +228,7 @@ def _swap_in_packed_shells(model: nn.Module, packed: dict[str, dict[str, Any]], 
     shells: dict[str, nn.Module] = {}
     for name, info in packed.items():
         if name not in modules:
-            raise ModelError(f"{d / KRONBIT_META}: packed module '{name}' is not in the rebuilt model; "
+            raise ModelError(f"{source}: packed module '{name}' is not in the rebuilt model; "
                              "the description is inconsistent")
         # Folders written before methods were named in the description hold quantized modules only.
         method = get_transform(info.get("method", "quant"))
@@ -213,12 +236,12 @@ def _swap_in_packed_shells(model: nn.Module, packed: dict[str, dict[str, Any]], 
             with torch.device("meta"):
                 shells[name] = method.shell(modules[name], info, mode=mode, compute_dtype=compute_dtype)
         except ModelError as e:
-            raise ModelError(f"{d / KRONBIT_META}: '{name}': {e}") from None
+            raise ModelError(f"{source}: '{name}': {e}") from None
     if shells:
         swap_modules(model, list(shells), lambda name, _: shells[name], what="packed module")
 
 
-def _tied_names(model: nn.Module) -> dict[str, str]:
+def tied_names(model: nn.Module) -> dict[str, str]:
     """name → the first name of the same tensor object, for every parameter or buffer that is
     reachable under two names (a tied head: GPT-2's ``lm_head.weight`` is the word embedding)."""
     first: dict[int, str] = {}

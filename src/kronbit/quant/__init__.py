@@ -14,6 +14,7 @@ from .api import (QuantConfig, bits_summary, dequantize_, quant_state, quant_sum
                   quantizer_parameters, set_bits_)
 from ..core.transforms import TransformMethod, register_transform
 from .export import pack_module, packed_shell
+from .describe import describe_quant
 from .layers import QuantEmbedding, QuantLinear, QuantModule
 from .quantizers import SCALE_PARAM_SUFFIXES
 from .registry import ACT_QUANTIZERS, WEIGHT_QUANTIZERS
@@ -21,7 +22,8 @@ from .registry import ACT_QUANTIZERS, WEIGHT_QUANTIZERS
 # The method's one registration: its config, how it is applied and undone, how its modules are
 # packed and rebuilt from the packed format.
 register_transform(TransformMethod(kind="quant", config_cls=QuantConfig, apply=quantize_, undo=dequantize_,
-                                   pack=pack_module, shell=packed_shell, summary=quant_summary))
+                                   pack=pack_module, shell=packed_shell, summary=quant_summary,
+                                   describe=describe_quant))
 
 __all__ = ["QuantConfig", "quantize_", "set_bits_", "dequantize_", "quantized_modules", "quant_state",
            "bits_summary", "quantizer_parameters", "QuantLinear", "QuantEmbedding", "QuantModule", "SCALE_PARAM_SUFFIXES",
