@@ -4,6 +4,8 @@ transformers loads once kronbit is imported."""
 
 from __future__ import annotations
 
+import os
+
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +41,7 @@ def export_model(model: str | Path, output_dir: str | Path, *, dtype: str = "flo
     # Packed files, model.onnx and the model card are built side by side and appear together: a
     # failure leaves no output directory (or the previous one as it was).
     with atomic_dir(out) as tmp:
-        export_packed(m, tmp, tokenizer=tokenizer, dtype=dtype, meta={**meta, "source": str(src), "base_model": base})
+        export_packed(m, tmp, tokenizer=tokenizer, dtype=dtype, meta={**meta, "source": _portable(src, out), "base_model": base})
         if onnx:
             result["onnx"] = {**export_onnx(tmp, tmp / "model.onnx", seq_len=onnx_seq_len),
                               "path": str(out / "model.onnx")}
@@ -48,3 +50,9 @@ def export_model(model: str | Path, output_dir: str | Path, *, dtype: str = "flo
     result.update({k: report[k] for k in ("disk_mb", "fp32_mb", "ratio_vs_fp32")})
     result["model_card"] = str(out / CARD_NAME)
     return result
+
+
+def _portable(src: Path, out: Path) -> str:
+    """Where the packed model came from, relative to where it goes: kronbit.json travels with the
+    folder (to another machine, to the Hub), an absolute local path would not mean anything there."""
+    return os.path.relpath(src.resolve(), out.resolve().parent)
