@@ -57,3 +57,14 @@ def test_no_traceback_in_a_real_process(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"kronbit: error: model path does not exist: {tmp_path / 'none'}"]
     assert "Traceback" not in proc.stderr
+
+
+def test_every_flag_has_help_text():
+    import argparse
+
+    from kronbit.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    missing = [(name, act.option_strings or act.dest) for name, p in sub.choices.items() for act in p._actions
+               if not act.help and not isinstance(act, argparse._HelpAction)]
+    assert sorted(sub.choices) and missing == []
