@@ -16,7 +16,7 @@ CSRC = Path(__file__).with_name("csrc")
 # -ffp-contract=off: a multiply and an add are never fused, so every path rounds the same.
 # -fno-tree-reassoc -fsched-pressure: without them GCC regroups the accumulator additions of the
 # unrolled inner loops into trees and spills accumulators (measured 1.3-1.6x slower).
-CFLAGS = ["-O3", "-ffp-contract=off", "-fno-fast-math", "-fno-tree-reassoc", "-fschedule-insns", "-fsched-pressure"]
+CFLAGS = ["-O3", "-fopenmp", "-ffp-contract=off", "-fno-fast-math", "-fno-tree-reassoc", "-fschedule-insns", "-fsched-pressure"]
 
 _LOCK = threading.Lock()
 _LOADED: dict[str, object] = {}
