@@ -136,6 +136,13 @@ static void binary_block_avx2(const uint16_t* offs, int64_t t, int64_t G, const 
   const uint16_t* rows[NT];
   for (int i = 0; i < NT; ++i) rows[i] = offs + (t + i) * G;
   binary_tile_avx2<NT>(rows, wb, G, acc16);
+  if (n == 64 && !e.d) {  // a full block: the vector epilogue straight from the 16-bit counts
+    for (int i = 0; i < NT; ++i)
+      for (int j = 0; j < 64; j += 8)
+        finish8_avx2(e, t + i, o0 + j,
+                     _mm256_cvtepu16_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(acc16 + i * 64 + j))));
+    return;
+  }
   for (int i = 0; i < NT; ++i) {
     for (int j = 0; j < 64; ++j) cnt[j] = acc16[i * 64 + j];
     finish(e, t + i, o0, n, cnt);

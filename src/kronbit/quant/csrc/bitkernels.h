@@ -54,6 +54,19 @@ inline void finish(const Epi& e, int64_t t, int64_t o0, int64_t n, const int32_t
   }
 }
 
+#if KB_X86
+// The same epilogue for 8 outputs at once from int32 accumulators (AVX2): the same IEEE operations
+// in the same order (int32 -> float is exact below 2^24; multiply, then add, never fused), so its
+// results are bit-identical to finish(). Used for full tiles when only y is wanted.
+KB_TARGET("avx2")
+inline void finish8_avx2(const Epi& e, int64_t t, int64_t o0, __m256i acc) {
+  const __m256i d = _mm256_add_epi32(_mm256_set1_epi32(e.off[t]), _mm256_mullo_epi32(_mm256_set1_epi32(e.mul), acc));
+  __m256 y = _mm256_mul_ps(_mm256_cvtepi32_ps(d), _mm256_loadu_ps(e.v + o0));
+  if (e.bias) y = _mm256_add_ps(y, _mm256_loadu_ps(e.bias + o0));
+  _mm256_storeu_ps(e.y + t * e.ld + o0, y);
+}
+#endif
+
 // ---- binary: counts[t][o] = popcount(A_t op W_o), op = XOR (mode 0) or AND (mode 1) ---------
 // Activations: T rows of KW little-endian 64-bit words (bit k of the row = bit k%64 of word k/64,
 // zero past K). Weights, prepared (see kernels.py):

@@ -141,6 +141,10 @@ static void ternary_tile_avx2(const int8_t* act, int64_t t, int64_t KP, const ui
   alignas(32) int32_t cnt[8];
   for (int i = 0; i < NT; ++i)
     for (int v = 0; v < nv; ++v) {
+      if (!e.d && (b + v) * 8 + 8 <= O) {
+        finish8_avx2(e, t + i, (b + v) * 8, acc32[i][v]);
+        continue;
+      }
       _mm256_store_si256(reinterpret_cast<__m256i*>(cnt), acc32[i][v]);
       finish(e, t + i, (b + v) * 8, std::min<int64_t>(8, O - (b + v) * 8), cnt);
     }
@@ -187,6 +191,10 @@ static void ternary_tile_avxvnni(const int8_t* act, int64_t t, int64_t KP, const
   alignas(32) int32_t cnt[8];
   for (int i = 0; i < NT; ++i)
     for (int v = 0; v < nv; ++v) {
+      if (!e.d && (b + v) * 8 + 8 <= O) {
+        finish8_avx2(e, t + i, (b + v) * 8, acc[i][v]);
+        continue;
+      }
       _mm256_store_si256(reinterpret_cast<__m256i*>(cnt), acc[i][v]);
       finish(e, t + i, (b + v) * 8, std::min<int64_t>(8, O - (b + v) * 8), cnt);
     }
