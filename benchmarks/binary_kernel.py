@@ -18,7 +18,7 @@ Roofline (the ceiling of the instruction each AVX2 kernel is built on), written 
   roof / s = MAC per cycle × clock × cores; the clock is the one /proc/cpuinfo reports (a VM
   reports the nominal clock; a boost clock would raise the roof).
 
-    python benchmarks/binary_kernel.py [--rounds 5]
+    python benchmarks/binary_kernel.py [--rounds 5] [--redo | --redo-rows 768x768/t128 ...]
 """
 
 from __future__ import annotations
@@ -74,6 +74,26 @@ def _median_ms(fns: dict, rounds: int) -> dict[str, float]:
     return {n: round(1e3 * statistics.median(t), 4) for n, t in times.items()}
 
 
+def _cpu_ms_one_thread(fns: dict, rounds: int) -> dict[str, float]:
+    """The vector GEMMs on one thread, timed in that thread's CPU time: a job on the other core (or
+    preemption) does not enter it, so this is the kernel's own speed against one core's roof."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        out = {}
+        for name, f in fns.items():
+            f()
+            times = []
+            for _ in range(rounds):
+                t0 = time.thread_time()
+                f()
+                times.append(time.thread_time() - t0)
+            out[name] = round(1e3 * statistics.median(times), 4)
+        return out
+    finally:
+        torch.set_num_threads(before)
+
+
 def _layer(w_bits: int, a_bits: int, k: int, o: int, path: str) -> PackedLinear:
     q = QuantLinear(k, o, config=QuantConfig(w_bits=w_bits, a_bits=a_bits)).eval()
     with torch.no_grad():
@@ -112,6 +132,12 @@ def _functions(k: int, o: int, t: int) -> dict:
     return fns
 
 
+def _kind(name: str) -> str | None:
+    if name.startswith(("binary", "W1A1")):
+        return "binary"
+    return "ternary" if name.startswith(("ternary", "W2A8")) else None
+
+
 def measure(res: Results, rounds: int) -> None:
     ghz = clock_ghz()
     cores = THREADS
@@ -123,21 +149,26 @@ def measure(res: Results, rounds: int) -> None:
         "binary_gmac_per_s": round(roof["binary"] / 1e9, 1), "ternary_gmac_per_s": round(roof["ternary"] / 1e9, 1),
         "derivation": "binary: 2 VPSHUFB ymm / cycle x 32 lookups x 4 bits; ternary: 2 VPMADDUBSW ymm / cycle x "
                       "32 MACs; x clock (/proc/cpuinfo) x cores"}
+    with torch.inference_mode():  # untimed: the first shape timed in a fresh process ran several times slower
+        _median_ms(_functions(*SHAPES[0], TOKENS[0]), 2)
     for k, o in SHAPES:
         for t in TOKENS:
             key = f"{k}x{o}/t{t}"
             if res.done(key):
                 continue
             with torch.inference_mode():
-                ms = _median_ms(_functions(k, o, t), rounds)
+                fns = _functions(k, o, t)
+                ms = _median_ms(fns, rounds)
+                cpu1 = _cpu_ms_one_thread({n: f for n, f in fns.items() if n.endswith("gemm avx2")}, rounds)
             macs = t * k * o
             gmacs = {n: round(macs / (v / 1e3) / 1e9, 1) for n, v in ms.items()}
-            frac = {n: round(gmacs[n] * 1e9 / roof["binary" if n.startswith(("binary", "W1A1")) else "ternary"], 3)
-                    for n in ms if n.startswith(("binary", "ternary", "W1A1", "W2A8"))}
+            frac = {n: round(gmacs[n] * 1e9 / roof[_kind(n)], 3) for n in ms if _kind(n)}
+            frac1 = {n: round(macs / (v / 1e3) / (roof[_kind(n)] / cores), 3) for n, v in cpu1.items()}
             res.add(key, {"in": k, "out": o, "tokens": t, "unit": "ms per call (median of interleaved rounds); "
                           "GMAC/s; fraction of the roofline", "ms": ms, "gmac_per_s": gmacs,
-                          "fraction_of_roof": frac, "threads": torch.get_num_threads(), "rounds": rounds})
-            print(key, ms, frac, flush=True)
+                          "fraction_of_roof": frac, "threads": torch.get_num_threads(), "rounds": rounds,
+                          "one_thread_cpu_ms": cpu1, "one_thread_fraction_of_core_roof": frac1})
+            print(key, ms, frac, cpu1, frac1, flush=True)
 
 
 def render(res: Results) -> str:
@@ -159,12 +190,24 @@ def render(res: Results) -> str:
     names = []
     for _, v in rows:
         names += [n for n in v["ms"] if n not in names]
+    loads = [v["machine"]["load_avg_1_5_15min"][0] for _, v in rows]
+    out.append(f"Load average (1 min) while measured: {min(loads)}–{max(loads)} on {r['cores']} cores (other jobs "
+               "ran beside this one; the two-thread figures share the cores with them).\n")
     out.append("## ms per call (fraction of the roofline in brackets)\n\n" + md_table(
         ["in → out", "tokens", *names],
         [[f"{v['in']} → {v['out']}", v["tokens"],
           *[("" if n not in v["ms"] else f"{v['ms'][n]:.3f}" + (f" ({v['fraction_of_roof'][n]:.0%})"
                                                                  if n in v["fraction_of_roof"] else ""))
             for n in names]] for _, v in rows]))
+    one = [(k, v) for k, v in rows if "one_thread_cpu_ms" in v]
+    if one:
+        gem = sorted({n for _, v in one for n in v["one_thread_cpu_ms"]})
+        out.append("\n## One thread, its own CPU time (a job on the other core does not enter it)\n\n"
+                   "ms per call and fraction of one core's roof in brackets.\n\n" + md_table(
+            ["in → out", "tokens", *gem],
+            [[f"{v['in']} → {v['out']}", v["tokens"],
+              *[f"{v['one_thread_cpu_ms'][n]:.3f} ({v['one_thread_fraction_of_core_roof'][n]:.0%})" for n in gem]]
+             for _, v in one]))
     return "\n".join(out)
 
 
@@ -172,12 +215,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--redo", action="store_true")
+    ap.add_argument("--redo-rows", nargs="+", metavar="KEY", help="recompute these rows only, e.g. 768x768/t128")
     args = ap.parse_args()
     torch.set_num_threads(THREADS)
     os.environ.pop(kernels.ENV_PATH, None)
     res = Results("binary_kernel", "bit-level GEMM kernels against the CPU's instruction roofline")
     if args.redo:
         res.data["rows"] = {}
+    for key in args.redo_rows or []:
+        res.data["rows"].pop(key, None)
     measure(res, args.rounds)
     res.save(render(res))
 

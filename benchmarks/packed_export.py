@@ -276,9 +276,9 @@ def render(res: Results) -> str:
         r0 = lat[0][1]
         parts.append(f"## Latency (ms per forward, BERT-base shape, {r0['threads']} threads, median of "
                      f"{r0['rounds']} interleaved rounds; ratio to int8 dynamic in brackets)\n\n" + md_table(
-            ["batch × seq", *names],
-            [[f"{r['batch']} × {r['seq']}", *[f"{r['ms'][n]:.1f} ({r['ratio_vs_int8'][n]:.2f}x)" for n in names]]
-             for _, r in lat])
+            ["batch × seq", *names, "load avg (1 min)"],
+            [[f"{r['batch']} × {r['seq']}", *[f"{r['ms'][n]:.1f} ({r['ratio_vs_int8'][n]:.2f}x)" for n in names],
+              r["machine"]["load_avg_1_5_15min"][0]] for _, r in lat])
             + "\nPacked models run on the bit-level kernels `load_packed` selects (" +
             ", ".join(f"{n}: {p}" for n, p in r0["packed_linear_paths"].items()) + "). Targets: packed W1A1 ≤ "
             "0.35x int8 dynamic, packed W2A8 ≤ 1.0x. " + ("" if r0["bf16_native"] else
