@@ -275,7 +275,8 @@ def render(res: Results) -> str:
         names = list(lat[0][1]["ms"])
         r0 = lat[0][1]
         parts.append(f"## Latency (ms per forward, BERT-base shape, {r0['threads']} threads, median of "
-                     f"{r0['rounds']} interleaved rounds; ratio to int8 dynamic in brackets)\n\n" + md_table(
+                     f"{'/'.join(str(r['rounds']) for _, r in lat)} interleaved rounds; ratio to int8 dynamic in "
+                     "brackets)\n\n" + md_table(
             ["batch × seq", *names, "load avg (1 min)"],
             [[f"{r['batch']} × {r['seq']}", *[f"{r['ms'][n]:.1f} ({r['ratio_vs_int8'][n]:.2f}x)" for n in names],
               r["machine"]["load_avg_1_5_15min"][0]] for _, r in lat])
