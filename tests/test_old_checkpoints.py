@@ -24,7 +24,11 @@ def _bert_inputs(expected):
 
 
 @pytest.mark.parametrize("name", ["bert-w1a1-compressed", "bert-w1a1-packed"])
-def test_old_bert_checkpoints_reproduce_their_logits(name, expected):
+def test_old_bert_checkpoints_reproduce_their_logits(name, expected, monkeypatch):
+    # Bit for bit on the torch path. The bit-level W1A1 kernel (what load_packed picks by default)
+    # rounds once where the BLAS rounds per partial sum: on this random-init model, whose biases
+    # are all zero, an exact zero pre-activation against the BLAS's ±1e-9 flips the next sign.
+    monkeypatch.setenv("KRONBIT_KERNEL_PATH", "off")
     model = kronbit.load_model(FIXTURES / name)
     with torch.no_grad():
         logits = model(**_bert_inputs(expected)).logits

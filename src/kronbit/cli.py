@@ -132,6 +132,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .workflows.bench import bench_model, markdown
+
+    result = bench_model(args.model_dir, shapes=args.shapes, rounds=args.rounds, threads=args.threads,
+                         write=not args.no_write)
+    print(json.dumps(result))
+    print(markdown(result), end="")
+    return 0
+
+
 DATA_HELP = ("GLUE TSV root (CoLA/, SST-2/, ...) or 'hub'; default: $KRONBIT_DATA_ROOT/glue, else the "
              "local data folder when it exists, else the hub")
 
@@ -244,6 +254,18 @@ def _card_parser(sub) -> None:
     p.set_defaults(func=cmd_card)
 
 
+def _bench_parser(sub) -> None:
+    p = sub.add_parser("bench", help="latency of a packed model against fp32, bf16 autocast and int8 dynamic "
+                                     "(JSON line + table; writes bench.json into the folder)")
+    p.add_argument("model_dir", help="packed model directory (kronbit export)")
+    p.add_argument("--shapes", nargs="+", default=["1x128", "32x128"], metavar="BATCHxSEQ",
+                   help="batch x sequence shapes to time (default: 1x128 32x128)")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds per shape (median)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
+    p.add_argument("--no-write", action="store_true", help="do not write bench.json")
+    p.set_defaults(func=cmd_bench)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kronbit", description="Compress transformer language models: "
                                      "two-stage progressive quantization and Kronecker decomposition.")
@@ -258,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     _export_parsers(sub)
     _demo_parser(sub, data_default)
     _card_parser(sub)
+    _bench_parser(sub)
     return parser
 
 

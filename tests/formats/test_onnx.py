@@ -13,6 +13,14 @@ from kronbit.quant import quantizers
 
 ort = pytest.importorskip("onnxruntime")
 
+
+@pytest.fixture(autouse=True)
+def _torch_path(monkeypatch):
+    """The graph is the dequantized arithmetic, so compare with the packed model's torch path: the
+    bit-level kernels round differently, and these random-init models' all-zero biases make exact
+    zero pre-activations whose next sign flips between the two (see tests/quant/test_kernels.py)."""
+    monkeypatch.setenv("KRONBIT_KERNEL_PATH", "off")
+
 SETTINGS = {
     "W1A1": dict(w_bits=1, a_bits=1),
     "W1A8": dict(w_bits=1, a_bits=8),

@@ -29,7 +29,10 @@ CASES = [dict(w_bits=1, a_bits=1), dict(w_bits=2, a_bits=8), dict(w_bits=4, a_bi
 
 
 @pytest.mark.parametrize("cfg", CASES, ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items()))
-def test_packed_reload_equals_fake_quant_exactly(make_bert, tmp_path, cfg):
+def test_packed_reload_equals_fake_quant_exactly(make_bert, tmp_path, cfg, monkeypatch):
+    # The bit-level kernels (W1A1, W2A8) agree up to float rounding (tests/quant/test_kernels.py);
+    # without them every packed path is bit-exact.
+    monkeypatch.setenv("KRONBIT_KERNEL_PATH", "off")
     model = make_bert()
     quantize_(model, QuantConfig(quantize_embeddings=True, quantize_attention=True, **cfg))
     ids = _ids()  # 48 tokens: above the LUT threshold, so the packed model takes the exact path
@@ -229,10 +232,11 @@ def _on_meta(model):
 
 
 @pytest.mark.parametrize("arch", ["bert", "gpt2", "gpt2-kron-embedding", "llama"])
-def test_packed_load_materialises_every_tensor(make_bert, make_gpt2, tmp_path, arch):
+def test_packed_load_materialises_every_tensor(make_bert, make_gpt2, tmp_path, arch, monkeypatch):
     """The architecture is built with its parameters on the meta device; after loading nothing may
     be left there, the buffers the checkpoint does not hold (BERT's position_ids / token_type_ids,
     Llama's rotary inv_freq) must have their values, and a tied head must still be tied."""
+    monkeypatch.setenv("KRONBIT_KERNEL_PATH", "off")  # bit-exact torch path (the kernels: test_kernels.py)
     model = {"bert": make_bert, "gpt2": make_gpt2, "gpt2-kron-embedding": make_gpt2, "llama": _tiny_llama}[arch]()
     if arch == "gpt2-kron-embedding":  # a KroneckerTiedHead reads the embedding's factors
         kroneckerize_(model, {"compression": 2, "layers": "all", "embeddings": True})

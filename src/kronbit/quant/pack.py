@@ -27,16 +27,10 @@ amortises an unpack, go through ``unpack`` + matmul instead.
 
 from __future__ import annotations
 
-import logging
-import os
-import threading
-from pathlib import Path
-
 import torch
 
 from ..core.errors import ModelError
-
-log = logging.getLogger(__name__)
+from .build import load_extension
 
 PACK_BITS = (1, 2, 4, 8)
 
@@ -154,32 +148,9 @@ def to_planes(packed: torch.Tensor, bits: int, cols: int) -> torch.Tensor:
 # The LUT matmul
 
 
-_EXT = None
-_EXT_LOCK = threading.Lock()
-_EXT_FAILED = False
-
-
 def _extension():
-    """The compiled kernel, built once per machine (cached by torch's extension builder); None if
-    it cannot be built here (no compiler) or ``KRONBIT_NO_EXTENSION=1``."""
-    global _EXT, _EXT_FAILED
-    if _EXT is not None or _EXT_FAILED:
-        return _EXT
-    if os.environ.get("KRONBIT_NO_EXTENSION") == "1":
-        return None
-    with _EXT_LOCK:
-        if _EXT is None and not _EXT_FAILED:
-            try:
-                from torch.utils.cpp_extension import load
-
-                src = Path(__file__).with_name("csrc") / "lut_matmul.cpp"
-                _EXT = load(name="kronbit_lut_matmul", sources=[str(src)], extra_cflags=["-O3", "-march=native"],
-                            verbose=False)
-            except Exception as e:  # no compiler, no headers: the torch path still works
-                _EXT_FAILED = True
-                log.warning("kronbit: low-bit kernel not built (%s); using the plain torch path",
-                            str(e).splitlines()[0] if str(e) else type(e).__name__)
-    return _EXT
+    """The compiled LUT kernel, or None (no compiler, or ``KRONBIT_NO_EXTENSION=1``); see ``build``."""
+    return load_extension("kronbit_lut_matmul", ("lut_matmul.cpp",))
 
 
 def lut_matmul(x: torch.Tensor, planes: torch.Tensor, cols: int) -> torch.Tensor:

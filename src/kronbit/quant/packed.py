@@ -6,6 +6,13 @@ values — never the latent full-precision weight. Activation quantizers are kep
 learned α/β/step sizes are part of the model).
 
 Forward of ``PackedLinear``, by case:
+  * ``mode="packed"`` with a bit-level kernel (``quant.kernels``; a packed layer selects its
+    kernel itself when its tensors are loaded, so ``load_packed`` runs on them): W1A1 layers (BWN
+    weights, elastic binary activations) run the XOR-popcount GEMM and W2A8 layers (2-bit weights,
+    8-bit symmetric min-max activations) the 2-bit x int8 GEMM, at every batch size: exact integer
+    accumulation, one float32 rounding for the scales (relative differences to the fake-quant
+    output ~1e-7, from the BLAS's float summation). The layer then holds its weight in the
+    kernel's layout only (``state_dict`` and ``codes()`` give the file's layout back).
   * ``mode="packed"`` and at most ``lut_max_tokens`` tokens and ≤ 4 bits: the lookup-table
     matmul straight from the bit-planes (``pack.lut_matmul``); the weight is never expanded.
     Equal to the fake-quant output up to float summation order (a different order of the same
@@ -30,7 +37,7 @@ from torch import nn
 
 from ..core.errors import ModelError
 from ..kron.layers import kron_linear
-from . import pack
+from . import kernels, pack
 from .layers import FULL, QuantEmbedding, QuantLinear
 
 MODES = ("packed", "dequantized")
@@ -58,8 +65,13 @@ class _PackedWeight(nn.Module):
         self.weight_scale = scale.detach().float().clone()
         self.weight_offset = None if offset is None else offset.detach().float().clone()
 
+    def standard_packed(self) -> torch.Tensor:
+        """The packed codes in the file's layout (the buffer may hold a kernel's layout)."""
+        k = getattr(self, "kernel", None)
+        return self.packed_weight if k is None else k.unprepare(self.packed_weight)
+
     def codes(self) -> torch.Tensor:
-        return pack.unpack_codes(self.packed_weight, self.bits, self.cols)
+        return pack.unpack_codes(self.standard_packed(), self.bits, self.cols)
 
     def dequantized_weight(self) -> torch.Tensor:
         """codes · scale (+ offset) in float32 — the expression the quantizers use, so with fp32
@@ -91,6 +103,7 @@ class PackedLinear(_PackedWeight):
         self.register_module("output_quantizer", None)
         self._planes: torch.Tensor | None = None
         self._dense: torch.Tensor | None = None
+        self.kernel: kernels.Kernel | None = None
 
     @classmethod
     def from_quant(cls, q: QuantLinear, mode: str = "packed") -> "PackedLinear":
@@ -115,9 +128,35 @@ class PackedLinear(_PackedWeight):
         m.input_quantizer, m.output_quantizer = q.input_quantizer, q.output_quantizer
         return m
 
+    def use_kernel(self, path: str | None = None) -> bool:
+        """Run this layer on its bit-level kernel if it has one here (see ``kernels.plan``); the
+        weight buffer is re-laid out in place (no second copy). Returns whether it does."""
+        k = kernels.plan(self, path)
+        if k is None or self.packed_weight.is_meta:
+            return False
+        std = self.standard_packed()
+        self.kernel = None
+        self.packed_weight = k.prepare(std)
+        self.kernel = k
+        return True
+
+    def drop_kernel(self) -> None:
+        if self.kernel is not None:
+            self.packed_weight = self.standard_packed()
+            self.kernel = None
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self.kernel is not None:  # checkpoints always hold the file's layout
+            destination[prefix + "packed_weight"] = self.standard_packed()
+
     def _load_from_state_dict(self, *args, **kwargs):
+        path = None if self.kernel is None else self.kernel.path_name
+        self.drop_kernel()  # the incoming tensor is in the file's layout
         super()._load_from_state_dict(*args, **kwargs)
         self._planes = self._dense = None  # derived caches belong to the old tensors
+        if self.mode == "packed":  # loaded (load_packed): onto the bit-level kernel, if it has one
+            self.use_kernel(path)
 
     def _matmul_dense(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         if self.fan_in_fan_out:  # QuantLinear's Conv1D arithmetic, for bit-exact equality
@@ -137,7 +176,7 @@ class PackedLinear(_PackedWeight):
 
     def _matmul_lut(self, x: torch.Tensor) -> torch.Tensor:
         if self._planes is None:
-            self._planes = pack.to_planes(self.packed_weight, self.bits, self.in_features)
+            self._planes = pack.to_planes(self.standard_packed(), self.bits, self.in_features)
         flat = x.reshape(-1, self.in_features).float()
         s = pack.lut_matmul(flat, self._planes, self.in_features)  # Σ u·x
         a, z = pack.signed_affine(self.bits)
@@ -145,12 +184,17 @@ class PackedLinear(_PackedWeight):
 
     def _matmul_bf16(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
-        codes = pack.unpack_codes_as(self.packed_weight, self.bits, self.in_features, torch.bfloat16)
+        codes = pack.unpack_codes_as(self.standard_packed(), self.bits, self.in_features, torch.bfloat16)
         with torch.autocast("cpu", enabled=False):
             cx = F.linear(flat.to(torch.bfloat16), codes).float()
         return self._finish(x, flat, cx)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kernel is not None and self.mode == "packed" and not (torch.jit.is_tracing()
+                                                                        or torch.onnx.is_in_onnx_export()):
+            y = self.kernel.forward(self, x)  # the input quantizer is part of the kernel
+            if y is not None:
+                return y if self.output_quantizer is None else self.output_quantizer(y)
         if self.input_quantizer is not None:
             x = self.input_quantizer(x)
         tokens = x.numel() // self.in_features
@@ -173,7 +217,9 @@ class PackedLinear(_PackedWeight):
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, "
-                f"bias={self.bias is not None}, mode={self.mode}, compute_dtype={self.compute_dtype}" + (", conv1d" if self.fan_in_fan_out else ""))
+                f"bias={self.bias is not None}, mode={self.mode}, compute_dtype={self.compute_dtype}"
+                + (", conv1d" if self.fan_in_fan_out else "")
+                + ("" if self.kernel is None else f", kernel={self.kernel.kind}/{self.kernel.path_name}"))
 
 
 class PackedEmbedding(_PackedWeight):
@@ -260,3 +306,14 @@ class PackedKroneckerLinear(nn.Module):
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, A={self.a_shape}, " \
                f"B={self.b_shape}, rank={self.rank}, bits={self.bits}"
+
+
+def select_kernels_(model: nn.Module, path: str | None = None) -> dict[str, str]:
+    """Put every eligible PackedLinear of ``model`` (mode="packed") on its kernel, in place; returns
+    name → path. ``path`` forces one (see ``kernels.resolve_path``); ``load_packed`` needs no call
+    (a loaded layer selects its kernel), this re-selects, e.g. to force a path."""
+    chosen = {}
+    for name, m in model.named_modules():
+        if isinstance(m, PackedLinear) and m.mode == "packed" and m.use_kernel(path):
+            chosen[name] = m.kernel.path_name
+    return chosen

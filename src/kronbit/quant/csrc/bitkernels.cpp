@@ -1,0 +1,283 @@
+// Torch bindings of the bit-level kernels: run-time path selection (from the CPU's flags, never
+// from the build machine's: every vector path is compiled with function-level target attributes),
+// threading (at::parallel_for over output blocks, tokens in chunks so a chunk's activations stay in
+// L2 while the thread walks its weight blocks), and the fused linear layers:
+//   binary_linear:  sign(x - beta) packed to bits, XOR-popcount GEMM, y = alpha*s_o * D + b;
+//   ternary_linear: 8-bit symmetric min-max quantization of x, 2-bit x int8 GEMM, y = s*a_o * D + b.
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <limits>
+#include <vector>
+
+#include "bitkernels.h"
+
+namespace kb {
+
+bool cpu_has(Path p, bool binary) {
+#if KB_X86
+  __builtin_cpu_init();
+  const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+  switch (p) {
+    case PORTABLE: return true;
+    case AVX2: return __builtin_cpu_supports("avx2");
+    case AVXVNNI: return !binary && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("avxvnni");
+    case AVX512:
+      return avx512 && (binary ? __builtin_cpu_supports("avx512vpopcntdq") : __builtin_cpu_supports("avx512vnni"));
+  }
+  return false;
+#else
+  return p == PORTABLE;
+#endif
+}
+
+}  // namespace kb
+
+namespace {
+
+using namespace kb;
+
+constexpr float kEps = 1e-8f;            // quantizers.EPS: the smallest scale
+constexpr int64_t kTokenChunk = 128;     // tokens whose activations a thread keeps hot in L2
+
+int resolve(int64_t path, bool binary) {
+  if (path < 0) {
+    for (Path p : {AVX512, AVXVNNI, AVX2})
+      if (cpu_has(p, binary)) return p;
+    return PORTABLE;
+  }
+  TORCH_CHECK(path <= AVX512 && cpu_has(static_cast<Path>(path), binary), "kernel path ", path,
+              " is not available on this CPU for the ", binary ? "binary" : "ternary", " kernel");
+  return static_cast<int>(path);
+}
+
+std::vector<int64_t> available(bool binary) {
+  std::vector<int64_t> out;
+  for (Path p : {PORTABLE, AVX2, AVXVNNI, AVX512})
+    if (cpu_has(p, binary)) out.push_back(p);
+  return out;
+}
+
+void check_f32(const torch::Tensor& t, const char* name) {
+  TORCH_CHECK(t.scalar_type() == torch::kFloat32 && t.is_contiguous() && t.device().is_cpu(), name,
+              " must be a contiguous float32 CPU tensor");
+}
+
+// v[o] = a * s[o] (one float32 multiply, as the fake-quant product of the two levels)
+std::vector<float> out_scales(float a, const torch::Tensor& wscale, int64_t O) {
+  check_f32(wscale, "wscale");
+  TORCH_CHECK(wscale.numel() == 1 || wscale.numel() == O, "wscale must have 1 or out_features elements");
+  const float* s = wscale.data_ptr<float>();
+  std::vector<float> v(O);
+  for (int64_t o = 0; o < O; ++o) v[o] = a * s[wscale.numel() == 1 ? 0 : o];
+  return v;
+}
+
+const float* bias_ptr(const c10::optional<torch::Tensor>& bias, int64_t O) {
+  if (!bias.has_value() || !bias->defined()) return nullptr;
+  check_f32(*bias, "bias");
+  TORCH_CHECK(bias->numel() == O, "bias must have out_features elements");
+  return bias->data_ptr<float>();
+}
+
+// ---- binary -----------------------------------------------------------------------------------
+
+torch::Tensor pack_signs(torch::Tensor x, torch::Tensor beta, int64_t path) {
+  check_f32(x, "x");
+  check_f32(beta, "beta");
+  TORCH_CHECK(x.dim() == 2, "x must be (tokens, features)");
+  const int64_t T = x.size(0), K = x.size(1), KW = (K + 63) / 64;
+  TORCH_CHECK(beta.numel() == 1 || beta.numel() == K, "beta must have 1 or in_features elements");
+  const int p = resolve(path, true);
+  auto out = torch::empty({T, KW}, x.options().dtype(torch::kInt64));
+  const float* xp = x.data_ptr<float>();
+  const float* bp = beta.data_ptr<float>();
+  auto* op = reinterpret_cast<uint64_t*>(out.data_ptr<int64_t>());
+  const bool vec = beta.numel() == K && K > 1;
+  at::parallel_for(0, T, 64, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      if (p >= AVX2) pack_signs_avx2(xp + t * K, bp, vec, K, KW, op + t * KW);
+      else pack_signs_portable(xp + t * K, bp, vec, K, KW, op + t * KW);
+    }
+  });
+  return out;
+}
+
+torch::Tensor pack_unsigned(torch::Tensor x, double alpha) {
+  check_f32(x, "x");
+  TORCH_CHECK(x.dim() == 2, "x must be (tokens, features)");
+  const int64_t T = x.size(0), K = x.size(1), KW = (K + 63) / 64;
+  auto out = torch::empty({T, KW}, x.options().dtype(torch::kInt64));
+  const float* xp = x.data_ptr<float>();
+  auto* op = reinterpret_cast<uint64_t*>(out.data_ptr<int64_t>());
+  const float a = static_cast<float>(alpha);
+  at::parallel_for(0, T, 64, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) pack_unsigned_portable(xp + t * K, a, K, KW, op + t * KW);
+  });
+  return out;
+}
+
+void run_binary(const uint64_t* act, int64_t T, int64_t KW, int mode, const torch::Tensor& w, int64_t O, int p,
+                const Epi& e) {
+  if (p == AVX2) {
+    TORCH_CHECK(w.scalar_type() == torch::kUInt8 && w.numel() == (O + 63) / 64 * 16 * KW * 32,
+                "weights are not in the avx2 (nibble) layout for this shape");
+    const int64_t G = 16 * KW;
+    std::vector<uint16_t> offs(T * G);
+    at::parallel_for(0, T, 64, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        const auto* bytes = reinterpret_cast<const uint8_t*>(act + t * KW);
+        for (int64_t g = 0; g < G; ++g) {
+          const int nib = (g & 1) ? (bytes[g >> 1] >> 4) : (bytes[g >> 1] & 15);
+          offs[t * G + g] = static_cast<uint16_t>(mode * 512 + nib * 32);
+        }
+      }
+    });
+    const auto* wp = w.data_ptr<uint8_t>();
+    at::parallel_for(0, (O + 63) / 64, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t t = 0; t < T; t += kTokenChunk)
+        binary_counts_avx2(offs.data(), t, std::min(T, t + kTokenChunk), KW, wp, b0, b1, mode, e, O);
+    });
+    return;
+  }
+  TORCH_CHECK(w.scalar_type() == torch::kInt64 && w.numel() == (O + 7) / 8 * KW * 8,
+              "weights are not in the words layout for this shape");
+  const auto* wp = reinterpret_cast<const uint64_t*>(w.data_ptr<int64_t>());
+  const int64_t units = (O + 31) / 32;  // 4 blocks of 8 rows: the avx512 tile
+  at::parallel_for(0, units, 1, [&](int64_t u0, int64_t u1) {
+    const int64_t b0 = u0 * 4, b1 = std::min((O + 7) / 8, u1 * 4);
+    for (int64_t t = 0; t < T; t += kTokenChunk) {
+      const int64_t t1 = std::min(T, t + kTokenChunk);
+      if (p == AVX512) binary_counts_avx512(act, t, t1, KW, wp, b0, b1, mode, e, O);
+      else binary_counts_portable(act, t, t1, KW, wp, b0, b1, mode, e, O);
+    }
+  });
+}
+
+// D = K - 2 popcount(A xor W) (mode 0) or 2 popcount(A and W) - popcount(A) (mode 1); returns
+// y = v * D (+ bias), or D itself with return_d.
+torch::Tensor binary_gemm(torch::Tensor act, int64_t K, int64_t mode, torch::Tensor w, int64_t O, torch::Tensor v,
+                          c10::optional<torch::Tensor> bias, int64_t path, bool return_d) {
+  TORCH_CHECK(act.scalar_type() == torch::kInt64 && act.is_contiguous() && act.dim() == 2, "act must be (T, KW) int64");
+  TORCH_CHECK(mode == 0 || mode == 1, "mode must be 0 (xor) or 1 (and)");
+  TORCH_CHECK(K > 0 && K < 65536 && act.size(1) == (K + 63) / 64, "act does not match in_features");
+  check_f32(v, "v");
+  TORCH_CHECK(v.numel() == O, "v must have out_features elements");
+  const int p = resolve(path, true);
+  const int64_t T = act.size(0), KW = act.size(1);
+  const auto* ap = reinterpret_cast<const uint64_t*>(act.data_ptr<int64_t>());
+  std::vector<int32_t> off(T, static_cast<int32_t>(K));
+  if (mode == 1)
+    for (int64_t t = 0; t < T; ++t) {
+      int32_t c = 0;
+      for (int64_t k = 0; k < KW; ++k) c += __builtin_popcountll(ap[t * KW + k]);
+      off[t] = -c;
+    }
+  auto out = torch::empty({T, O}, act.options().dtype(return_d ? torch::kInt32 : torch::kFloat32));
+  Epi e{off.data(), mode == 0 ? -2 : 2, v.data_ptr<float>(), bias_ptr(bias, O),
+        return_d ? nullptr : out.data_ptr<float>(), return_d ? out.data_ptr<int32_t>() : nullptr, O};
+  run_binary(ap, T, KW, static_cast<int>(mode), w, O, p, e);
+  return out;
+}
+
+// The W1A1 layer: x (T, K) float32, elastic binarizer (alpha, beta), ±1 weights with scales.
+torch::Tensor binary_linear(torch::Tensor x, torch::Tensor beta, torch::Tensor alpha, torch::Tensor w, int64_t O,
+                            torch::Tensor wscale, c10::optional<torch::Tensor> bias, int64_t path) {
+  check_f32(alpha, "alpha");
+  const int64_t K = x.size(1);
+  TORCH_CHECK(K > 0 && K < 65536, "in_features must be below 65536");
+  auto act = pack_signs(x, beta, path);
+  const float a = std::max(alpha.data_ptr<float>()[0], kEps);  // alpha.clamp_min(EPS)
+  auto vs = out_scales(a, wscale, O);
+  auto v = torch::from_blob(vs.data(), {O}, torch::kFloat32);
+  return binary_gemm(act, K, 0, w, O, v, bias, path, false);
+}
+
+// ---- ternary ----------------------------------------------------------------------------------
+
+// q (T, KP) int8, sum q per token, scale: MinMaxAct(8, symmetric) on the whole tensor.
+std::vector<torch::Tensor> quantize_int8(torch::Tensor x, double clip_ratio, double clip_val, int64_t path) {
+  check_f32(x, "x");
+  TORCH_CHECK(x.dim() == 2, "x must be (tokens, features)");
+  const int p = resolve(path, false);
+  const int64_t T = x.size(0), K = x.size(1), KP = (K + 15) / 16 * 16;
+  const float cv = clip_val < 0 ? std::numeric_limits<float>::infinity() : static_cast<float>(clip_val);
+  const float* xp = x.data_ptr<float>();
+  const float amax = at::parallel_reduce(
+      0, T, 16, 0.f,
+      [&](int64_t t0, int64_t t1, float m) {
+        const float r = p >= AVX2 ? absmax_avx2(xp + t0 * K, (t1 - t0) * K, cv) : absmax_portable(xp + t0 * K, (t1 - t0) * K, cv);
+        return std::max(m, r);
+      },
+      [](float a, float b) { return std::max(a, b); });
+  // scale = clamp_min(clip_ratio * amax / 127, EPS) in float32, as MinMaxAct computes it
+  const float s = std::max(static_cast<float>(clip_ratio) * amax / 127.f, kEps);
+  auto q = torch::empty({T, KP}, x.options().dtype(torch::kInt8));
+  auto sq = torch::empty({T}, x.options().dtype(torch::kInt32));
+  int8_t* qp = q.data_ptr<int8_t>();
+  int32_t* sp = sq.data_ptr<int32_t>();
+  at::parallel_for(0, T, 16, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t)
+      sp[t] = p >= AVX2 ? quantize_row_avx2(xp + t * K, K, KP, s, cv, qp + t * KP)
+                        : quantize_row_portable(xp + t * K, K, KP, s, cv, qp + t * KP);
+  });
+  return {q, sq, torch::full({}, s, x.options())};
+}
+
+torch::Tensor ternary_gemm(torch::Tensor q, torch::Tensor sq, torch::Tensor w, int64_t O, torch::Tensor v,
+                           c10::optional<torch::Tensor> bias, int64_t path, bool return_d) {
+  TORCH_CHECK(q.scalar_type() == torch::kInt8 && q.is_contiguous() && q.dim() == 2 && q.size(1) % 16 == 0,
+              "q must be (T, KP) int8 with KP a multiple of 16");
+  TORCH_CHECK(sq.scalar_type() == torch::kInt32 && sq.numel() == q.size(0), "sq must be (T,) int32");
+  const int64_t T = q.size(0), KP = q.size(1);
+  TORCH_CHECK(w.scalar_type() == torch::kUInt8 && w.numel() == (O + 7) / 8 * (KP / 16) * 32,
+              "weights are not in the 2-bit chunk layout for this shape");
+  check_f32(v, "v");
+  TORCH_CHECK(v.numel() == O, "v must have out_features elements");
+  const int p = resolve(path, false);
+  std::vector<int32_t> off(T);
+  const int32_t* sp = sq.data_ptr<int32_t>();
+  for (int64_t t = 0; t < T; ++t) off[t] = -2 * sp[t];
+  auto out = torch::empty({T, O}, q.options().dtype(return_d ? torch::kInt32 : torch::kFloat32));
+  Epi e{off.data(), 1, v.data_ptr<float>(), bias_ptr(bias, O), return_d ? nullptr : out.data_ptr<float>(),
+        return_d ? out.data_ptr<int32_t>() : nullptr, O};
+  const int8_t* ap = q.data_ptr<int8_t>();
+  const uint8_t* wp = w.data_ptr<uint8_t>();
+  const int64_t nb = (O + 7) / 8, units = (nb + 3) / 4;
+  at::parallel_for(0, units, 1, [&](int64_t u0, int64_t u1) {
+    const int64_t b0 = u0 * 4, b1 = std::min(nb, u1 * 4);
+    for (int64_t t = 0; t < T; t += kTokenChunk) {
+      const int64_t t1 = std::min(T, t + kTokenChunk);
+      switch (p) {
+        case AVX512: ternary_dots_avx512(ap, t, t1, KP, wp, b0, b1, e, O); break;
+        case AVXVNNI: ternary_dots_avxvnni(ap, t, t1, KP, wp, b0, b1, e, O); break;
+        case AVX2: ternary_dots_avx2(ap, t, t1, KP, wp, b0, b1, e, O); break;
+        default: ternary_dots_portable(ap, t, t1, KP, wp, b0, b1, e, O);
+      }
+    }
+  });
+  return out;
+}
+
+torch::Tensor ternary_linear(torch::Tensor x, double clip_ratio, double clip_val, torch::Tensor w, int64_t O,
+                             torch::Tensor wscale, c10::optional<torch::Tensor> bias, int64_t path) {
+  auto qs = quantize_int8(x, clip_ratio, clip_val, path);
+  auto vs = out_scales(qs[2].item<float>(), wscale, O);
+  auto v = torch::from_blob(vs.data(), {O}, torch::kFloat32);
+  return ternary_gemm(qs[0], qs[1], w, O, v, bias, path, false);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("available", &available, "paths this CPU can run (0 portable, 1 avx2, 2 avxvnni, 3 avx512)");
+  m.def("pack_signs", &pack_signs, "sign bits of x - beta as (T, ceil(K/64)) int64 words");
+  m.def("pack_unsigned", &pack_unsigned, "bits of round(clamp(x / alpha, 0, 1)) as int64 words");
+  m.def("binary_gemm", &binary_gemm, "binary GEMM (XOR / AND popcount) with a float epilogue");
+  m.def("binary_linear", &binary_linear, "W1A1 linear: elastic binarizer + XOR-popcount GEMM");
+  m.def("quantize_int8", &quantize_int8, "8-bit symmetric min-max quantization: (q, sum q, scale)");
+  m.def("ternary_gemm", &ternary_gemm, "2-bit weights x int8 activations GEMM with a float epilogue");
+  m.def("ternary_linear", &ternary_linear, "W2A8 linear: min-max int8 activations + 2-bit GEMM");
+}

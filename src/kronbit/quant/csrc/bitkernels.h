@@ -1,0 +1,111 @@
+// Shared declarations of the bit-level GEMM kernels (binary_gemm.cpp, ternary_gemm.cpp,
+// bitkernels.cpp). Every path of a kernel computes the same integer accumulators, so outputs are
+// bit-identical whichever path runs; the float epilogue is the same IEEE operations everywhere
+// (multiply, then add: the build passes -ffp-contract=off so no path fuses them into an FMA).
+#pragma once
+#include <cstdint>
+#include <cstring>
+
+#if defined(__x86_64__) || defined(__i386__)
+#define KB_X86 1
+#include <immintrin.h>
+#define KB_TARGET(s) __attribute__((target(s)))
+#else
+#define KB_X86 0
+#define KB_TARGET(s)
+#endif
+
+namespace kb {
+
+// Code paths, in order of preference. The binary kernel has portable / avx2 / avx512 (VPOPCNTDQ);
+// the ternary kernel has portable / avx2 / avxvnni / avx512 (VNNI).
+enum Path : int { PORTABLE = 0, AVX2 = 1, AVXVNNI = 2, AVX512 = 3 };
+
+bool cpu_has(Path p, bool binary);
+
+// The epilogue every kernel applies to a finished tile, so accumulators never leave the cache:
+// D = off[t] + mul * acc (the exact signed integer dot product), then, if y is set,
+// y[t][o] = float(D) * v[o] (+ bias[o]), and, if d is set, d[t][o] = D (tests read D directly).
+struct Epi {
+  const int32_t* off;  // per token
+  int32_t mul;
+  const float* v;      // per output: activation scale x weight scale, multiplied in float32
+  const float* bias;   // per output, or null
+  float* y;            // (T, ld) or null
+  int32_t* d;          // (T, ld) or null
+  int64_t ld;          // = O
+};
+
+inline void finish(const Epi& e, int64_t t, int64_t o0, int64_t n, const int32_t* acc) {
+  const int32_t off = e.off[t], mul = e.mul;
+  if (e.d) {
+    int32_t* d = e.d + t * e.ld + o0;
+    for (int64_t i = 0; i < n; ++i) d[i] = off + mul * acc[i];
+  }
+  if (e.y) {
+    float* y = e.y + t * e.ld + o0;
+    const float* v = e.v + o0;
+    if (e.bias) {
+      const float* b = e.bias + o0;
+      for (int64_t i = 0; i < n; ++i) y[i] = static_cast<float>(off + mul * acc[i]) * v[i] + b[i];
+    } else {
+      for (int64_t i = 0; i < n; ++i) y[i] = static_cast<float>(off + mul * acc[i]) * v[i];
+    }
+  }
+}
+
+#if KB_X86
+// The same epilogue for 8 outputs at once from int32 accumulators (AVX2): the same IEEE operations
+// in the same order (int32 -> float is exact below 2^24; multiply, then add, never fused), so its
+// results are bit-identical to finish(). Used for full tiles when only y is wanted.
+KB_TARGET("avx2")
+inline void finish8_avx2(const Epi& e, int64_t t, int64_t o0, __m256i acc) {
+  const __m256i d = _mm256_add_epi32(_mm256_set1_epi32(e.off[t]), _mm256_mullo_epi32(_mm256_set1_epi32(e.mul), acc));
+  __m256 y = _mm256_mul_ps(_mm256_cvtepi32_ps(d), _mm256_loadu_ps(e.v + o0));
+  if (e.bias) y = _mm256_add_ps(y, _mm256_loadu_ps(e.bias + o0));
+  _mm256_storeu_ps(e.y + t * e.ld + o0, y);
+}
+#endif
+
+// ---- binary: counts[t][o] = popcount(A_t op W_o), op = XOR (mode 0) or AND (mode 1) ---------
+// Activations: T rows of KW little-endian 64-bit words (bit k of the row = bit k%64 of word k/64,
+// zero past K). Weights, prepared (see kernels.py):
+//   words layout  (portable, avx512): [O/8][KW][8] uint64 — 8 rows interleaved per word index;
+//   nibble layout (avx2):             [O/64][16*KW][32] uint8 — byte j of group g holds bits
+//                                     4g..4g+3 of row 64b+j (low nibble) and of row 64b+32+j (high).
+// Each kernel covers tokens [t0, t1) and output blocks [b0, b1) (8 rows a block in the words
+// layout, 64 in the nibble layout) and hands every finished tile to finish().
+// avx2 reads activations as table offsets instead of words: offs[t][g] = 32 * nibble g of row t.
+void binary_counts_portable(const uint64_t* act, int64_t t0, int64_t t1, int64_t KW, const uint64_t* w,
+                            int64_t b0, int64_t b1, int mode, const Epi& e, int64_t O);
+void binary_counts_avx2(const uint16_t* offs, int64_t t0, int64_t t1, int64_t KW, const uint8_t* w,
+                        int64_t b0, int64_t b1, int mode, const Epi& e, int64_t O);
+void binary_counts_avx512(const uint64_t* act, int64_t t0, int64_t t1, int64_t KW, const uint64_t* w,
+                          int64_t b0, int64_t b1, int mode, const Epi& e, int64_t O);
+// Sign bits of x - beta (1 = +1: the sign bit of the float32 difference is clear, so +0 -> +1 and
+// -0 -> -1 as copysign) or, unsigned, of round(clamp(x / alpha, 0, 1)) (1 iff x / alpha > 0.5).
+void pack_signs_portable(const float* x, const float* beta, bool beta_vec, int64_t K, int64_t KW, uint64_t* out);
+void pack_signs_avx2(const float* x, const float* beta, bool beta_vec, int64_t K, int64_t KW, uint64_t* out);
+void pack_unsigned_portable(const float* x, float alpha, int64_t K, int64_t KW, uint64_t* out);
+
+// ---- ternary / 2-bit weights x int8 activations: S[t][o] = sum_k u[o][k] * q[t][k] ------------
+// u = code + 2 in [0, 3] (the packed 2-bit field); the signed dot product is S - 2 * sum_k q[t][k].
+// Activations: T rows of KP int8 (KP = K rounded up to 16, zero-padded). Weights, prepared:
+//   [O/8][KP/16][32] uint8 — byte j = 4*r + i of chunk c holds, at bits 2s..2s+1, the field of row
+//   8b+r at input 16c + 4s + i.
+void ternary_dots_portable(const int8_t* act, int64_t t0, int64_t t1, int64_t KP, const uint8_t* w,
+                           int64_t b0, int64_t b1, const Epi& e, int64_t O);
+void ternary_dots_avx2(const int8_t* act, int64_t t0, int64_t t1, int64_t KP, const uint8_t* w,
+                       int64_t b0, int64_t b1, const Epi& e, int64_t O);
+void ternary_dots_avxvnni(const int8_t* act, int64_t t0, int64_t t1, int64_t KP, const uint8_t* w,
+                          int64_t b0, int64_t b1, const Epi& e, int64_t O);
+void ternary_dots_avx512(const int8_t* act, int64_t t0, int64_t t1, int64_t KP, const uint8_t* w,
+                         int64_t b0, int64_t b1, const Epi& e, int64_t O);
+// Symmetric 8-bit min-max quantization of one row: q = clamp(round_half_even(clamp(x, +-cv) / s),
+// -127, 127); returns sum q. (The scale s comes from the whole tensor's max |x|.)
+int32_t quantize_row_portable(const float* x, int64_t K, int64_t KP, float s, float cv, int8_t* q);
+int32_t quantize_row_avx2(const float* x, int64_t K, int64_t KP, float s, float cv, int8_t* q);
+float absmax_portable(const float* x, int64_t n, float cv);
+float absmax_avx2(const float* x, int64_t n, float cv);
+
+}  // namespace kb
