@@ -3,8 +3,7 @@
 Everything on it is read from the folder and the run that made it: the base model and its
 licence, the task, the method and recipe, the bits (each method describes its own recorded
 config), size and ratio (the size report), the dev score the run measured (``kronbit.json``), the
-latency ``kronbit bench`` measured when it has been run (``bench.json``, read loosely: any
-schema), and how to load the folder. ``write_model_card`` can be run again at any time
+latency ``kronbit bench`` measured when it has been run (``bench.json``), and how to load the folder. ``write_model_card`` can be run again at any time
 (``kronbit card DIR``, e.g. after a benchmark).
 """
 
@@ -137,9 +136,9 @@ def _method_rows(transforms: list[dict[str, Any]]) -> tuple[list[str], list[tupl
 
 
 def read_bench(folder: Path) -> tuple[list[dict[str, Any]], dict[str, Any]] | None:
-    """``bench.json`` as (rows of scalar fields, scalar context fields), whatever its layout: a
-    list of rows, a mapping holding one (``rows``/``results``/``runs``), or one flat mapping.
-    None when there is no file; ([], {"error": ...}) when it does not parse."""
+    """``bench.json`` (written by ``kronbit bench``) as (one row per shape: ms per variant, the
+    context: unit, threads, ...). None when there is no file; ([], {"error": ...}) when it does
+    not parse or holds no shape."""
     path = folder / BENCH_NAME
     if not path.is_file():
         return None
@@ -147,18 +146,17 @@ def read_bench(folder: Path) -> tuple[list[dict[str, Any]], dict[str, Any]] | No
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:
         return [], {"error": f"{BENCH_NAME} is unreadable ({type(e).__name__})"}
-
-    def scalars(d: Any) -> dict[str, Any]:
-        return {k: v for k, v in d.items() if isinstance(v, (str, int, float, bool))} if isinstance(d, dict) else {}
-
-    if isinstance(data, list):
-        return [scalars(r) for r in data if isinstance(r, dict)], {}
     if not isinstance(data, dict):
         return [], {"error": f"{BENCH_NAME} holds no table"}
-    for key in ("rows", "results", "runs"):
-        if isinstance(data.get(key), list):
-            return [scalars(r) for r in data[key] if isinstance(r, dict)], scalars(data)
-    return [scalars(data)], {}
+    meta = data.get("meta") if isinstance(data.get("meta"), dict) else {}
+    context = {k: v for k, v in meta.items() if isinstance(v, (str, int, float, bool))}
+    rows = []
+    for shape, ms in data.items():
+        if shape == "meta" or not isinstance(ms, dict):
+            continue
+        rows.append({"batch × seq": shape.replace("x", " × "),
+                     **{f"{k} ms": v for k, v in ms.items() if isinstance(v, (int, float))}})
+    return (rows, context) if rows else ([], {"error": f"{BENCH_NAME} holds no shape"})
 
 
 def _table(rows: list[dict[str, Any]], limit: int = 12) -> str:
