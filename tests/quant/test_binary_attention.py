@@ -298,9 +298,10 @@ def test_onnx_export_of_a_binary_attention_model(tmp_path, tiny_bert):
     assert result["max_abs_diff_vs_torch"] < 1e-5
 
 
-def test_gpt2_binary_attention_on_the_fused_projection_and_causal_mask(tmp_path):
+def test_gpt2_binary_attention_on_the_fused_projection_and_causal_mask(tmp_path, monkeypatch):
     """GPT-2: Q/K/V come out of one fused Conv1D (c_attn), binarized as one tensor; the causal
     future's probabilities (exactly 0) stay 0; the packed reload computes the same logits."""
+    monkeypatch.setenv("KRONBIT_KERNEL_PATH", "off")  # bit-exact torch path (the kernels: test_kernels.py)
     from helpers import tiny_gpt2
 
     model = tiny_gpt2(n_layer=2)

@@ -120,7 +120,17 @@ def finish(model: nn.Module, block: dict[str, Any]) -> None:
                          f"(e.g. {left[:2]}); config.json's quantization_config is inconsistent")
     _realign(model)
     if is_packed_block(block):
+        _onto_kernels(model)
         model.__dict__["kronbit_packed"] = copy.deepcopy(block["packed"])
+
+
+def _onto_kernels(model: nn.Module) -> None:
+    """What a packed layer does when ``load_packed`` loads its tensors (``_load_from_state_dict``):
+    move onto its bit-level kernel. transformers assigns tensors without that hook, so the layers
+    are asked here; any layer that can (``use_kernel``), whatever its method."""
+    for module in model.modules():
+        if getattr(module, "mode", None) == "packed" and callable(getattr(module, "use_kernel", None)):
+            module.use_kernel()
 
 
 ALIGNMENT = 64  # bytes: what torch's CPU allocator gives a fresh tensor
