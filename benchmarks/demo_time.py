@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import WORK, Results, md_table  # noqa: E402
+from common import REPO, WORK, Results, md_table  # noqa: E402
 
 
 
@@ -30,12 +30,18 @@ def timed_demo(out: Path) -> float:
     return time.perf_counter() - t0
 
 
+def _relative(summary: dict) -> dict:
+    """The summary's paths relative to the repository (a results file names no machine's paths)."""
+    root = str(REPO) + "/"
+    return {k: v.replace(root, "") if isinstance(v, str) else v for k, v in summary.items()}
+
+
 def render(res: Results) -> str:
     r = res.data["rows"].get("demo")
     if not r:
         return ""
     head = ("# `kronbit demo`: wall time and its table\n\nProduced by `python benchmarks/demo_time.py` "
-            f"({r['date']}, load average when it finished {r['machine'].get('load_avg')}); the first run starts "
+            f"({r['date']}, load average when it finished {r['machine'].get('load_avg_1_5_15min')}); the first run starts "
             "from nothing, the second reuses what the first wrote.\n\n")
     times = md_table(["run", "wall min"], [["first (from nothing)", r["first_s"] / 60],
                                            ["second (reusing)", r["second_s"] / 60]])
@@ -57,7 +63,7 @@ def main() -> None:
         first = timed_demo(out)
         second = timed_demo(out)
         res.add("demo", {"first_s": round(first, 1), "second_s": round(second, 1), "unit": "s (wall clock)",
-                         "summary": json.loads((out / "summary.json").read_text())})
+                         "summary": _relative(json.loads((out / "summary.json").read_text()))})
     res.save(render(res))
 
 
