@@ -48,7 +48,8 @@ seconds = time.perf_counter() - t0
 tok = AutoTokenizer.from_pretrained(d)
 with torch.no_grad():
     logits = model(**tok(["a gripping, beautifully acted film"] * 2, return_tensors="pt")).logits
-torch.save(logits, sys.argv[2])
+from safetensors.torch import save_file
+save_file({{"logits": logits.contiguous()}}, sys.argv[2])
 print(json.dumps({{"seconds": seconds, "weight_bytes": module_bytes(model)}}))
 """
 
@@ -97,15 +98,16 @@ def _export_minilm(out: Path) -> Path:
 
 def load(res: Results, rounds: int) -> None:
     import torch
+    from safetensors.torch import load_file
 
     folder = _export_minilm(WORK / "hf_loading")
     seen: dict[str, list[dict]] = {k: [] for k in LOADERS}
     for _ in range(rounds):
         for name, code in LOADERS.items():
-            out = WORK / "hf_loading" / f"{name.split('.')[0]}.pt"
+            out = WORK / "hf_loading" / f"{name.split('.')[0]}.safetensors"
             r = subprocess.run([sys.executable, "-c", TIMED.format(load=code), str(folder), str(out)], env=_env(),
                                check=True, capture_output=True, text=True)
-            seen[name].append({**json.loads(r.stdout.strip().splitlines()[-1]), "logits": torch.load(out)})
+            seen[name].append({**json.loads(r.stdout.strip().splitlines()[-1]), "logits": load_file(out)["logits"]})
     first = next(iter(seen.values()))[0]["logits"]
     for name, rows in seen.items():
         res.add(f"load {name}", {"loader": name, "seconds_median": round(statistics.median(r["seconds"] for r in rows), 3),

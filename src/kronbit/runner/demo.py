@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import io
 import logging
-import statistics
 import time
 import warnings
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from ..formats.meta import read_meta
 from ..formats.packed import packed_dir
 from ..formats.size import size_report
 from ..models.encoders import load_classifier, load_tokenizer
+from ..workflows.bench import time_shape
 from ..workflows.evaluate import eval_settings, score
 from ..workflows.export import export_model
 from . import run_recipe
@@ -149,22 +149,12 @@ def _state_dict_mb(model: nn.Module) -> float:
     return buf.tell() / 1e6
 
 
-@torch.inference_mode()
 def latency(models: dict[str, nn.Module], seq_len: int, repeats: int, batch: int = 1) -> dict[str, float]:
-    """Median forward time (ms) per model at ``batch`` × ``seq_len``, repeats interleaved so that a
-    change of load on the machine shifts every model alike."""
+    """Median forward time (ms) per model at ``batch`` × ``seq_len``: ``kronbit bench``'s timing
+    (interleaved rounds, untimed warm-up)."""
     vocab = next(iter(models.values())).config.vocab_size
-    ids = torch.randint(vocab // 4, vocab, (batch, seq_len), generator=torch.Generator().manual_seed(0))
-    mask = torch.ones_like(ids)
-    times: dict[str, list[float]] = {name: [] for name in models}
-    for name, m in models.items():  # warm-up: first calls allocate and pick kernels
-        m(input_ids=ids, attention_mask=mask)
-    for _ in range(repeats):
-        for name, m in models.items():
-            t = time.perf_counter()
-            m(input_ids=ids, attention_mask=mask)
-            times[name].append(time.perf_counter() - t)
-    return {name: round(1e3 * statistics.median(ts), 2) for name, ts in times.items()}
+    ms = time_shape({name: (m, False) for name, m in models.items()}, batch, seq_len, repeats, vocab)
+    return {name: round(v, 2) for name, v in ms.items()}
 
 
 def render(summary: dict[str, Any]) -> str:
