@@ -70,3 +70,19 @@ def test_ablation_stage_is_the_binary_attention_stage():
     stage = recipe.stages[mod.stage_index(recipe)]
     cfg = recipe.quant_config(stage)
     assert (stage.w_bits, stage.a_bits, cfg.attention, cfg.ffn_act_quantizer) == (1, 1, "binary", "elastic_unsigned")
+
+
+def test_w2_lever_rows_each_change_their_stage():
+    """Every lever row resolves to a single w2 (or w4) stage from the teacher that differs from the
+    shipped stage, and no two rows train the same thing."""
+    mod = _module("tspq_w2_levers")
+    seen = set()
+    for key, path, overrides in mod.planned_recipes(mod.parse_args([])):
+        recipe = load_recipe(path, overrides)
+        (stage,) = recipe.stages
+        kd, train = recipe.kd_config(stage), recipe.train_settings(stage)
+        assert stage.init_from == "teacher" and stage.w_bits in (2, 4) and stage.a_bits in (None, 32), key
+        assert train.epochs == mod.EPOCHS and train.eval_every is not None, key
+        seen.add((stage.w_bits, train.learning_rate, kd.task, kd.attention, recipe.quant.quantize_embeddings,
+                  recipe.quant.granularity, recipe.quant.weight_quantizer))
+    assert len(seen) == len(mod.VARIANTS)
