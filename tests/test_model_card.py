@@ -184,3 +184,20 @@ def test_packaged_minilm_end_to_end(minilm_dir, tmp_path):
     torch.testing.assert_close(got, one_by_one, rtol=0, atol=1e-6)
     # the export is the small one: 1-bit encoder weights, packed in memory too
     assert json.loads((out / "config.json").read_text())["quantization_config"]["format"] == "kronbit-packed"
+
+
+def test_the_quant_description_says_what_a_true_w1a1_binarizes():
+    """One hook describes a recorded quant config for people (the card) and for the size report."""
+    from kronbit.core.transforms import get_transform, transform_summaries
+    from kronbit.quant import QuantConfig
+
+    true_w1a1 = QuantConfig(w_bits=1, a_bits=1, attention="binary", ffn_act_quantizer="elastic_unsigned").to_dict()
+    d = get_transform("quant").describe(true_w1a1)
+    rows = dict(d["rows"])
+    assert d["summary"] == "W1A1" and "binary-attention" in d["tags"]
+    assert "Q, K, V" in rows["attention"] and "elastic_unsigned" in rows["FFN intermediate activations"]
+    assert d["fields"] == {"w_bits": 1, "a_bits": 1, "attention": "binary", "ffn_act_quantizer": "elastic_unsigned"}
+    assert transform_summaries([{"kind": "quant", "config": true_w1a1}]) == {"quant": d["fields"]}
+    # at a weight-only stage the same options are not in effect, and the words say so
+    w1 = get_transform("quant").describe({**true_w1a1, "a_bits": 32})
+    assert "attention" not in dict(w1["rows"]) and w1["fields"]["attention"] == "full"

@@ -9,8 +9,8 @@ its own package's ``__init__``, with
 * optionally ``pack(module) -> (packed_module, info) | None`` and ``shell(module, info, **opts)``:
   how one of its modules is written to, and rebuilt from, the packed format; and
   ``for_new_head(config)``: how its recorded config changes when the model gets a new head;
-  ``summary(config)``: what a recorded config does, in a few JSON fields, for reports.
-  ``describe(config)``: what it did, in words, for a model card.
+  ``describe(config)``: what a recorded config did: in words for a model card, and in a few JSON
+  fields (its ``"fields"``) for the size report.
 
 Every ``apply`` appends what it did to the model (``record_transform``), so a model can be saved as
 "base architecture + transforms + tensors" and rebuilt from that, wherever it came from (the role
@@ -43,10 +43,10 @@ class TransformMethod:
     # The config to replay when the model comes back under a new head (a language model's
     # transform replayed on its sequence classifier); None: the same config.
     for_new_head: Callable[[dict[str, Any]], dict[str, Any]] | None = None
-    # What a recorded config does, for the size report (e.g. bits, whether attention is binary).
-    summary: Callable[[dict[str, Any]], dict[str, Any]] | None = None
-    # For people (a model card): describe(recorded config) → {"summary": "W1A1", "rows": [(label,
-    # text), ...], "tags": [...]}; None: the kind and its config as they are.
+    # What a recorded config did, one hook for every report: describe(recorded config) →
+    # {"summary": "W1A1", "rows": [(label, text), ...], "tags": [...], "fields": {...}}; summary,
+    # rows and tags are for people (a model card), the optional "fields" are JSON for the size
+    # report (e.g. bits, whether attention is binary). None: the kind and its config as they are.
     describe: Callable[[dict[str, Any]], dict[str, Any]] | None = None
 
 
@@ -68,12 +68,13 @@ def get_transform(kind: str) -> TransformMethod:
 
 
 def transform_summaries(transforms: list[dict]) -> dict[str, dict[str, Any]]:
-    """{kind: summary} of the recorded transforms whose method gives a summary (for reports)."""
+    """{kind: fields} of the recorded transforms whose ``describe`` gives JSON fields (for reports)."""
     out = {}
     for t in transforms:
         method = get_transform(t["kind"])
-        if method.summary is not None:
-            out[t["kind"]] = method.summary(t["config"])
+        fields = method.describe(t["config"]).get("fields") if method.describe is not None else None
+        if fields is not None:
+            out[t["kind"]] = fields
     return out
 
 

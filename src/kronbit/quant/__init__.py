@@ -22,8 +22,7 @@ from .registry import ACT_QUANTIZERS, WEIGHT_QUANTIZERS
 # The method's one registration: its config, how it is applied and undone, how its modules are
 # packed and rebuilt from the packed format.
 register_transform(TransformMethod(kind="quant", config_cls=QuantConfig, apply=quantize_, undo=dequantize_,
-                                   pack=pack_module, shell=packed_shell, summary=quant_summary,
-                                   describe=describe_quant))
+                                   pack=pack_module, shell=packed_shell, describe=describe_quant))
 
 __all__ = ["QuantConfig", "quantize_", "set_bits_", "dequantize_", "quantized_modules", "quant_state",
            "bits_summary", "quantizer_parameters", "QuantLinear", "QuantEmbedding", "QuantModule", "SCALE_PARAM_SUFFIXES",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .api import quant_summary
 from .layers import FULL
 from .registry import AUTO_ACT, AUTO_WEIGHT, resolve
 
@@ -12,8 +13,10 @@ CODE_NAMES = {"bwn": "binary", "twn": "ternary"}
 
 
 def describe_quant(config: dict[str, Any]) -> dict[str, Any]:
-    """{"summary": "W1A1", "rows": [(label, text)], "tags": [...]} for a recorded QuantConfig."""
-    w, a = config.get("w_bits", FULL), config.get("a_bits", FULL)
+    """{"summary": "W1A1", "rows": [(label, text)], "tags": [...], "fields": {...}} for a recorded
+    QuantConfig; the fields (bits, attention, FFN quantizer in effect) go into the size report."""
+    fields = quant_summary(config)
+    w, a = fields["w_bits"], fields["a_bits"]
     rows: list[tuple[str, str]] = []
     tags = ["quantized"]
     if w < FULL:
@@ -29,9 +32,14 @@ def describe_quant(config: dict[str, Any]) -> dict[str, Any]:
         where = "the inputs of the quantized layers" + (" and the attention matmuls" if config.get("quantize_attention")
                                                         else "")
         rows.append(("activations", f"{a}-bit ({aq}) at {where}"))
+        if fields["ffn_act_quantizer"]:
+            rows.append(("FFN intermediate activations", f"{a}-bit ({fields['ffn_act_quantizer']})"))
+        if fields["attention"] == "binary":
+            rows.append(("attention", "binarized as in BiT: Q, K, V signed, attention probabilities {0, α}"))
+            tags.append("binary-attention")
     else:
         rows.append(("activations", "full precision"))
     rows.append(("word embeddings", "quantized like the weights" if config.get("quantize_embeddings")
                  else "full precision"))
     summary = (f"W{w}" if w < FULL else "") + (f"A{a}" if a < FULL else "")
-    return {"summary": summary or "full precision", "rows": rows, "tags": tags}
+    return {"summary": summary or "full precision", "rows": rows, "tags": tags, "fields": fields}
