@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ from ..layerdrop import decoder_layers, drop_layers, plan_for_params, resolve_ke
 from ..models.decoders import load_causal_lm, load_causal_tokenizer
 from ..workflows.console import attach_console
 from ..workflows.perplexity import score_perplexity
+from ..workflows.ppl_curve import PerplexityAtTokens
 from ..workflows.training import build_callbacks, save_model, training_arguments
 from .recipe import Recipe, RunMethod, register_run_method
 from .stages import check_max_steps, drop_checkpoints, resolve_student, resume_point, run_stages
@@ -96,8 +98,9 @@ def run(recipe: Recipe, *, model: str, task: str | None = None, data_dir: str | 
     root = lm_root(data_dir)
     tokenizer = load_causal_tokenizer(model)
     eval_text = read_text(recipe.perplexity.text, root)  # fail on a missing file before any work
-    teacher = load_causal_lm(model, attn_implementation="eager" if recipe.kd.needs_attention else None)
     train_ds = build_lm_dataset(recipe.lm, tokenizer, root=root)
+    check_curve_marks(recipe, len(train_ds), train_ds.block_size, max_steps)
+    teacher = load_causal_lm(model, attn_implementation="eager" if recipe.kd.needs_attention else None)
     out = rundir.prepare(output_dir, {"command": "run", "recipe_source": recipe_source, "model": model,
                                       "student": student_dir and str(student_dir), "data_dir": str(data_dir),
                                       "max_steps": max_steps, "recipe": recipe.to_dict()},
@@ -168,8 +171,10 @@ def run_lm_stage(recipe: Recipe, index: int, *, init, teacher, tokenizer, train_
     before = score_perplexity(student, tokenizer, eval_text, recipe.perplexity)
     student.train()
     args = training_arguments(settings, stage_out, len(train_ds), evaluate=False)
+    callbacks = build_callbacks(stage_out, evaluate=False)
+    curve = _curve_callback(recipe, settings, train_ds, tokenizer, eval_text, stage_out)
     trainer = DistillationTrainer(model=student, args=args, train_dataset=train_ds,
-                                  callbacks=build_callbacks(stage_out, evaluate=False), teacher=teacher, kd=kd)
+                                  callbacks=callbacks + ([curve] if curve else []), teacher=teacher, kd=kd)
     attach_console(trainer, stage.name)
     trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
     after = score_perplexity(trainer.model, tokenizer, eval_text, recipe.perplexity)
@@ -184,7 +189,36 @@ def run_lm_stage(recipe: Recipe, index: int, *, init, teacher, tokenizer, train_
             "layerdrop" if stage.layerdrop is not None else "distill", "params": params,
             "ppl_before": before["ppl"], "ppl": after["ppl"], "ppl_tokens": after["ppl_tokens"],
             "train_tokens": int(trainer.state.global_step * settings.batch_size * train_ds.block_size),
-            "steps": trainer.state.global_step, "wall_time_s": round(time.time() - start, 1), **info}
+            "steps": trainer.state.global_step, "wall_time_s": round(time.time() - start, 1),
+            **({"ppl_curve": curve.curve()} if curve else {}), **info}
+
+
+def tokens_per_step(batch_size: int, block_size: int) -> int:
+    return batch_size * block_size * distributed.world_size()
+
+
+def check_curve_marks(recipe: Recipe, n_blocks: int, block_size: int, max_steps: int | None) -> None:
+    """A perplexity mark some stage never reaches is the user's mistake: said before any work."""
+    marks = recipe.perplexity.at_tokens or []
+    for stage in recipe.stages:
+        settings = recipe.train_settings(stage, max_steps)
+        per_step = tokens_per_step(settings.batch_size, block_size)
+        steps = settings.max_steps or math.ceil(math.ceil(n_blocks / (per_step // block_size)) * settings.epochs)
+        beyond = [m for m in marks if m > steps * per_step]
+        if beyond:
+            raise ConfigError(f"stage '{stage.name}': perplexity.at_tokens {beyond} lie beyond the stage's "
+                              f"{steps * per_step} training tokens ({steps} steps × {per_step}); raise the stage's "
+                              "max_steps or epochs, or drop those marks")
+
+
+def _curve_callback(recipe: Recipe, settings, train_ds, tokenizer, eval_text: str,
+                    stage_out: Path) -> PerplexityAtTokens | None:
+    """The perplexity-at-marks callback when the recipe asks for it (marks checked by ``run``)."""
+    if not recipe.perplexity.at_tokens:
+        return None
+    return PerplexityAtTokens(recipe.perplexity.at_tokens, tokens_per_step(settings.batch_size, train_ds.block_size),
+                              lambda m: score_perplexity(m, tokenizer, eval_text, recipe.perplexity),
+                              stage_out, distributed.on_main)
 
 
 def _save_student(model, tokenizer, stage_out: Path, meta: dict[str, Any]) -> None:

@@ -156,11 +156,17 @@ class PerplexityConfig(Config):
     max_tokens: int | None = 40_000
     batch_size: int = 4
     bf16: BF16Setting = "auto"
+    # Also score the student when its training tokens reach each of these marks (the curve of one
+    # run, workflows/ppl_curve.py); None: only before and after the stage.
+    at_tokens: list[int] | None = None
 
     def validate(self) -> None:
         if self.max_length < 2 or not 0 < self.stride <= self.max_length:
             raise ConfigError(f"perplexity: need max_length ≥ 2 and 0 < stride ≤ max_length "
                               f"(got {self.max_length}, {self.stride})")
+        if self.at_tokens is not None and (not isinstance(self.at_tokens, list)
+                                           or not all(isinstance(t, int) and t > 0 for t in self.at_tokens)):
+            raise ConfigError(f"perplexity.at_tokens must be a list of positive token counts, got {self.at_tokens!r}")
 
 
 def score_perplexity(model, tokenizer, text: str, cfg: PerplexityConfig) -> dict[str, Any]:
