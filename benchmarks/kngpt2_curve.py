@@ -1,0 +1,144 @@
+"""KnGPT2: WikiText-2 test perplexity against distillation tokens, for the KnGPT2 selection
+(embedding + odd blocks at factor 2), the equal-size selection that keeps the embedding dense, and
+the equal-size layer-drop student: same teacher (SmolLM2-135M), same text, same losses, same
+schedule.
+
+Each student is one run to the last mark (default 1M tokens, ~2 passes over WikiText-2 valid +
+Tiny Shakespeare) with the recipe's ``perplexity.at_tokens`` set to every mark, so the points are
+that run's student as its tokens reach 0.1M, 0.3M and 1M (workflows/ppl_curve.py). Checkpoints
+every 25 steps (51k tokens) keep a killed run's loss small; a rerun resumes it and keeps the points
+already measured. The layer-drop student is sized to the KnGPT2 student's parameters, so that one
+runs first.
+
+    python benchmarks/kngpt2_curve.py [--students kronecker dense_embedding layerdrop]
+                                      [--marks 100000 300000 1000000] [--redo]
+
+Cost on 2 CPU cores in fp32: teacher + student distillation runs at a few hundred tokens/s
+(docs/results/kngpt2_speed.md), so 1M tokens is hours per student; run it in the background
+under nice. Results: docs/results/kngpt2_curve.{json,md} and kngpt2_curve.png, rewritten as each
+point lands (a student's row is updated from its run directory's ppl_curve.json while it runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import matplotlib  # noqa: E402
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from common import REPO, RESULTS, WORK, Results, data_root, md_table  # noqa: E402
+
+from kronbit.runner import load_recipe, run_recipe  # noqa: E402
+
+TEACHER = "packaged:smollm2"
+RECIPES = {"kronecker": "kron-pretrain.yaml", "dense_embedding": "kron-pretrain-dense-embedding.yaml",
+           "layerdrop": "layerdrop-pretrain.yaml"}
+LABELS = {"kronecker": "KnGPT2 (embedding + odd blocks)", "dense_embedding": "Kronecker, embedding dense (23 blocks)",
+          "layerdrop": "layer-drop (equal size)"}
+MARKS = [100_000, 300_000, 1_000_000]
+TOKENS_PER_STEP = 8 * 256  # the recipes' batch size × block size
+CHECKPOINT_EVERY = 25      # steps
+TARGET = 13.0              # % below layer-drop at the last mark (the paper's margin)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--students", nargs="+", default=list(RECIPES), choices=list(RECIPES))
+    ap.add_argument("--marks", nargs="+", type=int, default=MARKS, help="token counts to score perplexity at")
+    ap.add_argument("--ppl-tokens", type=int, default=40_000, help="WikiText-2 test tokens scored per point")
+    ap.add_argument("--redo", action="store_true")
+    return ap.parse_args(argv)
+
+
+def overrides(args: argparse.Namespace, name: str, kron_params: int | None) -> list[str]:
+    steps = math.ceil(max(args.marks) / TOKENS_PER_STEP)
+    out = ["lm.max_tokens=null", f"stages.0.max_steps={steps}",
+           f"train.eval_every={CHECKPOINT_EVERY}", f"perplexity.max_tokens={args.ppl_tokens}",
+           "perplexity.at_tokens=[" + ", ".join(map(str, sorted(args.marks))) + "]"]
+    if name == "layerdrop":
+        out += ["stages.0.layerdrop.keep=null", f"stages.0.layerdrop.target_params={kron_params or 1}"]
+    return out
+
+
+def planned_recipes(args: argparse.Namespace, kron_params: int = 1) -> list[tuple[str, Path, list[str]]]:
+    """(row key, recipe file, overrides) of every run ``args`` asks for (checked by the tests)."""
+    return [(name, REPO / "recipes" / "kngpt2" / RECIPES[name], overrides(args, name, kron_params))
+            for name in args.students]
+
+
+def main() -> None:
+    args = parse_args()
+    res = Results("kngpt2_curve", "KnGPT2 students: WikiText-2 test perplexity vs distillation tokens")
+    for name, path, _ in planned_recipes(args):
+        kron = res.data["rows"].get("kronecker", {}).get("params")
+        if name == "layerdrop" and kron is None:
+            sys.exit("the KnGPT2 (kronecker) student must run first: its size sets the layer-drop student's")
+        if res.done(name) and res.data["rows"][name].get("finished") and not args.redo:
+            print(f"[skip] {name}")
+            continue
+        ov = overrides(args, name, kron)
+        out = WORK / "kngpt2_curve" / name
+        t0 = time.time()
+        table = run_recipe(load_recipe(path, ov), model=TEACHER, task=None, data_dir=str(data_root()),
+                           output_dir=str(out), resume=out.is_dir() and not args.redo, overwrite=args.redo,
+                           recipe_source=f"recipes/kngpt2/{RECIPES[name]}")
+        row = table["stages"][-1]
+        res.data["teacher"] = table["teacher"]
+        res.add(name, {"student": name, "recipe": f"recipes/kngpt2/{RECIPES[name]}", "overrides": ov,
+                       "params": row["params"], "params_unit": "parameters (unique)", "ppl_before": row["ppl_before"],
+                       "curve": row["ppl_curve"], "ppl_unit": "perplexity, WikiText-2 test",
+                       "ppl_tokens": row["ppl_tokens"], "steps": row["steps"], "finished": True,
+                       "wall_time_s": round(time.time() - t0, 1), "wall_time_unit": "s (this invocation)"})
+        res.save(render(res))
+    res.save(render(res))
+
+
+def render(res: Results) -> str:
+    rows, marks = res.data["rows"], sorted({p["tokens_mark"] for r in res.data["rows"].values() for p in r["curve"]})
+    ppl = {(n, p["tokens_mark"]): p["ppl"] for n, r in rows.items() for p in r["curve"]}
+    table = [[LABELS[n], r["params"] / 1e6, *[ppl.get((n, m)) for m in marks]] for n, r in rows.items()]
+    t = res.data.get("teacher")
+    teacher = f" Teacher (SmolLM2-135M): {t['ppl']:.2f}." if t else ""
+    head = ("# KnGPT2 students: WikiText-2 test perplexity vs distillation tokens\n\nProduced by "
+            "`python benchmarks/kngpt2_curve.py`: one run per student to the last mark, perplexity scored as its "
+            "training tokens reach each mark (sliding window 512 / stride 256 on the first WikiText-2 test tokens); "
+            "same teacher, text, losses and schedule for every student. Commands, dates, machine and load in "
+            f"`kngpt2_curve.json`; plot: kngpt2_curve.png.{teacher}\n\n")
+    md = head + md_table(["student", "params (M)", *[f"PPL at {m / 1e6:g}M tokens" for m in marks]], table)
+    gaps = []
+    for m in marks:
+        if ("layerdrop", m) in ppl:
+            for n in ("kronecker", "dense_embedding"):
+                if (n, m) in ppl:
+                    g = 100 * (1 - ppl[(n, m)] / ppl[("layerdrop", m)])
+                    gaps.append(f"- {m / 1e6:g}M tokens: {LABELS[n]}: perplexity {abs(g):.1f}% "
+                                f"{'below' if g >= 0 else 'above'} layer-drop's")
+    if gaps:
+        md += f"\nGap to layer-drop (target at the last mark: the best Kronecker student ≥ {TARGET:g}% below):\n\n" + "\n".join(gaps) + "\n"
+    _plot(rows, marks)
+    return md
+
+
+def _plot(rows: dict, marks: list[int]) -> None:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for n, r in rows.items():
+        pts = sorted((p["tokens_mark"], p["ppl"]) for p in r["curve"])
+        if pts:
+            ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=LABELS[n])
+    ax.set_xscale("log"), ax.set_yscale("log")
+    ax.set_xlabel("distillation tokens"), ax.set_ylabel("WikiText-2 test perplexity"), ax.legend()
+    fig.tight_layout()
+    fig.savefig(RESULTS / "kngpt2_curve.png", dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
