@@ -11,6 +11,14 @@ register ``"kronbit_eager"``: the same arithmetic as the models' eager path, plu
     on the quantizer's grid in training as well (``quant.attention`` sets it).
 The SDPA path returns no attention maps at all, so distillation switches students and teachers to
 this implementation with ``use_kronbit_attention(model)``.
+
+Two things keep distillation from paying for maps it does not read:
+  * ``record_attention_scores(log_probs=True)`` records the log-probabilities (log-softmax of the
+    masked scores) in place of the raw scores, which is what ``kd.attention_loss: prob_kl`` reads:
+    the loss then needs no masking pass and no second log-softmax of its own. Masked pairs carry
+    the additive mask's finfo.min exactly as the loss's own masking did, so the values are the same.
+  * ``keep_attention_maps(model, layers)`` marks the attention modules of every other layer: they
+    run the SDPA kernel (and record None in their place), as a model does without distillation.
 """
 
 from __future__ import annotations
@@ -22,10 +30,12 @@ from typing import Iterator
 import torch
 from torch import nn
 from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 NAME = "kronbit_eager"
 PROB_QUANTIZER = "kronbit_prob_quantizer"  # attention-module attribute read below
+NO_MAPS = "kronbit_no_attention_maps"  # attention-module attribute: this layer's maps are not read
 _state = threading.local()
 
 
@@ -34,19 +44,42 @@ def _recording() -> list | None:
 
 
 @contextmanager
-def record_attention_scores() -> Iterator[list[tuple[torch.Tensor, torch.Tensor | None]]]:
+def record_attention_scores(log_probs: bool = False) -> Iterator[list[tuple[torch.Tensor, torch.Tensor | None]]]:
     """Collect (scores, valid) per attention call, in call (= layer) order.
 
-    ``scores``: (batch, heads, q_len, k_len) pre-softmax scores; ``valid``: boolean mask of the
-    pairs that take part (not padding, not in the causal future), broadcastable to ``scores``, or
-    None when every pair is valid.
+    ``scores``: (batch, heads, q_len, k_len) pre-softmax scores, or with ``log_probs`` the fp32
+    log-softmax of the masked scores; ``valid``: boolean mask of the pairs that take part (not
+    padding, not in the causal future), broadcastable to ``scores``, or None when every pair is
+    valid. A layer marked by ``keep_attention_maps`` as not distilled records None.
     """
-    previous = _recording()
-    _state.records = []
+    previous = _recording(), getattr(_state, "log_probs", False)
+    _state.records, _state.log_probs = [], log_probs
     try:
         yield _state.records
     finally:
-        _state.records = previous
+        _state.records, _state.log_probs = previous
+
+
+def attention_modules(model: nn.Module) -> list[nn.Module]:
+    """The model's self-attention modules in layer order (those carrying a ``layer_idx``, as Hugging
+    Face decoders' do); [] when they cannot be told apart one per layer."""
+    found = [m for m in model.modules() if type(m).__name__.endswith("Attention")
+             and isinstance(getattr(m, "layer_idx", None), int)]
+    layers = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    if len(found) != layers or len({m.layer_idx for m in found}) != len(found):
+        return []
+    return sorted(found, key=lambda m: m.layer_idx)
+
+
+def keep_attention_maps(model: nn.Module, layers: set[int] | None) -> int:
+    """Only the attention of ``layers`` (1-based, as layer maps count) computes and records maps;
+    the others run SDPA. None: every layer. Returns how many layers were switched to SDPA."""
+    switched = 0
+    for i, module in enumerate(attention_modules(model), start=1):
+        off = layers is not None and i not in layers
+        setattr(module, NO_MAPS, off)
+        switched += off
+    return switched
 
 
 def _repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
@@ -60,18 +93,26 @@ def _repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
 def kronbit_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                       attention_mask: torch.Tensor | None, scaling: float | None = None,
                       dropout: float = 0.0, **kwargs):
+    records = _recording()
+    if getattr(module, NO_MAPS, False) and getattr(module, PROB_QUANTIZER, None) is None:
+        if records is not None:
+            records.append(None)
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
     groups = getattr(module, "num_key_value_groups", 1)
     key, value = _repeat_kv(key, groups), _repeat_kv(value, groups)
     if scaling is None:
         scaling = query.size(-1) ** -0.5
     scores = torch.matmul(query, key.transpose(-1, -2)) * scaling
     masked = scores if attention_mask is None else scores + attention_mask
-    records = _recording()
     if records is not None:
         valid = None
         if attention_mask is not None:
             valid = attention_mask if attention_mask.dtype == torch.bool else attention_mask == 0
-        records.append((scores, valid))
+        if _state.log_probs:
+            records.append((nn.functional.log_softmax(masked, dim=-1, dtype=torch.float32), valid))
+        else:
+            records.append((scores, valid))
     probs = nn.functional.softmax(masked, dim=-1, dtype=torch.float32).to(query.dtype)
     probs = nn.functional.dropout(probs, p=dropout, training=module.training)
     quantizer = getattr(module, PROB_QUANTIZER, None)

@@ -117,23 +117,34 @@ def attention_prob_kl(s: torch.Tensor, t: torch.Tensor, valid: torch.Tensor | No
     return _masked_mean(kl, rows)
 
 
+def attention_log_prob_kl(s: torch.Tensor, t: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """``attention_prob_kl`` on recorded log-probabilities (``record_attention_scores(log_probs=True)``):
+    the masking and log-softmax happened in the attention, on the same values."""
+    kl = (t.exp() * (t - s)).nan_to_num(0.0).sum(-1)
+    rows = None if valid is None else valid.any(-1)
+    return _masked_mean(kl, rows)
+
+
 LOSSES: dict[str, Callable[..., torch.Tensor]] = {
     "logits": logits_loss,
     "hidden": hidden_mse,
     "embedding": hidden_mse,
     "attention_score_mse": attention_score_mse,
     "attention_prob_kl": attention_prob_kl,
+    "attention_log_prob_kl": attention_log_prob_kl,
 }
 
 
 def distillation_loss(cfg: KDConfig, student, teacher, *, token_mask: torch.Tensor | None = None,
                       student_scores=None, teacher_scores=None, regression: bool = False,
-                      task_loss: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+                      task_loss: torch.Tensor | None = None,
+                      log_probs: bool = False) -> tuple[torch.Tensor, dict[str, float]]:
     """Weighted sum of the enabled losses and each part's value (for logging).
 
     ``student``/``teacher``: HF model outputs (``logits``, ``hidden_states`` when needed);
     ``*_scores``: attention records from ``attention.record_attention_scores``;
-    ``token_mask``: (batch, seq) attention mask of real tokens.
+    ``token_mask``: (batch, seq) attention mask of real tokens; ``log_probs``: the records hold
+    log-probabilities (``prob_kl`` only), not scores.
     """
     parts: dict[str, torch.Tensor] = {}
     tmask = None if token_mask is None else token_mask.bool()
@@ -154,7 +165,9 @@ def distillation_loss(cfg: KDConfig, student, teacher, *, token_mask: torch.Tens
         if not student_scores or not teacher_scores:
             raise RuntimeError("attention distillation needs recorded attention scores")
         pairs = layer_map(len(student_scores), len(teacher_scores), cfg.layer_map)
-        fn = LOSSES[f"attention_{cfg.attention_loss}"]
+        if log_probs and cfg.attention_loss != "prob_kl":
+            raise RuntimeError("log-probability attention records serve attention_loss prob_kl only")
+        fn = LOSSES["attention_log_prob_kl" if log_probs else f"attention_{cfg.attention_loss}"]
         losses = []
         for i, j in pairs:
             (s, valid), (t, _) = student_scores[i - 1], teacher_scores[j - 1]

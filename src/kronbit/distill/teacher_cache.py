@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .attention import record_attention_scores
+from .attention import keep_attention_maps, record_attention_scores
 
 
 def dataset_fingerprint(features: Sequence[dict]) -> str:
@@ -96,6 +96,8 @@ class TeacherCache:
             return None
         was_training = teacher.training
         teacher.eval()
+        if attention:  # the cache is indexed by layer: every layer records its scores
+            keep_attention_maps(teacher, None)
         device = next(teacher.parameters()).device
         n = len(features)
         logits: list = [None] * n

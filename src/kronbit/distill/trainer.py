@@ -16,8 +16,10 @@ import torch
 from torch.utils.data import SequentialSampler
 from transformers import Trainer
 
-from .attention import record_attention_scores, use_kronbit_attention
+from .attention import attention_modules, keep_attention_maps, record_attention_scores, use_kronbit_attention
 from .losses import KDConfig, distillation_loss
+from .mapping import layer_map
+from ..core.allocator import keep_freed_memory
 
 
 class SameEvalTrainer(Trainer):
@@ -69,11 +71,24 @@ class DistillationTrainer(SameEvalTrainer):
         if kd.needs_attention:
             use_kronbit_attention(self.teacher)
             use_kronbit_attention(self.model)
+            self._keep_mapped_attention()
+        # A training step frees and reallocates the same large tensors: keep the memory (see
+        # core.allocator; measured in benchmarks/kngpt2_speed.py).
+        keep_freed_memory()
         # Optional ``TeacherCache`` of the training set's teacher outputs (batches then carry
         # ``example_id``); None: the teacher runs live on every step.
         self.teacher_cache = None
         self._kd_sums: dict[str, float] = defaultdict(float)
         self._kd_count = 0
+
+    def _keep_mapped_attention(self) -> None:
+        """Attention maps only in the layers the attention loss pairs; the others run SDPA."""
+        s_mods, t_mods = attention_modules(self.model), attention_modules(self.teacher)
+        if not s_mods or not t_mods:
+            return
+        pairs = layer_map(len(s_mods), len(t_mods), self.kd.layer_map)
+        keep_attention_maps(self.model, {i for i, _ in pairs})
+        keep_attention_maps(self.teacher, {j for _, j in pairs})
 
     def _set_signature_columns_if_needed(self) -> None:
         # Trainer drops batch keys the model's forward does not take; ``example_id`` is for the
@@ -94,10 +109,12 @@ class DistillationTrainer(SameEvalTrainer):
         teacher_inputs = {k: v for k, v in inputs.items() if k != "labels"}
         student_inputs = inputs if kd.task > 0 else teacher_inputs
         s_scores = t_scores = None
-        record = record_attention_scores if kd.needs_attention else contextlib.nullcontext
+        cache = self.teacher_cache
+        # prob_kl reads log-probabilities: record those (a cached teacher holds raw scores)
+        log_probs = kd.needs_attention and kd.attention_loss == "prob_kl" and cache is None
+        record = (lambda: record_attention_scores(log_probs)) if kd.needs_attention else contextlib.nullcontext
         with record() as s_scores:
             s_out = model(**student_inputs, output_hidden_states=want_hidden)
-        cache = self.teacher_cache
         if cache is not None:
             if example_ids is None:
                 raise RuntimeError("a teacher cache is set but the batch has no example_id "
@@ -110,7 +127,7 @@ class DistillationTrainer(SameEvalTrainer):
         loss, parts = distillation_loss(
             kd, s_out, t_out, token_mask=inputs.get("attention_mask"), student_scores=s_scores,
             teacher_scores=t_scores, regression=self.regression,
-            task_loss=getattr(s_out, "loss", None) if kd.task > 0 else None)
+            task_loss=getattr(s_out, "loss", None) if kd.task > 0 else None, log_probs=log_probs)
         for name, value in parts.items():
             self._kd_sums[name] += value
         self._kd_count += 1
