@@ -188,6 +188,11 @@ class Kernel:
         if self.kind == "binary" and not bool(q.initialized):
             return None
         ext = extension()
+        if x.dtype == torch.int64:  # the input's sign bits, packed by the layer before (quant.fused)
+            y = ext.binary_linear_words(x.reshape(-1, x.shape[-1]), self.in_features, q.alpha.detach().float(),
+                                        layer.packed_weight, self.out_features, layer.weight_scale,
+                                        None if layer.bias is None else layer.bias.detach(), self.path)
+            return y.view(*x.shape[:-1], self.out_features)
         flat = x.reshape(-1, self.in_features)
         if flat.dtype != torch.float32 or not flat.is_contiguous():
             flat = flat.float().contiguous()
