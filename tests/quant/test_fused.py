@@ -154,5 +154,23 @@ def test_fusion_is_wired_on_load_and_reloads_exactly(make_bert, tmp_path):
         for layer in packed.bert.encoder.layer:  # a consumer off its kernel: the producer emits floats
             layer.output.dense.drop_kernel()
         assert torch.equal(packed(input_ids=ids).logits, _logits_unfused(packed, ids))
-    assert fused.fuse_binary_ffn_(packed) == 0  # and re-wiring unwires the pairs
+    assert fused.fuse_ffn_(packed) == 0  # and re-wiring unwires the pairs
     assert all(l.intermediate.dense.fused_next is None for l in packed.bert.encoder.layer)
+
+
+def test_w2a8_ffn_in_the_workspace_is_bit_identical(make_bert, tmp_path):
+    model = make_bert(seed=3)
+    quantize_(model, QuantConfig(w_bits=2, a_bits=8, quantize_embeddings=True))
+    export_packed(model, tmp_path / "p")
+    packed = load_packed(tmp_path / "p")
+    layers = packed.bert.encoder.layer
+    assert all(isinstance(l.intermediate.dense.fused_next, fused.WorkspaceFusion) for l in layers)
+    ids = torch.randint(0, 25, (3, 10), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        got = packed(input_ids=ids).logits
+        assert torch.equal(got, _logits_unfused(packed, ids))
+        seen = []  # a hook on the block's intermediate output: that tensor must stay its own
+        h = layers[0].intermediate.register_forward_hook(lambda m, i, o: seen.append(o))
+        assert torch.equal(packed(input_ids=ids).logits, got)
+        h.remove()
+        assert seen[0].data_ptr() != fused.workspace(1).data_ptr()

@@ -13,7 +13,11 @@ does: one or two crossings), the GEMM's epilogue compares D with lo / hi and wri
 where any output does not, the pair stays unfused. So the fused bits are the unfused ones by
 construction, not by a second implementation of GELU (torch's CPU GELU is oneDNN's, not libm's).
 
-Wiring (``fuse_binary_ffn_``, run after loading and by ``select_kernels_``): an encoder block with
+W2A8 pairs cannot take bits (the next layer's 8-bit scale is the whole tensor's max), so there
+the up-projection writes into a reused workspace and GELU runs on it in place
+(``WorkspaceFusion``): the same arithmetic, no fresh 3072-wide tensors to fault in.
+
+Wiring (``fuse_ffn_``, run after loading and by ``select_kernels_``): an encoder block with
 ``intermediate.dense`` → ``intermediate.intermediate_act_fn`` → ``output.dense`` (BERT, RoBERTa,
 ELECTRA, ... in Hugging Face naming) where both linears are packed W1A1 layers on the binary
 kernel and the activation is an elementwise module. The activation module is wrapped in
@@ -25,10 +29,12 @@ binary kernel; everything else (tracing, ONNX export, another dtype) takes the u
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torch.nn.modules import module as nn_module
 
 from . import kernels
 
@@ -47,15 +53,79 @@ def is_elementwise(act) -> bool:
 
 
 class PassBits(nn.Module):
-    """An activation that lets an int64 tensor of packed bits through (the fused producer already
-    applied it) and applies the wrapped activation to anything else."""
+    """An activation that lets through what a fused producer already activated (an int64 tensor of
+    packed bits, or the workspace it activated in place) and applies the wrapped activation to
+    anything else."""
 
     def __init__(self, act: nn.Module):
         super().__init__()
         self.act = act
+        self.done: torch.Tensor | None = None  # the producer's activated output, this call only
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x if x.dtype == torch.int64 else self.act(x)
+        if x.dtype == torch.int64:
+            return x
+        if self.done is not None and x is self.done:
+            self.done = None
+            return x
+        return self.act(x)
+
+
+_WORKSPACE = threading.local()
+
+
+def workspace(numel: int) -> torch.Tensor:
+    """A float32 buffer of ``numel`` elements reused across calls (per thread, grown as needed):
+    a fresh multi-megabyte tensor is a fresh mmap whose pages fault in on first write, which costs
+    about as much as GELU over it (measured: 4096 x 3072 floats, ~25 ms either way)."""
+    buf = getattr(_WORKSPACE, "buf", None)
+    if buf is None or buf.numel() < numel:
+        buf = _WORKSPACE.buf = torch.empty(numel)
+    return buf[:numel]
+
+
+def gelu_in_place(act: nn.Module):
+    """f(y) applying ``act`` to y in place with the same result as act(y) (torch's GELU kernel
+    writing into its input), or None for an activation without one."""
+    if isinstance(act, nn.GELU):
+        return lambda y: torch._C._nn.gelu(y, approximate=act.approximate, out=y)
+    if type(act).__name__ == "GELUActivation" and getattr(act, "act", None) is torch.nn.functional.gelu:
+        return lambda y: torch._C._nn.gelu(y, out=y)
+    return None
+
+
+@dataclass
+class WorkspaceFusion:
+    """A W2A8 FFN pair: the up-projection writes into the shared workspace and applies GELU there
+    in place; the down-projection reads it (its own copy of nothing). Exact: the same kernel, the
+    same GELU kernel (out= its input), only the memory differs. Not used while forward hooks could
+    keep the intermediate tensor beyond the block (the workspace is overwritten by the next one)."""
+
+    act: nn.Module
+    wrapper: PassBits
+    owner: nn.Module  # the block's intermediate module (its hooks are checked)
+
+    def forward(self, producer, x: torch.Tensor) -> torch.Tensor | None:
+        hooked = (nn_module._global_forward_hooks or nn_module._global_forward_pre_hooks
+                  or any(m._forward_hooks or m._forward_pre_hooks for m in (self.owner, self.wrapper, producer)))
+        inplace = gelu_in_place(self.act)
+        if x.dtype != torch.float32 or torch.is_autocast_enabled("cpu") or producer.output_quantizer is not None \
+                or hooked or inplace is None:
+            return None
+        k, q = producer.kernel, producer.input_quantizer
+        flat = x.reshape(-1, producer.in_features)
+        if not flat.is_contiguous():
+            flat = flat.contiguous()
+        cv = -1.0 if q.clip_val is None else float(q.clip_val)
+        bias = None if producer.bias is None else producer.bias.detach()
+        y = workspace(flat.shape[0] * k.out_features).view(flat.shape[0], k.out_features)
+        with torch.no_grad():
+            kernels.extension().ternary_linear(flat, float(q.clip_ratio), cv, producer.packed_weight, k.out_features,
+                                               producer.weight_scale, bias, k.path, into=y)
+            inplace(y)
+        out = y.view(*x.shape[:-1], k.out_features)
+        self.wrapper.done = out
+        return out
 
 
 @dataclass
@@ -121,13 +191,15 @@ def find_thresholds(producer, act: nn.Module, consumer) -> tuple[torch.Tensor, t
     return lo.to(torch.int32).contiguous(), hi.to(torch.int32).contiguous()
 
 
-def _binary_kernel(m) -> bool:
+def _on_kernel(m, kind: str) -> bool:
     k = getattr(m, "kernel", None)
-    return k is not None and k.kind == "binary" and getattr(m, "mode", None) == "packed"
+    return k is not None and k.kind == kind and getattr(m, "mode", None) == "packed"
 
 
-def fuse_binary_ffn_(model: nn.Module) -> int:
-    """Wire every fusable FFN pair of ``model`` (see the module docstring); returns how many are."""
+def fuse_ffn_(model: nn.Module) -> int:
+    """Wire every fusable FFN pair of ``model`` (see the module docstring): W1A1 pairs emit packed
+    bits (``BitsFusion``), W2A8 up-projections work in the shared workspace (``WorkspaceFusion``).
+    Returns how many pairs are wired."""
     count = 0
     for block in model.modules():
         inter, out = getattr(block, "intermediate", None), getattr(block, "output", None)
@@ -135,13 +207,17 @@ def fuse_binary_ffn_(model: nn.Module) -> int:
         act = getattr(inter, "intermediate_act_fn", None)
         if isinstance(act, PassBits):
             act = act.act
-        if not (isinstance(act, nn.Module) and is_elementwise(act) and _binary_kernel(up) and _binary_kernel(down)
-                and up.in_features < 65536 and down.in_features == up.out_features):
-            if up is not None and getattr(up, "fused_next", None) is not None:
-                up.fused_next = None
+        if up is not None and hasattr(up, "fused_next"):
+            up.fused_next = None
+        if not (isinstance(act, nn.Module) and is_elementwise(act) and down is not None
+                and getattr(down, "in_features", None) == getattr(up, "out_features", None)):
+            continue
+        binary = _on_kernel(up, "binary") and _on_kernel(down, "binary") and up.in_features < 65536
+        ternary = _on_kernel(up, "ternary") and gelu_in_place(act) is not None
+        if not (binary or ternary):
             continue
         if not isinstance(inter.intermediate_act_fn, PassBits):
             inter.intermediate_act_fn = PassBits(act)
-        up.fused_next = BitsFusion(act, down)
+        up.fused_next = BitsFusion(act, down) if binary else WorkspaceFusion(act, inter.intermediate_act_fn, inter)
         count += 1
     return count

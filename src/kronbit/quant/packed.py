@@ -104,7 +104,7 @@ class PackedLinear(_PackedWeight):
         self._planes: torch.Tensor | None = None
         self._dense: torch.Tensor | None = None
         self.kernel: kernels.Kernel | None = None
-        self.fused_next: fused.BitsFusion | None = None  # emit the next layer's input bits (quant.fused)
+        self.fused_next: fused.BitsFusion | fused.WorkspaceFusion | None = None  # emit the next layer's input bits (quant.fused)
 
     @classmethod
     def from_quant(cls, q: QuantLinear, mode: str = "packed") -> "PackedLinear":
@@ -321,5 +321,5 @@ def select_kernels_(model: nn.Module, path: str | None = None) -> dict[str, str]
     for name, m in model.named_modules():
         if isinstance(m, PackedLinear) and m.mode == "packed" and m.use_kernel(path):
             chosen[name] = m.kernel.path_name
-    fused.fuse_binary_ffn_(model)
+    fused.fuse_ffn_(model)
     return chosen

@@ -296,8 +296,9 @@ std::vector<torch::Tensor> quantize_int8(torch::Tensor x, double clip_ratio, dou
   return {q, sq, torch::full({}, s, x.options())};
 }
 
-torch::Tensor ternary_gemm(torch::Tensor q, torch::Tensor sq, torch::Tensor w, int64_t O, torch::Tensor v,
-                           c10::optional<torch::Tensor> bias, int64_t path, bool return_d) {
+torch::Tensor ternary_gemm_into(torch::Tensor q, torch::Tensor sq, torch::Tensor w, int64_t O, torch::Tensor v,
+                                c10::optional<torch::Tensor> bias, int64_t path, bool return_d,
+                                c10::optional<torch::Tensor> into) {
   TORCH_CHECK(q.scalar_type() == torch::kInt8 && q.is_contiguous() && q.dim() == 2 && q.size(1) % 16 == 0,
               "q must be (T, KP) int8 with KP a multiple of 16");
   TORCH_CHECK(sq.scalar_type() == torch::kInt32 && sq.numel() == q.size(0), "sq must be (T,) int32");
@@ -310,7 +311,15 @@ torch::Tensor ternary_gemm(torch::Tensor q, torch::Tensor sq, torch::Tensor w, i
   std::vector<int32_t> off(T);
   const int32_t* sp = sq.data_ptr<int32_t>();
   for (int64_t t = 0; t < T; ++t) off[t] = -2 * sp[t];
-  auto out = torch::empty({T, O}, q.options().dtype(return_d ? torch::kInt32 : torch::kFloat32));
+  torch::Tensor out;
+  if (into.has_value() && into->defined()) {  // a caller's buffer (reused: no fresh pages to fault in)
+    TORCH_CHECK(!return_d, "into is for the float output");
+    check_f32(*into, "into");
+    TORCH_CHECK(into->numel() == T * O, "into must hold tokens x out_features floats");
+    out = *into;
+  } else {
+    out = torch::empty({T, O}, q.options().dtype(return_d ? torch::kInt32 : torch::kFloat32));
+  }
   Epi e{off.data(), 1, v.data_ptr<float>(), bias_ptr(bias, O), return_d ? nullptr : out.data_ptr<float>(),
         return_d ? out.data_ptr<int32_t>() : nullptr, O};
   const int8_t* ap = q.data_ptr<int8_t>();
@@ -331,12 +340,19 @@ torch::Tensor ternary_gemm(torch::Tensor q, torch::Tensor sq, torch::Tensor w, i
   return out;
 }
 
+torch::Tensor ternary_gemm(torch::Tensor q, torch::Tensor sq, torch::Tensor w, int64_t O, torch::Tensor v,
+                           c10::optional<torch::Tensor> bias, int64_t path, bool return_d) {
+  return ternary_gemm_into(q, sq, w, O, v, bias, path, return_d, c10::nullopt);
+}
+
+// The W2A8 layer; ``into``: write y there (tokens x out_features floats) instead of a new tensor.
 torch::Tensor ternary_linear(torch::Tensor x, double clip_ratio, double clip_val, torch::Tensor w, int64_t O,
-                             torch::Tensor wscale, c10::optional<torch::Tensor> bias, int64_t path) {
+                             torch::Tensor wscale, c10::optional<torch::Tensor> bias, int64_t path,
+                             c10::optional<torch::Tensor> into) {
   auto qs = quantize_int8(x, clip_ratio, clip_val, path);
   auto vs = out_scales(qs[2].item<float>(), wscale, O);
   auto v = torch::from_blob(vs.data(), {O}, torch::kFloat32);
-  return ternary_gemm(qs[0], qs[1], w, O, v, bias, path, false);
+  return ternary_gemm_into(qs[0], qs[1], w, O, v, bias, path, false, into);
 }
 
 }  // namespace
@@ -353,5 +369,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("binary_levels", &binary_levels, "every value of the W1A1 epilogue, (K + 1, O)");
   m.def("quantize_int8", &quantize_int8, "8-bit symmetric min-max quantization: (q, sum q, scale)");
   m.def("ternary_gemm", &ternary_gemm, "2-bit weights x int8 activations GEMM with a float epilogue");
-  m.def("ternary_linear", &ternary_linear, "W2A8 linear: min-max int8 activations + 2-bit GEMM");
+  m.def("ternary_linear", &ternary_linear, "W2A8 linear: min-max int8 activations + 2-bit GEMM", py::arg("x"),
+        py::arg("clip_ratio"), py::arg("clip_val"), py::arg("w"), py::arg("O"), py::arg("wscale"), py::arg("bias"),
+        py::arg("path"), py::arg("into") = py::none());
 }
