@@ -30,6 +30,10 @@ avxvnni > avx2 (VPMADDUBSW) > portable. ``KRONBIT_KERNEL_PATH=portable|avx2|avxv
 forces one (an error if this CPU lacks it), ``off`` disables the kernels; ``path=`` arguments do the
 same per call. All paths produce bit-identical outputs.
 
+Across layers (``quant.fused``): a W1A1 FFN's up-projection can emit its output already through
+GELU and the down-projection's binarizer, as packed bits (``binary_linear_bits``; the consumer
+takes them through ``binary_linear_words``), exactly the bits the unfused path packs.
+
 Weights are re-laid out once at load (the same bits, permuted, plus padding to whole blocks) and
 the layer keeps only that copy; ``unprepare`` restores the file's layout for saving.
 """
