@@ -48,6 +48,9 @@ class TransformMethod:
     # rows and tags are for people (a model card), the optional "fields" are JSON for the size
     # report (e.g. bits, whether attention is binary). None: the kind and its config as they are.
     describe: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    # after_load(model): once a packed model's tensors are all in (wiring across modules, such as
+    # kernel fusions); None: nothing to do.
+    after_load: Callable[[nn.Module], Any] | None = None
 
 
 METHODS: dict[str, TransformMethod] = {}
@@ -94,6 +97,14 @@ TRANSFORMS_ATTR = "kronbit_transforms"
 
 def record_transform(model: nn.Module, kind: str, config: dict) -> None:
     model.__dict__.setdefault(TRANSFORMS_ATTR, []).append({"kind": kind, "config": config})
+
+
+def run_after_load(model: nn.Module) -> None:
+    """Each recorded method's ``after_load`` on the loaded model, once per method."""
+    for kind in dict.fromkeys(t["kind"] for t in model.__dict__.get(TRANSFORMS_ATTR, [])):
+        hook = get_transform(kind).after_load
+        if hook is not None:
+            hook(model)
 
 
 def recorded_transforms(model: nn.Module) -> list[dict]:

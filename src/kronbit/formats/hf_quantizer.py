@@ -27,7 +27,7 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from ..core.errors import ModelError
-from ..core.transforms import apply_transform
+from ..core.transforms import apply_transform, run_after_load
 from . import compressed, packed
 from .hf_config import CONFIG_NAME, check_block
 from .packed import check_dtype, packed_tensors, parameters_on_meta, rebuild_packed_modules, tied_names
@@ -131,6 +131,7 @@ def _onto_kernels(model: nn.Module) -> None:
     for module in model.modules():
         if getattr(module, "mode", None) == "packed" and callable(getattr(module, "use_kernel", None)):
             module.use_kernel()
+    run_after_load(model)
 
 
 ALIGNMENT = 64  # bytes: what torch's CPU allocator gives a fresh tensor

@@ -36,7 +36,7 @@ from .. import __version__
 from ..core.errors import ModelError
 from ..core.io import atomic_dir, write_json
 from ..core.swap import swap_modules
-from ..core.transforms import METHODS, apply_transform, get_transform, recorded_transforms
+from ..core.transforms import METHODS, apply_transform, get_transform, recorded_transforms, run_after_load
 from .hf_config import add_quantization_config, check_version, quantization_config
 from .meta import KRONBIT_META, build_base, read_meta, save_base_config
 
@@ -172,6 +172,7 @@ def load_packed(path: str | Path, mode: str = "packed", compute_dtype: str = "fl
         raise ModelError(f"{d / PACKED_WEIGHTS} does not hold {len(left)} tensor(s) the rebuilt model needs "
                          f"(e.g. {left[:2]}); the description is inconsistent")
     model.__dict__["kronbit_packed"] = meta["packed"]
+    run_after_load(model)  # e.g. the quant method's kernel fusions
     return model.eval()
 
 

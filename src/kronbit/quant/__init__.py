@@ -14,6 +14,7 @@ from .api import (QuantConfig, bits_summary, dequantize_, quant_state, quant_sum
                   quantizer_parameters, set_bits_)
 from ..core.transforms import TransformMethod, register_transform
 from .export import pack_module, packed_shell
+from .fused import fuse_ffn_
 from .describe import describe_quant
 from .layers import QuantEmbedding, QuantLinear, QuantModule
 from .quantizers import SCALE_PARAM_SUFFIXES
@@ -22,7 +23,8 @@ from .registry import ACT_QUANTIZERS, WEIGHT_QUANTIZERS
 # The method's one registration: its config, how it is applied and undone, how its modules are
 # packed and rebuilt from the packed format.
 register_transform(TransformMethod(kind="quant", config_cls=QuantConfig, apply=quantize_, undo=dequantize_,
-                                   pack=pack_module, shell=packed_shell, describe=describe_quant))
+                                   pack=pack_module, shell=packed_shell, describe=describe_quant,
+                                   after_load=fuse_ffn_))
 
 __all__ = ["QuantConfig", "quantize_", "set_bits_", "dequantize_", "quantized_modules", "quant_state",
            "bits_summary", "quantizer_parameters", "QuantLinear", "QuantEmbedding", "QuantModule", "SCALE_PARAM_SUFFIXES",

@@ -30,6 +30,10 @@ avxvnni > avx2 (VPMADDUBSW) > portable. ``KRONBIT_KERNEL_PATH=portable|avx2|avxv
 forces one (an error if this CPU lacks it), ``off`` disables the kernels; ``path=`` arguments do the
 same per call. All paths produce bit-identical outputs.
 
+Across layers (``quant.fused``): a W1A1 FFN's up-projection can emit its output already through
+GELU and the down-projection's binarizer, as packed bits (``binary_linear_bits``; the consumer
+takes them through ``binary_linear_words``), exactly the bits the unfused path packs.
+
 Weights are re-laid out once at load (the same bits, permuted, plus padding to whole blocks) and
 the layer keeps only that copy; ``unprepare`` restores the file's layout for saving.
 """
@@ -188,6 +192,11 @@ class Kernel:
         if self.kind == "binary" and not bool(q.initialized):
             return None
         ext = extension()
+        if x.dtype == torch.int64:  # the input's sign bits, packed by the layer before (quant.fused)
+            y = ext.binary_linear_words(x.reshape(-1, x.shape[-1]), self.in_features, q.alpha.detach().float(),
+                                        layer.packed_weight, self.out_features, layer.weight_scale,
+                                        None if layer.bias is None else layer.bias.detach(), self.path)
+            return y.view(*x.shape[:-1], self.out_features)
         flat = x.reshape(-1, self.in_features)
         if flat.dtype != torch.float32 or not flat.is_contiguous():
             flat = flat.float().contiguous()

@@ -37,7 +37,7 @@ from torch import nn
 
 from ..core.errors import ModelError
 from ..kron.layers import kron_linear
-from . import kernels, pack
+from . import fused, kernels, pack
 from .layers import FULL, QuantEmbedding, QuantLinear
 
 MODES = ("packed", "dequantized")
@@ -104,6 +104,7 @@ class PackedLinear(_PackedWeight):
         self._planes: torch.Tensor | None = None
         self._dense: torch.Tensor | None = None
         self.kernel: kernels.Kernel | None = None
+        self.fused_next: fused.BitsFusion | fused.WorkspaceFusion | None = None  # emit the next layer's input bits (quant.fused)
 
     @classmethod
     def from_quant(cls, q: QuantLinear, mode: str = "packed") -> "PackedLinear":
@@ -192,6 +193,10 @@ class PackedLinear(_PackedWeight):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kernel is not None and self.mode == "packed" and not (torch.jit.is_tracing()
                                                                         or torch.onnx.is_in_onnx_export()):
+            if self.fused_next is not None:
+                bits = self.fused_next.forward(self, x)
+                if bits is not None:
+                    return bits
             y = self.kernel.forward(self, x)  # the input quantizer is part of the kernel
             if y is not None:
                 return y if self.output_quantizer is None else self.output_quantizer(y)
@@ -316,4 +321,5 @@ def select_kernels_(model: nn.Module, path: str | None = None) -> dict[str, str]
     for name, m in model.named_modules():
         if isinstance(m, PackedLinear) and m.mode == "packed" and m.use_kernel(path):
             chosen[name] = m.kernel.path_name
+    fused.fuse_ffn_(model)
     return chosen

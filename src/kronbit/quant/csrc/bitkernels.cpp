@@ -124,21 +124,26 @@ void run_binary(const uint64_t* act, int64_t T, int64_t KW, int mode, const torc
   if (p == AVX2) {
     TORCH_CHECK(w.scalar_type() == torch::kUInt8 && w.numel() == (O + 63) / 64 * 16 * KW * 32,
                 "weights are not in the avx2 (nibble) layout for this shape");
-    const int64_t G = 16 * KW;
-    std::vector<uint16_t> offs(T * G);
-    at::parallel_for(0, T, 64, [&](int64_t t0, int64_t t1) {
-      for (int64_t t = t0; t < t1; ++t) {
-        const auto* bytes = reinterpret_cast<const uint8_t*>(act + t * KW);
-        for (int64_t g = 0; g < G; ++g) {
-          const int nib = (g & 1) ? (bytes[g >> 1] >> 4) : (bytes[g >> 1] & 15);
-          offs[t * G + g] = static_cast<uint16_t>(mode * 512 + nib * 32);
+    const int64_t G = 16 * KW, tiles = (T + kTileTokens - 1) / kTileTokens;
+    std::vector<uint16_t> offs(tiles * G * kTileTokens);
+    at::parallel_for(0, tiles, 8, [&](int64_t i0, int64_t i1) {
+      for (int64_t tile = i0; tile < i1; ++tile) {
+        uint16_t* q = offs.data() + tile * G * kTileTokens;
+        for (int i = 0; i < kTileTokens; ++i) {
+          const int64_t t = tile * kTileTokens + i;
+          const auto* bytes = reinterpret_cast<const uint8_t*>(act + std::min(t, T - 1) * KW);
+          for (int64_t g = 0; g < G; ++g) {
+            const int nib = t >= T ? 0 : (g & 1) ? (bytes[g >> 1] >> 4) : (bytes[g >> 1] & 15);
+            q[g * kTileTokens + i] = static_cast<uint16_t>(mode * 512 + nib * 32);
+          }
         }
       }
     });
     const auto* wp = w.data_ptr<uint8_t>();
+    const int64_t chunk = kTokenChunk / kTileTokens;  // tiles a thread keeps hot while it walks its blocks
     at::parallel_for(0, (O + 63) / 64, 1, [&](int64_t b0, int64_t b1) {
-      for (int64_t t = 0; t < T; t += kTokenChunk)
-        binary_counts_avx2(offs.data(), t, std::min(T, t + kTokenChunk), KW, wp, b0, b1, mode, e, O);
+      for (int64_t i = 0; i < tiles; i += chunk)
+        binary_counts_avx2(offs.data(), i, std::min(tiles, i + chunk), T, KW, wp, b0, b1, mode, e, O);
     });
     return;
   }
@@ -156,18 +161,14 @@ void run_binary(const uint64_t* act, int64_t T, int64_t KW, int mode, const torc
   });
 }
 
-// D = K - 2 popcount(A xor W) (mode 0) or 2 popcount(A and W) - popcount(A) (mode 1); returns
-// y = v * D (+ bias), or D itself with return_d.
-torch::Tensor binary_gemm(torch::Tensor act, int64_t K, int64_t mode, torch::Tensor w, int64_t O, torch::Tensor v,
-                          c10::optional<torch::Tensor> bias, int64_t path, bool return_d) {
+void check_act(const torch::Tensor& act, int64_t K, int64_t mode) {
   TORCH_CHECK(act.scalar_type() == torch::kInt64 && act.is_contiguous() && act.dim() == 2, "act must be (T, KW) int64");
   TORCH_CHECK(mode == 0 || mode == 1, "mode must be 0 (xor) or 1 (and)");
   TORCH_CHECK(K > 0 && K < 65536 && act.size(1) == (K + 63) / 64, "act does not match in_features");
-  check_f32(v, "v");
-  TORCH_CHECK(v.numel() == O, "v must have out_features elements");
-  const int p = resolve(path, true);
-  const int64_t T = act.size(0), KW = act.size(1);
-  const auto* ap = reinterpret_cast<const uint64_t*>(act.data_ptr<int64_t>());
+}
+
+// off[t] of D = off + mul * count: K (xor: D = K - 2 popcount) or -popcount(A) (and: 2 popcount - popcount(A)).
+std::vector<int32_t> binary_offsets(const uint64_t* ap, int64_t T, int64_t KW, int64_t K, int64_t mode) {
   std::vector<int32_t> off(T, static_cast<int32_t>(K));
   if (mode == 1)
     for (int64_t t = 0; t < T; ++t) {
@@ -175,6 +176,20 @@ torch::Tensor binary_gemm(torch::Tensor act, int64_t K, int64_t mode, torch::Ten
       for (int64_t k = 0; k < KW; ++k) c += __builtin_popcountll(ap[t * KW + k]);
       off[t] = -c;
     }
+  return off;
+}
+
+// D = K - 2 popcount(A xor W) (mode 0) or 2 popcount(A and W) - popcount(A) (mode 1); returns
+// y = v * D (+ bias), or D itself with return_d.
+torch::Tensor binary_gemm(torch::Tensor act, int64_t K, int64_t mode, torch::Tensor w, int64_t O, torch::Tensor v,
+                          c10::optional<torch::Tensor> bias, int64_t path, bool return_d) {
+  check_act(act, K, mode);
+  check_f32(v, "v");
+  TORCH_CHECK(v.numel() == O, "v must have out_features elements");
+  const int p = resolve(path, true);
+  const int64_t T = act.size(0), KW = act.size(1);
+  const auto* ap = reinterpret_cast<const uint64_t*>(act.data_ptr<int64_t>());
+  auto off = binary_offsets(ap, T, KW, K, mode);
   auto out = torch::empty({T, O}, act.options().dtype(return_d ? torch::kInt32 : torch::kFloat32));
   Epi e{off.data(), mode == 0 ? -2 : 2, v.data_ptr<float>(), bias_ptr(bias, O),
         return_d ? nullptr : out.data_ptr<float>(), return_d ? out.data_ptr<int32_t>() : nullptr, O};
@@ -182,17 +197,72 @@ torch::Tensor binary_gemm(torch::Tensor act, int64_t K, int64_t mode, torch::Ten
   return out;
 }
 
+// The bits epilogue: bit o of row t = (D <= lo[o] || D >= hi[o]), as (T, ceil(O/64)) int64 words
+// (zero past O): the next binary layer's packed input, the float output never written.
+torch::Tensor binary_gemm_bits(torch::Tensor act, int64_t K, int64_t mode, torch::Tensor w, int64_t O,
+                               torch::Tensor lo, torch::Tensor hi, int64_t path) {
+  check_act(act, K, mode);
+  for (const auto* t : {&lo, &hi})
+    TORCH_CHECK(t->scalar_type() == torch::kInt32 && t->is_contiguous() && t->numel() == O,
+                "lo / hi must be (out_features,) int32");
+  const int p = resolve(path, true);
+  const int64_t T = act.size(0), KW = act.size(1), OW = (O + 63) / 64;
+  const auto* ap = reinterpret_cast<const uint64_t*>(act.data_ptr<int64_t>());
+  auto off = binary_offsets(ap, T, KW, K, mode);
+  auto out = torch::zeros({T, OW}, act.options());
+  Epi e{off.data(), mode == 0 ? -2 : 2, nullptr, nullptr, nullptr, nullptr, O};
+  e.lo = lo.data_ptr<int32_t>();
+  e.hi = hi.data_ptr<int32_t>();
+  e.bits = reinterpret_cast<uint8_t*>(out.data_ptr<int64_t>());
+  e.ldb = OW * 8;
+  run_binary(ap, T, KW, static_cast<int>(mode), w, O, p, e);
+  return out;
+}
+
+// Every value the W1A1 epilogue can produce: y[c][o] = float(K - 2c) * v[o] (+ bias[o]) for
+// c = 0..K, the same float operations as finish() (the caller maps them through the next
+// layer's activation and binarizer to find the thresholds of binary_gemm_bits).
+torch::Tensor binary_levels(int64_t K, torch::Tensor alpha, torch::Tensor wscale, c10::optional<torch::Tensor> bias,
+                            int64_t O) {
+  check_f32(alpha, "alpha");
+  TORCH_CHECK(K > 0 && K < 65536, "in_features must be below 65536");
+  auto vs = out_scales(std::max(alpha.data_ptr<float>()[0], kEps), wscale, O);
+  const float* b = bias_ptr(bias, O);
+  auto out = torch::empty({K + 1, O}, alpha.options());
+  float* y = out.data_ptr<float>();
+  for (int64_t c = 0; c <= K; ++c) {
+    const float d = static_cast<float>(static_cast<int32_t>(K - 2 * c));
+    for (int64_t o = 0; o < O; ++o) y[c * O + o] = b ? d * vs[o] + b[o] : d * vs[o];
+  }
+  return out;
+}
+
+torch::Tensor binary_linear_words(torch::Tensor act, int64_t K, torch::Tensor alpha, torch::Tensor w, int64_t O,
+                                  torch::Tensor wscale, c10::optional<torch::Tensor> bias, int64_t path);
+
 // The W1A1 layer: x (T, K) float32, elastic binarizer (alpha, beta), ±1 weights with scales.
 torch::Tensor binary_linear(torch::Tensor x, torch::Tensor beta, torch::Tensor alpha, torch::Tensor w, int64_t O,
                             torch::Tensor wscale, c10::optional<torch::Tensor> bias, int64_t path) {
-  check_f32(alpha, "alpha");
   const int64_t K = x.size(1);
   TORCH_CHECK(K > 0 && K < 65536, "in_features must be below 65536");
-  auto act = pack_signs(x, beta, path);
+  return binary_linear_words(pack_signs(x, beta, path), K, alpha, w, O, wscale, bias, path);
+}
+
+// The W1A1 layer from its input's sign bits already packed (binary_gemm_bits of the layer before).
+torch::Tensor binary_linear_words(torch::Tensor act, int64_t K, torch::Tensor alpha, torch::Tensor w, int64_t O,
+                                  torch::Tensor wscale, c10::optional<torch::Tensor> bias, int64_t path) {
+  check_f32(alpha, "alpha");
   const float a = std::max(alpha.data_ptr<float>()[0], kEps);  // alpha.clamp_min(EPS)
   auto vs = out_scales(a, wscale, O);
   auto v = torch::from_blob(vs.data(), {O}, torch::kFloat32);
   return binary_gemm(act, K, 0, w, O, v, bias, path, false);
+}
+
+// The W1A1 layer whose output goes through an elementwise function into the next layer's binarizer:
+// its sign bits, packed, from thresholds on D (binary_levels).
+torch::Tensor binary_linear_bits(torch::Tensor x, torch::Tensor beta, torch::Tensor w, int64_t O, torch::Tensor lo,
+                                 torch::Tensor hi, int64_t path) {
+  return binary_gemm_bits(pack_signs(x, beta, path), x.size(1), 0, w, O, lo, hi, path);
 }
 
 // ---- ternary ----------------------------------------------------------------------------------
@@ -226,8 +296,9 @@ std::vector<torch::Tensor> quantize_int8(torch::Tensor x, double clip_ratio, dou
   return {q, sq, torch::full({}, s, x.options())};
 }
 
-torch::Tensor ternary_gemm(torch::Tensor q, torch::Tensor sq, torch::Tensor w, int64_t O, torch::Tensor v,
-                           c10::optional<torch::Tensor> bias, int64_t path, bool return_d) {
+torch::Tensor ternary_gemm_into(torch::Tensor q, torch::Tensor sq, torch::Tensor w, int64_t O, torch::Tensor v,
+                                c10::optional<torch::Tensor> bias, int64_t path, bool return_d,
+                                c10::optional<torch::Tensor> into) {
   TORCH_CHECK(q.scalar_type() == torch::kInt8 && q.is_contiguous() && q.dim() == 2 && q.size(1) % 16 == 0,
               "q must be (T, KP) int8 with KP a multiple of 16");
   TORCH_CHECK(sq.scalar_type() == torch::kInt32 && sq.numel() == q.size(0), "sq must be (T,) int32");
@@ -240,7 +311,15 @@ torch::Tensor ternary_gemm(torch::Tensor q, torch::Tensor sq, torch::Tensor w, i
   std::vector<int32_t> off(T);
   const int32_t* sp = sq.data_ptr<int32_t>();
   for (int64_t t = 0; t < T; ++t) off[t] = -2 * sp[t];
-  auto out = torch::empty({T, O}, q.options().dtype(return_d ? torch::kInt32 : torch::kFloat32));
+  torch::Tensor out;
+  if (into.has_value() && into->defined()) {  // a caller's buffer (reused: no fresh pages to fault in)
+    TORCH_CHECK(!return_d, "into is for the float output");
+    check_f32(*into, "into");
+    TORCH_CHECK(into->numel() == T * O, "into must hold tokens x out_features floats");
+    out = *into;
+  } else {
+    out = torch::empty({T, O}, q.options().dtype(return_d ? torch::kInt32 : torch::kFloat32));
+  }
   Epi e{off.data(), 1, v.data_ptr<float>(), bias_ptr(bias, O), return_d ? nullptr : out.data_ptr<float>(),
         return_d ? out.data_ptr<int32_t>() : nullptr, O};
   const int8_t* ap = q.data_ptr<int8_t>();
@@ -261,12 +340,19 @@ torch::Tensor ternary_gemm(torch::Tensor q, torch::Tensor sq, torch::Tensor w, i
   return out;
 }
 
+torch::Tensor ternary_gemm(torch::Tensor q, torch::Tensor sq, torch::Tensor w, int64_t O, torch::Tensor v,
+                           c10::optional<torch::Tensor> bias, int64_t path, bool return_d) {
+  return ternary_gemm_into(q, sq, w, O, v, bias, path, return_d, c10::nullopt);
+}
+
+// The W2A8 layer; ``into``: write y there (tokens x out_features floats) instead of a new tensor.
 torch::Tensor ternary_linear(torch::Tensor x, double clip_ratio, double clip_val, torch::Tensor w, int64_t O,
-                             torch::Tensor wscale, c10::optional<torch::Tensor> bias, int64_t path) {
+                             torch::Tensor wscale, c10::optional<torch::Tensor> bias, int64_t path,
+                             c10::optional<torch::Tensor> into) {
   auto qs = quantize_int8(x, clip_ratio, clip_val, path);
   auto vs = out_scales(qs[2].item<float>(), wscale, O);
   auto v = torch::from_blob(vs.data(), {O}, torch::kFloat32);
-  return ternary_gemm(qs[0], qs[1], w, O, v, bias, path, false);
+  return ternary_gemm_into(qs[0], qs[1], w, O, v, bias, path, false, into);
 }
 
 }  // namespace
@@ -277,7 +363,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("pack_unsigned", &pack_unsigned, "bits of round(clamp(x / alpha, 0, 1)) as int64 words");
   m.def("binary_gemm", &binary_gemm, "binary GEMM (XOR / AND popcount) with a float epilogue");
   m.def("binary_linear", &binary_linear, "W1A1 linear: elastic binarizer + XOR-popcount GEMM");
+  m.def("binary_linear_words", &binary_linear_words, "W1A1 linear from packed sign bits");
+  m.def("binary_linear_bits", &binary_linear_bits, "W1A1 linear emitting the next layer's bits (thresholds on D)");
+  m.def("binary_gemm_bits", &binary_gemm_bits, "binary GEMM with the threshold-bits epilogue");
+  m.def("binary_levels", &binary_levels, "every value of the W1A1 epilogue, (K + 1, O)");
   m.def("quantize_int8", &quantize_int8, "8-bit symmetric min-max quantization: (q, sum q, scale)");
   m.def("ternary_gemm", &ternary_gemm, "2-bit weights x int8 activations GEMM with a float epilogue");
-  m.def("ternary_linear", &ternary_linear, "W2A8 linear: min-max int8 activations + 2-bit GEMM");
+  m.def("ternary_linear", &ternary_linear, "W2A8 linear: min-max int8 activations + 2-bit GEMM", py::arg("x"),
+        py::arg("clip_ratio"), py::arg("clip_val"), py::arg("w"), py::arg("O"), py::arg("wscale"), py::arg("bias"),
+        py::arg("path"), py::arg("into") = py::none());
 }

@@ -25,7 +25,11 @@ bool cpu_has(Path p, bool binary);
 
 // The epilogue every kernel applies to a finished tile, so accumulators never leave the cache:
 // D = off[t] + mul * acc (the exact signed integer dot product), then, if y is set,
-// y[t][o] = float(D) * v[o] (+ bias[o]), and, if d is set, d[t][o] = D (tests read D directly).
+// y[t][o] = float(D) * v[o] (+ bias[o]), if d is set, d[t][o] = D (tests read D directly), and, if
+// bits is set, bit o of row t = (D <= lo[o] || D >= hi[o]): the next layer's binary activation,
+// when it is a function of D alone (thresholds found by the caller; the float output is then never
+// written). Rows of bits are little-endian bit strings of ldb bytes; tiles start at outputs that
+// are multiples of 8, so each tile writes whole bytes of its own.
 struct Epi {
   const int32_t* off;  // per token
   int32_t mul;
@@ -34,7 +38,13 @@ struct Epi {
   float* y;            // (T, ld) or null
   int32_t* d;          // (T, ld) or null
   int64_t ld;          // = O
+  const int32_t* lo = nullptr;  // per output (bits only)
+  const int32_t* hi = nullptr;
+  uint8_t* bits = nullptr;      // (T, ldb) or null
+  int64_t ldb = 0;
 };
+
+inline bool threshold_bit(const Epi& e, int64_t o, int32_t d) { return d <= e.lo[o] || d >= e.hi[o]; }
 
 inline void finish(const Epi& e, int64_t t, int64_t o0, int64_t n, const int32_t* acc) {
   const int32_t off = e.off[t], mul = e.mul;
@@ -52,6 +62,15 @@ inline void finish(const Epi& e, int64_t t, int64_t o0, int64_t n, const int32_t
       for (int64_t i = 0; i < n; ++i) y[i] = static_cast<float>(off + mul * acc[i]) * v[i];
     }
   }
+  if (e.bits) {
+    uint8_t* row = e.bits + t * e.ldb;
+    for (int64_t i = 0; i < n; i += 8) {
+      uint8_t byte = 0;
+      for (int64_t j = i; j < n && j < i + 8; ++j)
+        byte = static_cast<uint8_t>(byte | (threshold_bit(e, o0 + j, off + mul * acc[j]) ? 1 : 0) << (j - i));
+      row[(o0 + i) >> 3] = byte;
+    }
+  }
 }
 
 #if KB_X86
@@ -65,6 +84,23 @@ inline void finish8_avx2(const Epi& e, int64_t t, int64_t o0, __m256i acc) {
   if (e.bias) y = _mm256_add_ps(y, _mm256_loadu_ps(e.bias + o0));
   _mm256_storeu_ps(e.y + t * e.ld + o0, y);
 }
+
+// The bits epilogue for 64 outputs from 16-bit counts (AVX2): the same comparisons as finish().
+KB_TARGET("avx2")
+inline void bits64_avx2(const Epi& e, int64_t t, int64_t o0, const uint16_t* acc16) {
+  const __m256i off = _mm256_set1_epi32(e.off[t]), mul = _mm256_set1_epi32(e.mul);
+  uint64_t word = 0;
+  for (int j = 0; j < 64; j += 8) {
+    const __m256i acc = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(acc16 + j)));
+    const __m256i d = _mm256_add_epi32(off, _mm256_mullo_epi32(mul, acc));
+    const __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(e.lo + o0 + j));
+    const __m256i hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(e.hi + o0 + j));
+    const __m256i between = _mm256_and_si256(_mm256_cmpgt_epi32(d, lo), _mm256_cmpgt_epi32(hi, d));  // bit 0
+    const uint32_t m = static_cast<uint32_t>(_mm256_movemask_ps(_mm256_castsi256_ps(between)));
+    word |= static_cast<uint64_t>(~m & 0xFFu) << j;
+  }
+  std::memcpy(e.bits + t * e.ldb + o0 / 8, &word, sizeof(word));
+}
 #endif
 
 // ---- binary: counts[t][o] = popcount(A_t op W_o), op = XOR (mode 0) or AND (mode 1) ---------
@@ -75,10 +111,13 @@ inline void finish8_avx2(const Epi& e, int64_t t, int64_t o0, __m256i acc) {
 //                                     4g..4g+3 of row 64b+j (low nibble) and of row 64b+32+j (high).
 // Each kernel covers tokens [t0, t1) and output blocks [b0, b1) (8 rows a block in the words
 // layout, 64 in the nibble layout) and hands every finished tile to finish().
-// avx2 reads activations as table offsets instead of words: offs[t][g] = 32 * nibble g of row t.
+// avx2 reads activations as table offsets instead of words, in tiles of kTileTokens tokens:
+// offs[tile][g][i] = 512 * mode + 32 * nibble g of token kTileTokens * tile + i (tokens past T
+// padded with table 0, their counts dropped); it covers tiles [tile0, tile1).
+constexpr int kTileTokens = 6;
 void binary_counts_portable(const uint64_t* act, int64_t t0, int64_t t1, int64_t KW, const uint64_t* w,
                             int64_t b0, int64_t b1, int mode, const Epi& e, int64_t O);
-void binary_counts_avx2(const uint16_t* offs, int64_t t0, int64_t t1, int64_t KW, const uint8_t* w,
+void binary_counts_avx2(const uint16_t* offs, int64_t tile0, int64_t tile1, int64_t T, int64_t KW, const uint8_t* w,
                         int64_t b0, int64_t b1, int mode, const Epi& e, int64_t O);
 void binary_counts_avx512(const uint64_t* act, int64_t t0, int64_t t1, int64_t KW, const uint64_t* w,
                           int64_t b0, int64_t b1, int mode, const Epi& e, int64_t O);

@@ -1,0 +1,223 @@
+"""Kernel fusion across two binary layers: an FFN's W1A1 up-projection hands the down-projection
+its input already binarized, as packed sign bits, so the wide float output, the activation
+function over it and the next layer's sign packing never run.
+
+Why this is exact: the up-projection's output is y = fl(fl(v_o·D) + b_o) with D an integer in
+{-K, -K+2, ..., K}, and the down-projection binarizes act(y) - β_o (``ElasticAct``: the sign bit of
+the float32 difference). For each output o the bit is therefore a function of D alone, with K + 1
+possible values. At the first forward (and again whenever a scale, bias or β changes) every one
+of them is put through the same code the unfused path runs — the kernel's epilogue arithmetic
+(``binary_levels``), the model's own activation module, the kernel's own sign packing — and the
+bits are read back per output. Where they form ``D <= lo or D >= hi`` (GELU minus a threshold
+does: one or two crossings), the GEMM's epilogue compares D with lo / hi and writes the bit;
+where any output does not, the pair stays unfused. So the fused bits are the unfused ones by
+construction, not by a second implementation of GELU (torch's CPU GELU is oneDNN's, not libm's).
+
+W2A8 pairs cannot take bits (the next layer's 8-bit scale is the whole tensor's max), so there
+the up-projection writes into a reused workspace and GELU runs on it in place
+(``WorkspaceFusion``): the same arithmetic, no fresh 3072-wide tensors to fault in.
+
+Wiring (``fuse_ffn_``, run after loading and by ``select_kernels_``): an encoder block with
+``intermediate.dense`` → ``intermediate.intermediate_act_fn`` → ``output.dense`` (BERT, RoBERTa,
+ELECTRA, ... in Hugging Face naming) where both linears are packed W1A1 layers on the binary
+kernel and the activation is an elementwise module. The activation module is wrapped in
+``PassBits`` (which lets the packed bits through unchanged and applies the activation otherwise),
+so the blocks' own forward code runs as it is; tensor names and the state dict do not change.
+The bits are emitted only for float32 inputs outside autocast and when the consumer is on its
+binary kernel; everything else (tracing, ONNX export, another dtype) takes the unfused path.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.nn.modules import module as nn_module
+
+from . import kernels
+
+# Elementwise activation modules (torch's, and transformers' by class name: quant does not import
+# transformers): the ones the threshold search may treat as a function of each value alone.
+TORCH_ELEMENTWISE = (nn.GELU, nn.ReLU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.Identity, nn.Mish, nn.LeakyReLU)
+HF_ELEMENTWISE = {"GELUActivation", "NewGELUActivation", "FastGELUActivation", "QuickGELUActivation",
+                  "GELUTanh", "PytorchGELUTanh", "SiLUActivation", "MishActivation", "LinearActivation"}
+FAR = 1 << 30  # a threshold no D reaches
+
+
+def is_elementwise(act) -> bool:
+    if isinstance(act, TORCH_ELEMENTWISE):
+        return True
+    return type(act).__name__ in HF_ELEMENTWISE and type(act).__module__.startswith("transformers.")
+
+
+class PassBits(nn.Module):
+    """An activation that lets through what a fused producer already activated (an int64 tensor of
+    packed bits, or the workspace it activated in place) and applies the wrapped activation to
+    anything else."""
+
+    def __init__(self, act: nn.Module):
+        super().__init__()
+        self.act = act
+        self.done: torch.Tensor | None = None  # the producer's activated output, this call only
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.int64:
+            return x
+        if self.done is not None and x is self.done:
+            self.done = None
+            return x
+        return self.act(x)
+
+
+_WORKSPACE = threading.local()
+
+
+def workspace(numel: int) -> torch.Tensor:
+    """A float32 buffer of ``numel`` elements reused across calls (per thread, grown as needed):
+    a fresh multi-megabyte tensor is a fresh mmap whose pages fault in on first write, which costs
+    about as much as GELU over it (measured: 4096 x 3072 floats, ~25 ms either way)."""
+    buf = getattr(_WORKSPACE, "buf", None)
+    if buf is None or buf.numel() < numel:
+        buf = _WORKSPACE.buf = torch.empty(numel)
+    return buf[:numel]
+
+
+def gelu_in_place(act: nn.Module):
+    """f(y) applying ``act`` to y in place with the same result as act(y) (torch's GELU kernel
+    writing into its input), or None for an activation without one."""
+    if isinstance(act, nn.GELU):
+        return lambda y: torch._C._nn.gelu(y, approximate=act.approximate, out=y)
+    if type(act).__name__ == "GELUActivation" and getattr(act, "act", None) is torch.nn.functional.gelu:
+        return lambda y: torch._C._nn.gelu(y, out=y)
+    return None
+
+
+@dataclass
+class WorkspaceFusion:
+    """A W2A8 FFN pair: the up-projection writes into the shared workspace and applies GELU there
+    in place; the down-projection reads it (its own copy of nothing). Exact: the same kernel, the
+    same GELU kernel (out= its input), only the memory differs. Not used while forward hooks could
+    keep the intermediate tensor beyond the block (the workspace is overwritten by the next one)."""
+
+    act: nn.Module
+    wrapper: PassBits
+    owner: nn.Module  # the block's intermediate module (its hooks are checked)
+
+    def forward(self, producer, x: torch.Tensor) -> torch.Tensor | None:
+        hooked = (nn_module._global_forward_hooks or nn_module._global_forward_pre_hooks
+                  or any(m._forward_hooks or m._forward_pre_hooks for m in (self.owner, self.wrapper, producer)))
+        inplace = gelu_in_place(self.act)
+        if x.dtype != torch.float32 or torch.is_autocast_enabled("cpu") or producer.output_quantizer is not None \
+                or hooked or inplace is None:
+            return None
+        k, q = producer.kernel, producer.input_quantizer
+        flat = x.reshape(-1, producer.in_features)
+        if not flat.is_contiguous():
+            flat = flat.contiguous()
+        cv = -1.0 if q.clip_val is None else float(q.clip_val)
+        bias = None if producer.bias is None else producer.bias.detach()
+        y = workspace(flat.shape[0] * k.out_features).view(flat.shape[0], k.out_features)
+        with torch.no_grad():
+            kernels.extension().ternary_linear(flat, float(q.clip_ratio), cv, producer.packed_weight, k.out_features,
+                                               producer.weight_scale, bias, k.path, into=y)
+            inplace(y)
+        out = y.view(*x.shape[:-1], k.out_features)
+        self.wrapper.done = out
+        return out
+
+
+@dataclass
+class BitsFusion:
+    """Held by the producing PackedLinear (``fused_next``; a plain object, not a submodule)."""
+
+    act: nn.Module
+    consumer: nn.Module
+    _key: list = field(default_factory=list, repr=False)  # (tensor, version) the thresholds were found for
+    _thresholds: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
+
+    def _inputs(self, producer) -> list[torch.Tensor | None]:
+        q = producer.input_quantizer
+        return [q.alpha, producer.weight_scale, producer.bias, self.consumer.input_quantizer.beta]
+
+    def thresholds(self, producer) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(lo, hi) int32 per output, or None when some output's bits are not of that form."""
+        key = [(t, t._version) for t in self._inputs(producer) if t is not None]
+        if len(key) != len(self._key) or any(a is not b or v != w for (a, v), (b, w) in zip(key, self._key)):
+            self._thresholds = find_thresholds(producer, self.act, self.consumer)
+            self._key = key
+        return self._thresholds
+
+    def forward(self, producer, x: torch.Tensor) -> torch.Tensor | None:
+        """The consumer's packed input bits from the producer's raw input, or None (unfused)."""
+        consumer = self.consumer
+        if (x.dtype != torch.float32 or torch.is_autocast_enabled("cpu") or producer.output_quantizer is not None
+                or consumer.kernel is None or consumer.kernel.kind != "binary"
+                or not bool(producer.input_quantizer.initialized) or not bool(consumer.input_quantizer.initialized)):
+            return None
+        with torch.no_grad():
+            th = self.thresholds(producer)
+            if th is None:
+                return None
+            flat = x.reshape(-1, producer.in_features)
+            if not flat.is_contiguous():
+                flat = flat.contiguous()
+            q, k = producer.input_quantizer, producer.kernel
+            bits = kernels.extension().binary_linear_bits(flat, q.beta.detach().float().contiguous(),
+                                                          producer.packed_weight, k.out_features, th[0], th[1], k.path)
+        return bits.view(*x.shape[:-1], bits.shape[-1])
+
+
+def find_thresholds(producer, act: nn.Module, consumer) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Every epilogue value of ``producer`` through ``act`` and the consumer's sign packing; per
+    output, lo / hi with bit = (D <= lo or D >= hi) for D = -K, -K+2, ..., K, or None if some
+    output's bits are not of that form."""
+    ext, k, o = kernels.extension(), producer.in_features, producer.out_features
+    q, bias = producer.input_quantizer, producer.bias
+    levels = ext.binary_levels(k, q.alpha.detach().float(), producer.weight_scale.detach().float().contiguous(),
+                               None if bias is None else bias.detach().float().contiguous(), o)  # row c: D = K - 2c
+    words = ext.pack_signs(act(levels).contiguous(), consumer.input_quantizer.beta.detach().float().contiguous(),
+                           consumer.kernel.path)
+    bits = (words.view(torch.uint8).unsqueeze(-1) >> torch.arange(8, dtype=torch.uint8)) & 1
+    on = bits.view(k + 1, -1)[:, :o].bool().flip(0)  # row i: D = -K + 2i
+    n = k + 1
+    lead = on.to(torch.int32).cumprod(0).sum(0)  # ones from the smallest D up
+    trail = on.flip(0).to(torch.int32).cumprod(0).sum(0)  # ones from the largest D down
+    if not bool(((lead == n) | (lead + trail == on.sum(0))).all()):
+        return None
+    lo = torch.where(lead > 0, -k + 2 * (lead - 1), torch.full_like(lead, -FAR))
+    hi = torch.where((trail > 0) & (lead < n), k - 2 * (trail - 1), torch.full_like(trail, FAR))
+    return lo.to(torch.int32).contiguous(), hi.to(torch.int32).contiguous()
+
+
+def _on_kernel(m, kind: str) -> bool:
+    k = getattr(m, "kernel", None)
+    return k is not None and k.kind == kind and getattr(m, "mode", None) == "packed"
+
+
+def fuse_ffn_(model: nn.Module) -> int:
+    """Wire every fusable FFN pair of ``model`` (see the module docstring): W1A1 pairs emit packed
+    bits (``BitsFusion``), W2A8 up-projections work in the shared workspace (``WorkspaceFusion``).
+    Returns how many pairs are wired."""
+    count = 0
+    for block in model.modules():
+        inter, out = getattr(block, "intermediate", None), getattr(block, "output", None)
+        up, down = getattr(inter, "dense", None), getattr(out, "dense", None)
+        act = getattr(inter, "intermediate_act_fn", None)
+        if isinstance(act, PassBits):
+            act = act.act
+        if up is not None and hasattr(up, "fused_next"):
+            up.fused_next = None
+        if not (isinstance(act, nn.Module) and is_elementwise(act) and down is not None
+                and getattr(down, "in_features", None) == getattr(up, "out_features", None)):
+            continue
+        binary = _on_kernel(up, "binary") and _on_kernel(down, "binary") and up.in_features < 65536
+        ternary = _on_kernel(up, "ternary") and gelu_in_place(act) is not None
+        if not (binary or ternary):
+            continue
+        if not isinstance(inter.intermediate_act_fn, PassBits):
+            inter.intermediate_act_fn = PassBits(act)
+        up.fused_next = BitsFusion(act, down) if binary else WorkspaceFusion(act, inter.intermediate_act_fn, inter)
+        count += 1
+    return count
