@@ -174,3 +174,21 @@ def test_w2a8_ffn_in_the_workspace_is_bit_identical(make_bert, tmp_path):
         assert torch.equal(packed(input_ids=ids).logits, got)
         h.remove()
         assert seen[0].data_ptr() != fused.workspace(1).data_ptr()
+
+
+def test_the_workspace_survives_switching_inference_mode(make_bert, tmp_path):
+    """A buffer first made under torch.inference_mode is an inference tensor; the next forward
+    outside it (no_grad) must not write into that one (torch forbids it), and both agree."""
+    model = make_bert(seed=5)
+    quantize_(model, QuantConfig(w_bits=2, a_bits=8, quantize_embeddings=True))
+    export_packed(model, tmp_path / "p")
+    packed = load_packed(tmp_path / "p")
+    ids = torch.randint(0, 25, (2, 9), generator=torch.Generator().manual_seed(6))
+    fused._WORKSPACE.__dict__.clear()
+    with torch.inference_mode():
+        a = packed(input_ids=ids).logits.clone()
+    with torch.no_grad():
+        b = packed(input_ids=ids).logits
+    with torch.inference_mode():
+        c = packed(input_ids=ids).logits
+    assert torch.equal(a, b) and torch.equal(b, c)

@@ -78,9 +78,14 @@ def workspace(numel: int) -> torch.Tensor:
     """A float32 buffer of ``numel`` elements reused across calls (per thread, grown as needed):
     a fresh multi-megabyte tensor is a fresh mmap whose pages fault in on first write, which costs
     about as much as GELU over it (measured: 4096 x 3072 floats, ~25 ms either way)."""
-    buf = getattr(_WORKSPACE, "buf", None)
+    # One buffer per inference-mode state: a buffer made under torch.inference_mode is an
+    # inference tensor, which may not be written in place outside it (and the other way round
+    # a normal tensor would be fine, but keeping them apart keeps both cases fast and legal).
+    key = "buf_inference" if torch.is_inference_mode_enabled() else "buf"
+    buf = getattr(_WORKSPACE, key, None)
     if buf is None or buf.numel() < numel:
-        buf = _WORKSPACE.buf = torch.empty(numel)
+        buf = torch.empty(numel)
+        setattr(_WORKSPACE, key, buf)
     return buf[:numel]
 
 
