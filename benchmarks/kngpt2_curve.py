@@ -13,8 +13,8 @@ runs first.
     python benchmarks/kngpt2_curve.py [--students kronecker dense_embedding layerdrop]
                                       [--marks 100000 300000 1000000] [--redo]
 
-Cost on 2 CPU cores in fp32: teacher + student distillation runs at a few hundred tokens/s
-(docs/results/kngpt2_speed.md), so 1M tokens is hours per student; run it in the background
+Cost on 2 CPU cores in fp32: teacher + student distillation runs at ~100-115 tokens/s
+(docs/results/kngpt2_speed.md), so 1M tokens is ~2.5-3 h per student; run it in the background
 under nice. Results: docs/results/kngpt2_curve.{json,md} and kngpt2_curve.png, rewritten as each
 point lands (a student's row is updated from its run directory's ppl_curve.json while it runs).
 """

@@ -144,8 +144,9 @@ def render(res: Results) -> str:
              "Produced by `python benchmarks/tspq_w2_levers.py`: the w2 stage of recipes/tspq/binary.yaml run "
              f"alone from the teacher, full training set, {EPOCHS} epochs, a dev evaluation every 1/{EVALS_PER_EPOCH} "
              "epoch; each variant changes one thing. Curve: the dev score at each evaluation; final: the best "
-             "evaluation (the checkpoint the next stage would start from). Commands, dates, machine and load in "
-             "`tspq_w2_levers.json`.\n"]
+             "evaluation (the checkpoint the next stage would start from). Commands, dates and machine in "
+             "`tspq_w2_levers.json`. Wall minutes are elapsed time on a shared machine: they include the pauses "
+             "while timed benchmarks ran and are no measure of speed.\n"]
     for task, rows in rows_by_task.items():
         teacher = next(r["teacher_score"] for r in res.data["rows"].values() if r["task"] == task)
         parts.append(f"\n## {task}: teacher {100 * teacher:.2f}, majority class {100 * floors[task]:.2f}\n\n"

@@ -10,7 +10,7 @@ Learnable quantizer parameters are named ``*_quantizer.scale`` / ``.alpha`` / ``
 their own learning rate.
 """
 
-from .api import (QuantConfig, bits_summary, dequantize_, quant_state, quant_summary, quantize_, quantized_modules,
+from .api import (QuantConfig, bits_summary, dequantize_, quant_state, quantize_, quantized_modules,
                   quantizer_parameters, set_bits_)
 from ..core.transforms import TransformMethod, register_transform
 from .export import pack_module, packed_shell
