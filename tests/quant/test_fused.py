@@ -192,3 +192,26 @@ def test_the_workspace_survives_switching_inference_mode(make_bert, tmp_path):
     with torch.inference_mode():
         c = packed(input_ids=ids).logits
     assert torch.equal(a, b) and torch.equal(b, c)
+
+
+def test_selecting_off_takes_every_layer_off_its_kernel(make_bert, tmp_path):
+    packed = _w1a1_bert(make_bert, tmp_path)
+    linears = [m for m in packed.modules() if isinstance(m, PackedLinear)]
+    if not any(m.kernel is not None for m in linears):
+        pytest.skip("no bit-level kernel on this machine")
+    ids = torch.randint(0, 25, (2, 9), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        on_kernel = packed(input_ids=ids).logits
+    state = {k: v.clone() for k, v in packed.state_dict().items()}
+    assert select_kernels_(packed, "off") == {}
+    assert all(m.kernel is None for m in linears)
+    assert all(m.fused_next is None for m in linears)
+    assert all(m.packed_weight.dtype == torch.uint8 for m in linears)  # back in the file's layout
+    assert all(torch.equal(v, state[k]) for k, v in packed.state_dict().items())
+    with torch.no_grad():
+        off = packed(input_ids=ids).logits
+    assert ((off - on_kernel).abs().max() / on_kernel.abs().max()) < 1e-5
+    fresh = load_packed(tmp_path / "p")
+    select_kernels_(fresh, "off")
+    with torch.no_grad():
+        assert torch.equal(fresh(input_ids=ids).logits, off)

@@ -195,7 +195,9 @@ def test_packed_model_on_kernels_matches_fake_quant(make_bert, tmp_path, w_bits,
     with torch.no_grad():
         assert torch.equal(fresh(input_ids=ids).logits, got)
     # the kernel layout replaces the file's (no second copy); it only pads rows to whole blocks
-    padding = sum(m.packed_weight.numel() - m.standard_packed().numel() for m in on_kernel)
+    # (in bytes: the AVX-512 and portable layouts hold int64 words, the file uint8)
+    padding = sum(m.packed_weight.numel() * m.packed_weight.element_size()
+                  - m.standard_packed().numel() * m.standard_packed().element_size() for m in on_kernel)
     monkeypatch.setenv(kernels.ENV_PATH, "off")
     assert module_bytes(packed) == module_bytes(load_packed(tmp_path / "p")) + padding
 

@@ -12,6 +12,7 @@ from torch import nn
 from ..core.errors import ModelError
 from ..core.io import atomic_path
 from ..models.encoders import load_tokenizer
+from ..quant.packed import select_kernels_
 from .packed import load_packed, packed_dir
 
 OPSET = 18
@@ -24,6 +25,9 @@ def export_onnx(model_dir: str | Path, path: str | Path, seq_len: int = 128, che
     if d is None:
         raise ModelError(f"{model_dir}: not a packed model directory; run kronbit export first")
     model = load_packed(d, mode="packed")
+    # The graph is traced on the torch path from the file's packed layout: the kernels' layouts
+    # (int64 words on AVX-512) are reinterpreted with dtype views, which the tracer cannot record.
+    select_kernels_(model, "off")
     tok = load_tokenizer(d)
     batch = tok(["kronbit exports this sentence to onnx"] * 2, padding="max_length", truncation=True,
                 max_length=seq_len, return_tensors="pt")

@@ -131,9 +131,13 @@ class PackedLinear(_PackedWeight):
 
     def use_kernel(self, path: str | None = None) -> bool:
         """Run this layer on its bit-level kernel if it has one here (see ``kernels.plan``); the
-        weight buffer is re-laid out in place (no second copy). Returns whether it does."""
+        weight buffer is re-laid out in place (no second copy). Returns whether it does; a layer with
+        no kernel for ``path`` (e.g. "off") leaves the one it had and goes back to the file's layout."""
         k = kernels.plan(self, path)
-        if k is None or self.packed_weight.is_meta:
+        if self.packed_weight.is_meta:
+            return False
+        if k is None:
+            self.drop_kernel()
             return False
         std = self.standard_packed()
         self.kernel = None
@@ -316,7 +320,8 @@ class PackedKroneckerLinear(nn.Module):
 def select_kernels_(model: nn.Module, path: str | None = None) -> dict[str, str]:
     """Put every eligible PackedLinear of ``model`` (mode="packed") on its kernel, in place; returns
     name → path. ``path`` forces one (see ``kernels.resolve_path``); ``load_packed`` needs no call
-    (a loaded layer selects its kernel), this re-selects, e.g. to force a path."""
+    (a loaded layer selects its kernel), this re-selects, e.g. to force a path; ``"off"`` takes
+    every layer off its kernel (and undoes the FFN fusions that needed one)."""
     chosen = {}
     for name, m in model.named_modules():
         if isinstance(m, PackedLinear) and m.mode == "packed" and m.use_kernel(path):
