@@ -135,7 +135,9 @@ def _measure(cfg: DemoConfig, task, teacher_dir: Path, packed: Path) -> list[dic
              "kronbit packed": size_report(packed, in_memory=False)["disk_mb"]}
     rows = []
     for name, model in models.items():
-        scores = score(model, tokenizer, task, dev, settings, desc=f"dev {name}")
+        # int8 dynamic quantized linears take float32 only: no bf16 autocast around them
+        own = dict(settings, bf16=False) if model is int8 else settings
+        scores = score(model, tokenizer, task, dev, own, desc=f"dev {name}")
         rows.append({"model": name, "metric": task.primary_metric, "score": scores[task.primary_metric],
                      "mb": round(sizes[name], 2), "x_smaller": round(fp32_mb / sizes[name], 1), "ms": ms[name]})
     return rows

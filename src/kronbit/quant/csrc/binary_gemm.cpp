@@ -228,8 +228,16 @@ static void binary_tile_avx512(const uint64_t* act, int64_t t, int64_t KW, const
   alignas(32) int32_t cnt[8];
   for (int i = 0; i < NT; ++i)
     for (int v = 0; v < NV; ++v) {
+      const int64_t o0 = (b + v) * 8;
+      if (v + 1 < NV && !e.d && o0 + 16 <= O) {  // two full blocks: the vector epilogue on 16 outputs
+        const __m512i c16 = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(acc[i][v])),
+                                               _mm512_cvtepi64_epi32(acc[i][v + 1]), 1);
+        finish16_avx512(e, t + i, o0, c16);
+        ++v;
+        continue;
+      }
       _mm256_store_si256(reinterpret_cast<__m256i*>(cnt), _mm512_cvtepi64_epi32(acc[i][v]));
-      finish(e, t + i, (b + v) * 8, std::min<int64_t>(8, O - (b + v) * 8), cnt);
+      finish(e, t + i, o0, std::min<int64_t>(8, O - o0), cnt);
     }
 }
 

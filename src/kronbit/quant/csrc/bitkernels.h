@@ -101,6 +101,25 @@ inline void bits64_avx2(const Epi& e, int64_t t, int64_t o0, const uint16_t* acc
   }
   std::memcpy(e.bits + t * e.ldb + o0 / 8, &word, sizeof(word));
 }
+
+// The same two epilogues for 16 outputs at once from int32 accumulators (AVX-512): again the same
+// IEEE operations in the same order as finish(), so bit-identical to it. Used for full tiles.
+#define KB_AVX512_BASE "avx512f,avx512bw,avx512vl,avx512dq"
+KB_TARGET(KB_AVX512_BASE)
+inline void finish16_avx512(const Epi& e, int64_t t, int64_t o0, __m512i acc) {
+  const __m512i d = _mm512_add_epi32(_mm512_set1_epi32(e.off[t]), _mm512_mullo_epi32(_mm512_set1_epi32(e.mul), acc));
+  if (e.bits) {  // o0 is a multiple of 8: two whole bytes of the token's row
+    const __mmask16 m = _mm512_cmple_epi32_mask(d, _mm512_loadu_si512(e.lo + o0)) |
+                        _mm512_cmpge_epi32_mask(d, _mm512_loadu_si512(e.hi + o0));
+    const uint16_t m16 = static_cast<uint16_t>(m);
+    std::memcpy(e.bits + t * e.ldb + o0 / 8, &m16, sizeof(m16));
+  }
+  if (e.y) {
+    __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(d), _mm512_loadu_ps(e.v + o0));
+    if (e.bias) y = _mm512_add_ps(y, _mm512_loadu_ps(e.bias + o0));
+    _mm512_storeu_ps(e.y + t * e.ld + o0, y);
+  }
+}
 #endif
 
 // ---- binary: counts[t][o] = popcount(A_t op W_o), op = XOR (mode 0) or AND (mode 1) ---------
