@@ -120,9 +120,24 @@ def test_from_pretrained_builds_what_load_packed_builds(case, bert_dir, tmp_path
     assert torch.equal(_out(got, ids[:1, :5]), _out(want, ids[:1, :5]))  # the small-batch (LUT) path too
     packed = [m for m in got.modules() if isinstance(m, PACKED_KINDS)]
     if case[2] is not None or case[0].endswith("w4a8"):  # the weights stay packed in memory
+        # (uint8 codes, or the AVX-512 / portable binary kernels' layout: the same bits as int64 words)
         assert packed and all(getattr(m, "packed_weight", getattr(m, "packed_a", None)).dtype in
-                              (torch.uint8, torch.int8) for m in packed)
+                              (torch.uint8, torch.int8, torch.int64) for m in packed)
+        for m in packed:  # and hold at most 8 bits a weight (kernel layouts pad rows to whole words)
+            if hasattr(m, "packed_weight") and getattr(m, "bits", 8) <= 4:
+                assert m.packed_weight.numel() * m.packed_weight.element_size() <= _fp32_weight_bytes([m]) / 4
     assert got.config.quantization_config.quant_method == QUANT_METHOD and got.is_quantized
+
+
+def _fp32_weight_bytes(modules) -> int:
+    """What the packed layers' weights would take as float32."""
+    total = 0
+    for m in modules:
+        shape = (m.out_features, m.in_features) if hasattr(m, "in_features") else getattr(m, "weight_shape", None)
+        if shape is None and hasattr(m, "num_embeddings"):
+            shape = (m.num_embeddings, m.embedding_dim)
+        total += 4 * shape[0] * shape[1] if shape else 0
+    return total
 
 
 @pytest.mark.parametrize("name", ["bert-w1a1", "gpt2-kron-w4a8", "llama-w2a8"])
