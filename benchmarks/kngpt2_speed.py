@@ -8,14 +8,15 @@ recipes/kngpt2/kron-pretrain-dense-embedding.yaml); the layer-drop student sized
 student (as benchmarks/kngpt2.py sizes it). Random token ids (speed does not depend on the text).
 
 Parts, each run as child processes so that "before" and "after" are measured in one run:
-  * ``train``: fwd+bwd of a model alone (LM loss) at 2 × 256 tokens, fp32 (and bf16 autocast with
-    ``--bf16``; on a CPU without bf16 units torch emulates it). Before: glibc's default allocator;
+  * ``train``: fwd+bwd of a model alone (LM loss) at 2 × 256 tokens. Before: glibc's default allocator;
     after: ``kronbit.core.allocator.keep_freed_memory`` (the Kronecker layer math is unchanged).
   * ``distill``: one ``DistillationTrainer`` step (compute_loss + backward) with the recipes' KD
     (embedding, attention prob_kl, relative hidden MSE, logits, LM loss; eager teacher) at 4 × 256
     tokens. Before: the code of ``--before-commit`` (extracted with ``git archive`` into
     benchmarks/_work); after: this tree.
-  * ``decode``: greedy ``generate`` at batch 1 with the KV cache, 16 prompt + 48 new tokens, fp32.
+  * ``decode``: greedy ``generate`` at batch 1 with the KV cache, 16 prompt + 48 new tokens.
+Every part runs in fp32 and, with ``--bf16``, under bf16 autocast too (on a CPU without bf16 units
+torch emulates bf16: several times slower, no guide to a machine that has them).
 Within a child, steps of its models alternate; each figure is the median of ``--steps`` timed steps
 after one warm-up. Results: docs/results/kngpt2_speed.{json,md}.
 """
@@ -36,6 +37,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import REPO, WORK, Results, md_table  # noqa: E402
+
+from kronbit.core.hardware import native_bf16  # noqa: E402
 
 TEACHER = "packaged:smollm2"
 MODELS = ("teacher", "layerdrop", "kngpt2", "dense_embedding")
@@ -80,6 +83,11 @@ def _timed(fn, steps, order):
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def dtypes(args) -> list[bool]:
+    """bf16 autocast off / on: both with --bf16, fp32 alone otherwise."""
+    return [False, True] if args.bf16 else [False]
+
+
 def worker_train(args):
     import torch
     if args.code == "after":
@@ -88,7 +96,7 @@ def worker_train(args):
     models, _ = build([m for m in MODELS if m != "teacher"])
     ids = torch.randint(0, 49152, (2, 256))
     res = {}
-    for bf16 in ([False, True] if args.bf16 else [False]):
+    for bf16 in dtypes(args):
         def step(m, bf16=bf16):
             def f():
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
@@ -125,13 +133,17 @@ def worker_distill(args):
                                                                  report_to=[]), teacher=teacher, kd=kd)
         m.train()
 
-        def f(tr=tr, m=m):
-            loss = tr.compute_loss(m, dict(batch))
-            loss.backward()
-            m.zero_grad(set_to_none=True)
-        fns[name] = f
+        for bf16 in dtypes(args):
+            def f(tr=tr, m=m, bf16=bf16):
+                # as the Trainer runs a bf16 step: student, teacher and losses under one autocast
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    loss = tr.compute_loss(m, dict(batch))
+                loss.backward()
+                m.zero_grad(set_to_none=True)
+            fns[(name, bf16)] = f
     t = _timed(fns, args.steps, list(fns))
-    return {"fp32": {k: ids.numel() / v for k, v in t.items()}}
+    return {("bf16" if bf16 else "fp32"): {k: ids.numel() / v for (k, b), v in t.items() if b == bf16}
+            for bf16 in dtypes(args)}
 
 
 def worker_decode(args):
@@ -140,16 +152,18 @@ def worker_decode(args):
     prompt = torch.randint(0, 49152, (1, 16))
     new = 48
 
-    def gen(m):
+    def gen(m, bf16):
         def f():
-            with torch.inference_mode():
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 out = m.generate(prompt, max_new_tokens=new, min_new_tokens=new, do_sample=False, use_cache=True)
             assert out.shape[1] == 16 + new
         return f
     for m in models.values():
         m.eval()
-    t = _timed({k: gen(m) for k, m in models.items()}, args.steps, list(models))
-    return {"fp32": {k: new / v for k, v in t.items()}}
+    fns = {(k, bf16): gen(m, bf16) for k, m in models.items() for bf16 in dtypes(args)}
+    t = _timed(fns, args.steps, list(fns))
+    return {("bf16" if bf16 else "fp32"): {k: new / v for (k, b), v in t.items() if b == bf16}
+            for bf16 in dtypes(args)}
 
 
 def main_src(commit: str) -> Path:
@@ -182,8 +196,11 @@ def render(res: Results) -> str:
     out = ["# KnGPT2 speed: training, distillation and decoding throughput (CPU)\n\n",
            "Produced by `python benchmarks/kngpt2_speed.py`; commands, dates, machine and load per row in "
            "`kngpt2_speed.json`. Tokens/s, median of timed steps after a warm-up; the models of one "
-           "part alternate step by step inside one process. bf16 on this CPU (no bf16 units) is emulated "
-           "by torch and is no guide to a machine with bf16 units.\n\n"]
+           "part alternate step by step inside one process. "
+           + ("bf16 autocast ran on the CPU's bf16 units (AVX512_BF16)."
+              if all(r.get("bf16_native") for r in rows.values()) else
+              "Rows without bf16 units (bf16_native false in the JSON) emulate bf16: no guide to a machine with them.")
+           + "\n\n"]
     for part, title, unit in (("train", "Student training alone, fwd+bwd, 2 × 256 tokens", "tokens/s"),
                               ("distill", "Distillation step (teacher fwd + student fwd+bwd + KD losses), "
                                "4 × 256 tokens", "tokens/s"),
@@ -207,7 +224,7 @@ def main() -> None:
     ap.add_argument("--parts", nargs="+", default=["train", "distill", "decode"],
                     choices=["train", "distill", "decode"])
     ap.add_argument("--steps", type=int, default=3)
-    ap.add_argument("--bf16", action="store_true", help="also time the train part under bf16 autocast")
+    ap.add_argument("--bf16", action="store_true", help="also time every part under bf16 autocast")
     ap.add_argument("--before-commit", default="702dddc", help="the code the distill part's 'before' runs")
     ap.add_argument("--worker", choices=["train", "distill", "decode"], help=argparse.SUPPRESS)
     ap.add_argument("--code", choices=["before", "after"], default="after", help=argparse.SUPPRESS)
@@ -224,7 +241,7 @@ def main() -> None:
             got = run_child(part, code, args)
             res.add(f"{part}/{code}", {"part": part, "code": code, "tokens_per_s": got, "steps": args.steps,
                                        "before_commit": args.before_commit if part == "distill" else None,
-                                       "wall_s": round(time.time() - t0, 1),
+                                       "wall_s": round(time.time() - t0, 1), "bf16_native": native_bf16(),
                                        "unit": "tokens per second (decode: new tokens per second)"})
             print(part, code, json.dumps(got), flush=True)
             res.save(render(res))

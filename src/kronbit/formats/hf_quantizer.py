@@ -49,7 +49,10 @@ def is_packed_block(block: dict[str, Any]) -> bool:
 def prepare(model: nn.Module, block: dict[str, Any], checkpoint_files: list[str] | None) -> None:
     """Before transformers loads any tensor: rebuild kronbit's modules in ``model`` (on meta) and
     check the tensors file against them."""
-    before = {id(m) for m in model.modules()}
+    # the modules themselves, not their ids: a replaced module freed during the swap could hand its
+    # id to a new one, which would then pass for an original
+    originals = list(model.modules())
+    before = {id(m) for m in originals}
     if is_packed_block(block):
         rebuild_packed_modules(model, block, CONFIG_NAME)
     else:
@@ -63,6 +66,7 @@ def prepare(model: nn.Module, block: dict[str, Any], checkpoint_files: list[str]
     # mapping can name a weight a swapped-in module no longer has, e.g. a packed embedding's).
     model.all_tied_weights_keys = ties
     _skip_reinit_of_rebuilt_modules(model, before)
+    del originals
 
 
 def _file_shapes(files: list[str]) -> dict[str, tuple[int, ...]]:
