@@ -7,16 +7,15 @@ For the BERT-base layer shapes (768→768, 768→3072, 3072→768) at 128 and 40
   * 2-bit × int8 GEMM (activations already quantized) and the whole W2A8 layer;
   * for reference, the same ``nn.Linear`` in fp32 and under int8 dynamic quantization (fbgemm).
 
-Roofline (the ceiling of the instruction each AVX2 kernel is built on), written out per CPU:
-  * binary, AVX2: no vector popcount, so a nibble lookup. One VPSHUFB (ymm) does 32 lookups of a
-    4-bit weight index in a table chosen by 4 activation bits: 32 × 4 = 128 binary MACs. The
-    lookups are the bottleneck (2 VPSHUFB ymm per cycle on Zen 3: FP pipes 1 and 2), so
-    roof = 2 × 128 = 256 binary MAC / cycle / core.
-  * 2-bit × int8, AVX2: VPMADDUBSW (ymm) does 32 u8 × s8 multiplies (pairs summed); 2 per cycle on
-    Zen 3 (FP pipes 0 and 3), so roof = 64 MAC / cycle / core (the same instruction fbgemm's
-    AVX2 int8 GEMM is built on).
-  roof / s = MAC per cycle × clock × cores; the clock is the one /proc/cpuinfo reports (a VM
-  reports the nominal clock; a boost clock would raise the roof).
+Roofline: the ceiling of the instruction each kernel path is built on, measured on this CPU by
+benchmarks/roofline.py (its throughput on one core in instructions/s, i.e. instructions per cycle x
+the clock the core really runs, both written out) x MACs per instruction x cores:
+  * binary, AVX-512: VPOPCNTQ zmm, 512 binary MACs (XOR/AND + popcount of 512 bit pairs);
+  * binary, AVX2: no vector popcount, so a nibble lookup: VPSHUFB ymm, 32 lookups x 4 bits = 128;
+  * 2-bit x int8: VPDPBUSD zmm (64 MACs; AVX-512 VNNI), VPDPBUSD ymm (32; AVX-VNNI) or
+    VPMADDUBSW ymm (32; AVX2, the instruction fbgemm's AVX2 int8 GEMM is built on).
+The kernels need other instructions beside these (the binary one an XOR and an add per VPOPCNTQ),
+so the roofline also shows the ceiling of that instruction mix alone.
 
     python benchmarks/binary_kernel.py [--rounds 5] [--redo | --redo-rows 768x768/t128 ...]
 """
@@ -37,6 +36,8 @@ import torch  # noqa: E402
 from torch.ao.quantization import quantize_dynamic  # noqa: E402
 
 from common import Results, md_table  # noqa: E402
+from common import machine as machine_now  # noqa: E402
+import roofline  # noqa: E402
 
 from kronbit import QuantConfig  # noqa: E402
 from kronbit.quant import kernels, pack  # noqa: E402
@@ -46,15 +47,6 @@ from kronbit.quant.packed import PackedLinear  # noqa: E402
 SHAPES = [(768, 768), (768, 3072), (3072, 768)]  # (in, out) of BERT-base's linear layers
 TOKENS = [128, 4096]
 THREADS = 2
-# MAC per cycle per core of the instruction each AVX2 kernel is bound by (see the docstring), Zen 3.
-ROOF_PER_CYCLE = {"binary": 256, "ternary": 64}
-
-
-def clock_ghz() -> float:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("cpu MHz"):
-            return float(line.split(":")[1]) / 1e3
-    raise RuntimeError("no clock in /proc/cpuinfo")
 
 
 def _median_ms(fns: dict, rounds: int) -> dict[str, float]:
@@ -138,17 +130,21 @@ def _kind(name: str) -> str | None:
     return "ternary" if name.startswith(("ternary", "W2A8")) else None
 
 
+def _roof_key(name: str) -> str | None:
+    """"binary/avx512" for "binary gemm avx512" or "W1A1 layer avx512"; None for the portable
+    paths (no vector instruction to bound them) and the reference rows."""
+    kind = _kind(name)
+    path = name.rsplit(" ", 1)[-1]
+    return f"{kind}/{path}" if kind and (kind, path) in roofline.BOUND else None
+
+
 def measure(res: Results, rounds: int) -> None:
-    ghz = clock_ghz()
-    cores = THREADS
-    roof = {kind: per * ghz * 1e9 * cores for kind, per in ROOF_PER_CYCLE.items()}
-    res.data["roofline"] = {
-        "cpu_clock_ghz": ghz, "cores": cores,
-        "binary_mac_per_cycle_per_core": ROOF_PER_CYCLE["binary"],
-        "ternary_mac_per_cycle_per_core": ROOF_PER_CYCLE["ternary"],
-        "binary_gmac_per_s": round(roof["binary"] / 1e9, 1), "ternary_gmac_per_s": round(roof["ternary"] / 1e9, 1),
-        "derivation": "binary: 2 VPSHUFB ymm / cycle x 32 lookups x 4 bits; ternary: 2 VPMADDUBSW ymm / cycle x "
-                      "32 MACs; x clock (/proc/cpuinfo) x cores"}
+    probe = roofline.measure()
+    roof = roofline.roofs(probe, THREADS)  # G MAC/s per kernel path over THREADS cores
+    res.data["roofline"] = {"cores": THREADS, "instructions": probe, "gmac_per_s": roof,
+                            "nominal_clock_ghz": roofline.clock_ghz(),
+                            "derivation": "measured instructions/s per core (benchmarks/roofline.py) x MACs per "
+                                          "instruction x cores", "machine": machine_now()}
     with torch.inference_mode():  # untimed: the first shape timed in a fresh process ran several times slower
         _median_ms(_functions(*SHAPES[0], TOKENS[0]), 2)
     for k, o in SHAPES:
@@ -159,11 +155,12 @@ def measure(res: Results, rounds: int) -> None:
             with torch.inference_mode():
                 fns = _functions(k, o, t)
                 ms = _median_ms(fns, rounds)
-                cpu1 = _cpu_ms_one_thread({n: f for n, f in fns.items() if n.endswith("gemm avx2")}, rounds)
+                vector_gemms = {n: f for n, f in fns.items() if "gemm" in n and _roof_key(n)}
+                cpu1 = _cpu_ms_one_thread(vector_gemms, rounds)
             macs = t * k * o
             gmacs = {n: round(macs / (v / 1e3) / 1e9, 1) for n, v in ms.items()}
-            frac = {n: round(gmacs[n] * 1e9 / roof[_kind(n)], 3) for n in ms if _kind(n)}
-            frac1 = {n: round(macs / (v / 1e3) / (roof[_kind(n)] / cores), 3) for n, v in cpu1.items()}
+            frac = {n: round(gmacs[n] / roof[_roof_key(n)], 3) for n in ms if _roof_key(n) in roof}
+            frac1 = {n: round(macs / (v / 1e3) / 1e9 / (roof[_roof_key(n)] / THREADS), 3) for n, v in cpu1.items()}
             res.add(key, {"in": k, "out": o, "tokens": t, "unit": "ms per call (median of interleaved rounds); "
                           "GMAC/s; fraction of the roofline", "ms": ms, "gmac_per_s": gmacs,
                           "fraction_of_roof": frac, "threads": torch.get_num_threads(), "rounds": rounds,
@@ -173,26 +170,37 @@ def measure(res: Results, rounds: int) -> None:
 
 def render(res: Results) -> str:
     r = res.data["roofline"]
+    ins = r["instructions"]
+    clock = ins["clock"]
+    lines = []
+    for key, g in r["gmac_per_s"].items():
+        name = roofline.BOUND[tuple(key.split("/"))]
+        i = ins[name]
+        lines.append(f"* {key}: {name.replace('_', ' ')} {i['per_cycle']} / cycle × {i['macs_per_instr']} MAC × "
+                     f"{clock['measured_ghz']:.2f} GHz × {r['cores']} cores = **{g} G MAC/s**")
+    mix = ins.get("binary_mix_zmm")
+    if mix:
+        lines.append(f"* the binary AVX-512 kernel's own instruction mix (VPXORQ + VPOPCNTQ + VPADDQ, no loads) runs "
+                     f"{mix['per_cycle']} VPOPCNTQ / cycle: at most {mix['per_cycle'] / ins['vpopcntq_zmm']['per_cycle']:.0%} "
+                     f"of the binary/avx512 roof (VPXORQ alone: {ins['vpxorq_zmm']['per_cycle']} / cycle, the number "
+                     "of vector pipes)")
     out = ["# Bit-level kernels against this CPU's roofline\n",
            "Produced by `python benchmarks/binary_kernel.py`; commands, dates and machine in `binary_kernel.json`. "
            f"{THREADS} threads, medians of interleaved rounds.\n",
            "## Roofline\n",
-           f"* binary (AVX2 nibble lookup): {r['binary_mac_per_cycle_per_core']} binary MAC / cycle / core (2 VPSHUFB "
-           f"ymm per cycle × 32 lookups × 4 bits) × {r['cpu_clock_ghz']:.3f} GHz × {r['cores']} cores = "
-           f"**{r['binary_gmac_per_s']} G binary MAC/s**",
-           f"* 2-bit × int8 (AVX2 VPMADDUBSW): {r['ternary_mac_per_cycle_per_core']} MAC / cycle / core (2 VPMADDUBSW "
-           f"ymm per cycle × 32) × {r['cpu_clock_ghz']:.3f} GHz × {r['cores']} cores = **{r['ternary_gmac_per_s']} "
-           "G MAC/s** (also the ceiling of fbgemm's AVX2 int8 GEMM)\n",
-           "The clock is /proc/cpuinfo's (nominal on this VM). \"gemm\" rows take packed (binary) or quantized "
-           "(int8) activations; \"layer\" rows are the whole packed layer (activation packing / quantization, GEMM, "
-           "epilogue).\n"]
+           f"Measured by `benchmarks/roofline.py` on this CPU: the clock by a chain of dependent 1-cycle adds "
+           f"({clock['measured_ghz']:.2f} GHz; /proc/cpuinfo says {clock['nominal_ghz']:.2f}), each instruction by a "
+           "loop of it alone on 12 independent registers (one thread, best of 15 runs).\n",
+           *lines, "",
+           "\"gemm\" rows take packed (binary) or quantized (int8) activations; \"layer\" rows are the whole packed "
+           "layer (activation packing / quantization, GEMM, epilogue).\n"]
     rows = [(k, v) for k, v in res.data["rows"].items()]
     names = []
     for _, v in rows:
         names += [n for n in v["ms"] if n not in names]
     loads = [v["machine"]["load_avg_1_5_15min"][0] for _, v in rows]
-    out.append(f"Load average (1 min) while measured: {min(loads)}–{max(loads)} on {r['cores']} cores (other jobs "
-               "ran beside this one; the two-thread figures share the cores with them).\n")
+    out.append(f"Load average (1 min) while measured: {min(loads)}–{max(loads)} on {r['cores']} cores (other "
+               "jobs paused while it ran; the load average counts this benchmark's own threads and decays slowly).\n")
     out.append("## ms per call (fraction of the roofline in brackets)\n\n" + md_table(
         ["in → out", "tokens", *names],
         [[f"{v['in']} → {v['out']}", v["tokens"],

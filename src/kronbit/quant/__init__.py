@@ -14,7 +14,7 @@ from .api import (QuantConfig, bits_summary, dequantize_, quant_state, quantize_
                   quantizer_parameters, set_bits_)
 from ..core.transforms import TransformMethod, register_transform
 from .export import pack_module, packed_shell
-from .fused import fuse_ffn_
+from .packed import after_load
 from .describe import describe_quant
 from .layers import QuantEmbedding, QuantLinear, QuantModule
 from .quantizers import SCALE_PARAM_SUFFIXES
@@ -24,7 +24,7 @@ from .registry import ACT_QUANTIZERS, WEIGHT_QUANTIZERS
 # packed and rebuilt from the packed format.
 register_transform(TransformMethod(kind="quant", config_cls=QuantConfig, apply=quantize_, undo=dequantize_,
                                    pack=pack_module, shell=packed_shell, describe=describe_quant,
-                                   after_load=fuse_ffn_))
+                                   after_load=after_load))
 
 __all__ = ["QuantConfig", "quantize_", "set_bits_", "dequantize_", "quantized_modules", "quant_state",
            "bits_summary", "quantizer_parameters", "QuantLinear", "QuantEmbedding", "QuantModule", "SCALE_PARAM_SUFFIXES",

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core.allocator import keep_freed_memory
 from ..core.errors import ModelError
 from ..kron.layers import kron_linear
 from . import fused, kernels, pack
@@ -328,3 +329,16 @@ def select_kernels_(model: nn.Module, path: str | None = None) -> dict[str, str]
             chosen[name] = m.kernel.path_name
     fused.fuse_ffn_(model)
     return chosen
+
+
+def after_load(model: nn.Module) -> int:
+    """What a loaded packed model needs before its first forward (the quant method's ``after_load``):
+    the FFN fusions (returns how many pairs) and, once any layer runs on a bit-level kernel, glibc
+    told to keep freed memory. A kernel's output is a fresh tensor every call, and above glibc's
+    mmap threshold each one is mapped and page-faulted in anew: at 32 x 128 tokens that cost more
+    than the binary GEMM itself (``core.allocator``; ``KRONBIT_MALLOC=system`` opts out)."""
+    pairs = fused.fuse_ffn_(model)
+    if any(isinstance(m, PackedLinear) and m.kernel is not None for m in model.modules()):
+        keep_freed_memory()
+    return pairs
+
