@@ -227,12 +227,14 @@ static void binary_tile_avx512(const uint64_t* act, int64_t t, int64_t KW, const
     }
   }
   alignas(32) int32_t cnt[8];
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
   for (int i = 0; i < NT; ++i)
     for (int v = 0; v < NV; ++v) {
       const int64_t o0 = (b + v) * 8;
       if (v + 1 < NV && !e.d && o0 + 16 <= O) {  // two full blocks: the vector epilogue on 16 outputs
-        const __m512i c16 = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(acc[i][v])),
-                                               _mm512_cvtepi64_epi32(acc[i][v + 1]), 1);
+        // the counts fit in 32 bits (K < 65536), so the low halves of the two vectors' 64-bit lanes,
+        // picked by one VPERMT2D, are the 16 counts in order (two VPMOVQD and an insert otherwise)
+        const __m512i c16 = _mm512_permutex2var_epi32(acc[i][v], even, acc[i][v + 1]);
         finish16_avx512(e, t + i, o0, c16);
         ++v;
         continue;
