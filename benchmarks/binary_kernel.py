@@ -40,6 +40,7 @@ from common import machine as machine_now  # noqa: E402
 import roofline  # noqa: E402
 
 from kronbit import QuantConfig  # noqa: E402
+from kronbit.core.allocator import keep_freed_memory  # noqa: E402
 from kronbit.quant import kernels, pack  # noqa: E402
 from kronbit.quant.layers import QuantLinear  # noqa: E402
 from kronbit.quant.packed import PackedLinear  # noqa: E402
@@ -193,7 +194,8 @@ def render(res: Results) -> str:
            "loop of it alone on 12 independent registers (one thread, best of 15 runs).\n",
            *lines, "",
            "\"gemm\" rows take packed (binary) or quantized (int8) activations; \"layer\" rows are the whole packed "
-           "layer (activation packing / quantization, GEMM, epilogue).\n"]
+           "layer (activation packing / quantization, GEMM, epilogue). Every row runs with glibc keeping freed "
+           "memory, as a loaded packed model does (`quant.packed.after_load`).\n"]
     rows = [(k, v) for k, v in res.data["rows"].items()]
     names = []
     for _, v in rows:
@@ -227,6 +229,9 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(THREADS)
     os.environ.pop(kernels.ENV_PATH, None)
+    # As a loaded packed model runs (quant.packed.after_load), for every row alike: freed memory kept,
+    # so a 4096 x 3072 output is not mapped and page-faulted in anew on every call.
+    keep_freed_memory()
     res = Results("binary_kernel", "bit-level GEMM kernels against the CPU's instruction roofline")
     if args.redo:
         res.data["rows"] = {}
