@@ -332,3 +332,61 @@ def test_binary_attention_is_refused_on_kronecker_layers(make_bert):
     kroneckerize_(model, {"target_modules": ["query"], "compression": 2})
     with pytest.raises(ConfigError, match="attention: binary and ffn_act_quantizer are not supported on Kronecker"):
         quantize_(model, QuantConfig(**W1A1))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_packed_binary_attention_runs_both_matmuls_on_the_kernel(kind, tmp_path, monkeypatch):
+    from kronbit.distill.attention import FAST_PATH
+    from kronbit.quant import kernels
+    from kronbit.quant.packed import select_kernels_
+
+    if kernels.extension() is None:
+        pytest.skip("no C++ extension here")
+    model = _binary(kind)
+    batch = _batch(5)
+    want = _logits(model, batch)
+    export_packed(model, tmp_path / "p")
+    back = load_packed(tmp_path / "p")
+    assert all(FAST_PATH in m.__dict__ for _, m in binary_attention_modules(back))
+    calls = {"scores": 0, "values": 0}
+    scores, values = kernels.attention_scores, kernels.attention_values
+
+    def count(name, fn):
+        def wrapped(*a, **k):
+            out = fn(*a, **k)
+            calls[name] += out is not None
+            return out
+        return wrapped
+    monkeypatch.setattr(kernels, "attention_scores", count("scores", scores))
+    monkeypatch.setattr(kernels, "attention_values", count("values", values))
+    got = {}
+    for path in kernels.available_paths("binary"):  # every path: the same integers, the same logits
+        monkeypatch.setenv(kernels.ENV_PATH, path)
+        got[path] = _logits(back, batch)
+    monkeypatch.delenv(kernels.ENV_PATH)
+    assert calls["scores"] == calls["values"] == 2 * len(got)  # two layers, every path
+    first = next(iter(got.values()))
+    assert all(torch.equal(g, first) for g in got.values())
+    assert ((first - want).abs().max() / want.abs().max()) < 1e-5
+    with torch.enable_grad():  # gradients wanted: the float path (the kernel has no backward)
+        before = dict(calls)
+        back(**batch).logits.sum()
+        assert calls == before
+    select_kernels_(back, "off")  # off the kernels: the float attention again, the same logits
+    assert not any(FAST_PATH in m.__dict__ for _, m in binary_attention_modules(back))
+    assert ((_logits(back, batch) - want).abs().max() / want.abs().max()) < 1e-5
+
+
+def test_binary_attention_kernel_declines_operands_that_are_not_binary():
+    from kronbit.quant import kernels
+
+    if kernels.extension() is None:
+        pytest.skip("no C++ extension here")
+    g = torch.Generator().manual_seed(0)
+    q = torch.where(torch.rand(1, 2, 5, 8, generator=g) > 0.5, 0.5, -0.5)
+    k = q.clone()
+    assert kernels.attention_scores(q, k, 1.0) is not None
+    k[0, 1, 3, 2] = 0.49  # one element off the ±a grid (e.g. a rotary embedding applied after the binarizer)
+    assert kernels.attention_scores(q, k, 1.0) is None
+    probs = torch.rand(1, 2, 5, 5, generator=g)
+    assert kernels.attention_values(probs, 0.3, q * 1.0001 ** torch.arange(8), 1.0) is None

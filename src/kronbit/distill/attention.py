@@ -9,6 +9,10 @@ register ``"kronbit_eager"``: the same arithmetic as the models' eager path, plu
     matmuls): a submodule ``kronbit_prob_quantizer`` of the attention module, when present, is
     applied to the probabilities after dropout (as BiT), so the second matmul's input is exactly
     on the quantizer's grid in training as well (``quant.attention`` sets it).
+  * an inference fast path: a plain attribute ``kronbit_fast_attention`` of the attention module,
+    when set (the quant method sets it on packed models with binary attention: both matmuls on
+    the binary kernel), computes the output from the same arguments, or returns None to decline;
+    it is never used in training or while scores are recorded.
 The SDPA path returns no attention maps at all, so distillation switches students and teachers to
 this implementation with ``use_kronbit_attention(model)``.
 
@@ -36,6 +40,7 @@ from transformers.masking_utils import AttentionMaskInterface, eager_mask
 NAME = "kronbit_eager"
 PROB_QUANTIZER = "kronbit_prob_quantizer"  # attention-module attribute read below
 NO_MAPS = "kronbit_no_attention_maps"  # attention-module attribute: this layer's maps are not read
+FAST_PATH = "kronbit_fast_attention"  # attention-module attribute: fn(module, q, k, v, mask, scaling) or None
 _state = threading.local()
 
 
@@ -94,6 +99,11 @@ def kronbit_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
                       attention_mask: torch.Tensor | None, scaling: float | None = None,
                       dropout: float = 0.0, **kwargs):
     records = _recording()
+    fast = getattr(module, FAST_PATH, None)
+    if fast is not None and records is None and not module.training:
+        out = fast(module, query, key, value, attention_mask, scaling)
+        if out is not None:
+            return out, None  # no attention weights: the fast path never builds the binarized map
     if getattr(module, NO_MAPS, False) and getattr(module, PROB_QUANTIZER, None) is None:
         if records is not None:
             records.append(None)

@@ -15,6 +15,14 @@ like any other quantizer parameter; kronbit's eager attention (``distill.attenti
 and a model with binary attention is switched to that implementation. A forward pre-hook refuses
 to run such a module on any other attention path (SDPA would skip the quantizer silently).
 
+A packed model (``load_packed``) runs both matmuls of a binary-attention module on the binary
+kernel (``binary_attention_forward``, wired by ``wire_binary_attention_``): Q, K, V arrive as
+±α tensors from their projections' binarizers, so Q·Kᵀ is an XOR-popcount over the head dimension
+and P·V an AND-popcount over the keys, with the mask and softmax in between in float32 as before.
+It agrees with the float path to float32 rounding (the integer dot products are exact; the float
+matmuls round every partial sum), except where a probability sits within that rounding of its
+threshold α/2 and binarizes the other way.
+
 At other bit-widths (32 during the weight-only stages) the attention stays full precision; the
 quantizers appear when ``set_bits_`` lowers the activations to 1 bit, so ``attention: binary``
 can sit in a recipe's shared quant section and act only on the W1A1 stage.
@@ -22,12 +30,14 @@ can sit in a recipe's shared quant section and act only on the W1A1 stage.
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from ..core.errors import ConfigError, ModelError
+from ..distill.attention import FAST_PATH, PROB_QUANTIZER, use_kronbit_attention
 from ..distill.attention import NAME as KRONBIT_ATTENTION
-from ..distill.attention import PROB_QUANTIZER, use_kronbit_attention
-from .quantizers import ElasticUnsignedAct
+from . import kernels
+from .quantizers import EPS, ElasticUnsignedAct
 
 MODE_ATTR = "kronbit_attention"  # plain attribute on an attention module: "binary" when marked
 
@@ -100,3 +110,44 @@ def clear_binary_attention(model: nn.Module) -> None:
     for _, m in binary_attention_modules(model):
         m.register_module(PROB_QUANTIZER, None)
         setattr(m, MODE_ATTR, "full")
+
+
+def binary_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                             attention_mask: torch.Tensor | None, scaling: float | None) -> torch.Tensor | None:
+    """The attention output (batch, seq, heads, head_dim) of a binary-attention module on the binary
+    kernel, or None to decline (gradients wanted, not float32, operands not binary, quantizer not
+    yet initialised): then the float path runs."""
+    quantizer = getattr(module, PROB_QUANTIZER, None)
+    if (quantizer is None or not bool(quantizer.initialized) or query.dtype != torch.float32
+            or (torch.is_grad_enabled() and (query.requires_grad or quantizer.alpha.requires_grad))):
+        return None
+    if scaling is None:
+        scaling = query.size(-1) ** -0.5
+    if query.numel() == 0 or key.numel() == 0:
+        return None
+    a = torch.stack([query.reshape(-1)[0], key.reshape(-1)[0], value.reshape(-1)[0],
+                     quantizer.alpha.detach().clamp_min(EPS).reshape(())]).abs().float()
+    c_scores = float(a[0] * a[1] * scaling)
+    scores = kernels.attention_scores(query, key, c_scores)
+    if scores is None:
+        return None
+    if attention_mask is not None:
+        scores = scores + attention_mask
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32)
+    out = kernels.attention_values(probs, float(a[3]), value, float(a[3] * a[2]))
+    return None if out is None else out.transpose(1, 2).contiguous()
+
+
+def wire_binary_attention_(model: nn.Module, on: bool = True) -> int:
+    """Set (or clear) the kernel fast path on every binary-attention module with an active
+    probability binarizer; returns how many run on it."""
+    n = 0
+    for _, m in binary_attention_modules(model):
+        use = on and getattr(m, PROB_QUANTIZER, None) is not None and kernels.extension() is not None
+        if use:
+            setattr(m, FAST_PATH, binary_attention_forward)
+            n += 1
+        elif FAST_PATH in m.__dict__:
+            delattr(m, FAST_PATH)
+    return n
+

@@ -238,7 +238,7 @@ def plan(layer, path: str | None = None) -> Kernel | None:
 
 
 # ------------------------------------------------------------------------------------------------
-# Building blocks (tests, benchmarks, and the binarized attention to come)
+# Building blocks (tests, benchmarks, binary attention)
 
 
 def pack_signs(x: torch.Tensor, beta: torch.Tensor, path: str | None = None) -> torch.Tensor:
@@ -261,6 +261,26 @@ def binary_gemm(act: torch.Tensor, k: int, weights: torch.Tensor, out_features: 
     ret_d = v is None
     v = torch.zeros(out_features) if v is None else v.float().contiguous()
     return extension().binary_gemm(act, k, {"xor": 0, "and": 1}[mode], weights, out_features, v, bias, p, ret_d)
+
+
+def attention_scores(q: torch.Tensor, k: torch.Tensor, c: float, path: str | None = None) -> torch.Tensor | None:
+    """c · sign(Q)·sign(K)ᵀ per head for q (B, H, S, d) and k (B, H_kv, S_kv, d) float32 whose every
+    element is ±(its first element's magnitude): the integer dot products exact, one rounding by c.
+    None when either is not binary. Words-layout paths only (avx512, else portable)."""
+    p = resolve_path(path, "binary")
+    out = extension().binary_attention_scores(q.float().contiguous(), k.float().contiguous(), float(c),
+                                              -1 if p is None else p)
+    return None if out.numel() == 0 and q.numel() else out
+
+
+def attention_values(probs: torch.Tensor, alpha: float, v: torch.Tensor, c: float,
+                     path: str | None = None) -> torch.Tensor | None:
+    """c · bits(P)·sign(V) per head: P's bits are p / α > 0.5 (``ElasticUnsignedAct`` at 1 bit, no
+    offset), v (B, H_kv, S_kv, d) ±a; None when v is not binary."""
+    p = resolve_path(path, "binary")
+    out = extension().binary_attention_values(probs.float().contiguous(), float(alpha), v.float().contiguous(),
+                                              float(c), -1 if p is None else p)
+    return None if out.numel() == 0 and probs.numel() else out
 
 
 def prepare_binary(packed: torch.Tensor, k: int, path: str) -> torch.Tensor:

@@ -39,6 +39,7 @@ from ..core.allocator import keep_freed_memory
 from ..core.errors import ModelError
 from ..kron.layers import kron_linear
 from . import fused, kernels, pack
+from .attention import wire_binary_attention_
 from .layers import FULL, QuantEmbedding, QuantLinear
 
 MODES = ("packed", "dequantized")
@@ -327,7 +328,7 @@ def select_kernels_(model: nn.Module, path: str | None = None) -> dict[str, str]
     for name, m in model.named_modules():
         if isinstance(m, PackedLinear) and m.mode == "packed" and m.use_kernel(path):
             chosen[name] = m.kernel.path_name
-    fused.fuse_ffn_(model)
+    after_load(model)
     return chosen
 
 
@@ -338,6 +339,9 @@ def after_load(model: nn.Module) -> int:
     mmap threshold each one is mapped and page-faulted in anew: at 32 x 128 tokens that cost more
     than the binary GEMM itself (``core.allocator``; ``KRONBIT_MALLOC=system`` opts out)."""
     pairs = fused.fuse_ffn_(model)
+    binary = any(isinstance(m, PackedLinear) and m.kernel is not None and m.kernel.kind == "binary"
+                 for m in model.modules())
+    wire_binary_attention_(model, on=binary)  # both attention matmuls on the binary kernel too
     if any(isinstance(m, PackedLinear) and m.kernel is not None for m in model.modules()):
         keep_freed_memory()
     return pairs

@@ -8,6 +8,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 #include <vector>
 
@@ -265,6 +266,124 @@ torch::Tensor binary_linear_bits(torch::Tensor x, torch::Tensor beta, torch::Ten
   return binary_gemm_bits(pack_signs(x, beta, path), x.size(1), 0, w, O, lo, hi, path);
 }
 
+// ---- binary attention (BiT's true W1A1) --------------------------------------------------------
+// Both attention matmuls of a head whose inputs are binary: scores = Q K^T with Q, K in {-a, +a}
+// (XOR-popcount over the head dimension) and out = P V with P in {0, a_p} (the unsigned binarizer's
+// bit, p / a_p > 0.5) and V in {-a, +a} (AND-popcount over the keys). Every (batch, head) runs the
+// binary GEMM tiles above on its own operands, one (batch, head) per task of the parallel loop.
+// The operands are read from float tensors: a head's sign bits are packed here (Q, P: rows of the
+// GEMM's activations; K, V^T: its "weights", in the words layout).
+
+// Words layout ([rows/8][KW][8]) of the sign bits (x > 0 -> 1; x = ±a) of rows of a (rows, K) float
+// block with row stride ld and element stride es: the rows are K's keys (es = 1) or V's features (V
+// read down its columns).
+static void pack_rows_words(const float* x, int64_t rows, int64_t K, int64_t ld, int64_t es, uint64_t* out) {
+  const int64_t KW = (K + 63) / 64, nb = (rows + 7) / 8;
+  std::memset(out, 0, sizeof(uint64_t) * nb * KW * 8);
+  for (int64_t r = 0; r < rows; ++r) {
+    uint64_t* dst = out + (r / 8) * KW * 8 + (r % 8);
+    const float* row = x + r * ld;
+    for (int64_t k = 0; k < K; ++k)
+      if (row[k * es] > 0.f) dst[(k >> 6) * 8] |= uint64_t(1) << (k & 63);
+  }
+}
+
+// True when every element of the (n, K) block (row stride ld) is +a or -a: the operand is binary.
+static bool all_pm(const float* x, int64_t n, int64_t K, int64_t ld, float a) {
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t k = 0; k < K; ++k) {
+      const float v = x[i * ld + k];
+      if (v != a && v != -a) return false;
+    }
+  return true;
+}
+
+static void check_heads(const torch::Tensor& t, const char* name) {
+  check_f32(t, name);
+  TORCH_CHECK(t.dim() == 4, name, " must be (batch, heads, seq, head_dim)");
+}
+
+// scores (B, H, S, Skv) float32 = c * (Q_bits . K_bits), the integer dot product of the signs
+// exact, or an empty tensor when Q or K is not binary (every element ±|first|). K may have fewer
+// heads (grouped queries: head h reads K head h / (H / Hk)). c: the caller's scale (a_q a_k scaling).
+torch::Tensor binary_attention_scores(torch::Tensor q, torch::Tensor k, double c, int64_t path) {
+  check_heads(q, "q");
+  check_heads(k, "k");
+  const int64_t B = q.size(0), H = q.size(1), S = q.size(2), D = q.size(3), Hk = k.size(1), Skv = k.size(2);
+  TORCH_CHECK(k.size(0) == B && k.size(3) == D && Hk > 0 && H % Hk == 0, "k does not match q");
+  TORCH_CHECK(D > 0 && D < 65536, "head_dim must be below 65536");
+  const int p = resolve(path, true) == AVX512 ? AVX512 : PORTABLE;  // the words layout's paths
+  const float* qp = q.data_ptr<float>();
+  const float* kp = k.data_ptr<float>();
+  const float aq = std::fabs(qp[0]), ak = std::fabs(kp[0]);
+  bool binary = aq > 0.f && ak > 0.f;
+  binary = binary && at::parallel_reduce(0, B * H, 1, true, [&](int64_t i0, int64_t i1, bool ok) {
+    return ok && all_pm(qp + i0 * S * D, (i1 - i0) * S, D, D, aq);
+  }, [](bool a, bool b) { return a && b; });
+  binary = binary && all_pm(kp, B * Hk * Skv, D, D, ak);
+  if (!binary) return torch::empty({0}, q.options());
+  const int64_t KW = (D + 63) / 64, nb = (Skv + 7) / 8;
+  auto out = torch::empty({B, H, S, Skv}, q.options());
+  float* op = out.data_ptr<float>();
+  std::vector<float> v(nb * 8, static_cast<float>(c));
+  at::parallel_for(0, B * H, 1, [&](int64_t i0, int64_t i1) {
+    std::vector<uint64_t> act(S * KW), w(nb * KW * 8);
+    std::vector<int32_t> off(S, static_cast<int32_t>(D));
+    const float zero = 0.f;
+    for (int64_t bh = i0; bh < i1; ++bh) {
+      const int64_t b = bh / H, h = bh % H, hk = h / (H / Hk);
+      const float* qh = qp + bh * S * D;
+      for (int64_t t = 0; t < S; ++t) pack_signs_portable(qh + t * D, &zero, false, D, KW, act.data() + t * KW);
+      pack_rows_words(kp + (b * Hk + hk) * Skv * D, Skv, D, D, 1, w.data());
+      Epi e{off.data(), -2, v.data(), nullptr, op + bh * S * Skv, nullptr, Skv};
+      if (p == AVX512) binary_counts_avx512(act.data(), 0, S, KW, w.data(), 0, nb, 0, e, Skv);
+      else binary_counts_portable(act.data(), 0, S, KW, w.data(), 0, nb, 0, e, Skv);
+    }
+  });
+  return out;
+}
+
+// out (B, H, S, D) float32 = c * (P_bits . V_signs): P's bits are p / alpha > 0.5 (the 1-bit unsigned
+// elastic binarizer, ElasticUnsignedAct without offset), V's signs ±|first|; AND-popcount over the
+// keys, D = 2 popcount(P and V+) - popcount(P) exact. Empty when V is not binary.
+torch::Tensor binary_attention_values(torch::Tensor probs, double alpha, torch::Tensor v, double c, int64_t path) {
+  check_heads(probs, "probs");
+  check_heads(v, "v");
+  const int64_t B = probs.size(0), H = probs.size(1), S = probs.size(2), Skv = probs.size(3);
+  const int64_t Hk = v.size(1), D = v.size(3);
+  TORCH_CHECK(v.size(0) == B && v.size(2) == Skv && Hk > 0 && H % Hk == 0, "v does not match probs");
+  TORCH_CHECK(Skv > 0 && Skv < 65536, "the key length must be below 65536");
+  const int p = resolve(path, true) == AVX512 ? AVX512 : PORTABLE;
+  const float* pp = probs.data_ptr<float>();
+  const float* vp = v.data_ptr<float>();
+  const float av = std::fabs(vp[0]);
+  if (!(av > 0.f) || !all_pm(vp, B * Hk * Skv, D, D, av)) return torch::empty({0}, probs.options());
+  const float a = static_cast<float>(alpha);
+  const int64_t KW = (Skv + 63) / 64, nb = (D + 7) / 8;
+  auto out = torch::empty({B, H, S, D}, probs.options());
+  float* op = out.data_ptr<float>();
+  std::vector<float> scale(nb * 8, static_cast<float>(c));
+  at::parallel_for(0, B * H, 1, [&](int64_t i0, int64_t i1) {
+    std::vector<uint64_t> act(S * KW), w(nb * KW * 8);
+    std::vector<int32_t> off(S);
+    for (int64_t bh = i0; bh < i1; ++bh) {
+      const int64_t b = bh / H, h = bh % H, hk = h / (H / Hk);
+      for (int64_t t = 0; t < S; ++t) {
+        pack_unsigned_portable(pp + (bh * S + t) * Skv, a, Skv, KW, act.data() + t * KW);
+        int32_t n = 0;
+        for (int64_t j = 0; j < KW; ++j) n += __builtin_popcountll(act[t * KW + j]);
+        off[t] = -n;
+      }
+      // V^T: row d = feature d over the keys (column d of V, element stride D)
+      pack_rows_words(vp + (b * Hk + hk) * Skv * D, D, Skv, 1, D, w.data());
+      Epi e{off.data(), 2, scale.data(), nullptr, op + bh * S * D, nullptr, D};
+      if (p == AVX512) binary_counts_avx512(act.data(), 0, S, KW, w.data(), 0, nb, 1, e, D);
+      else binary_counts_portable(act.data(), 0, S, KW, w.data(), 0, nb, 1, e, D);
+    }
+  });
+  return out;
+}
+
 // ---- ternary ----------------------------------------------------------------------------------
 
 // q (T, KP) int8, sum q per token, scale: MinMaxAct(8, symmetric) on the whole tensor.
@@ -367,6 +486,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("binary_linear_bits", &binary_linear_bits, "W1A1 linear emitting the next layer's bits (thresholds on D)");
   m.def("binary_gemm_bits", &binary_gemm_bits, "binary GEMM with the threshold-bits epilogue");
   m.def("binary_levels", &binary_levels, "every value of the W1A1 epilogue, (K + 1, O)");
+  m.def("binary_attention_scores", &binary_attention_scores, "c * sign(Q) sign(K)^T per head (empty: not binary)");
+  m.def("binary_attention_values", &binary_attention_values, "c * bits(P) sign(V) per head (empty: not binary)");
   m.def("quantize_int8", &quantize_int8, "8-bit symmetric min-max quantization: (q, sum q, scale)");
   m.def("ternary_gemm", &ternary_gemm, "2-bit weights x int8 activations GEMM with a float epilogue");
   m.def("ternary_linear", &ternary_linear, "W2A8 linear: min-max int8 activations + 2-bit GEMM", py::arg("x"),
