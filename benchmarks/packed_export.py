@@ -63,6 +63,7 @@ SETTINGS = {  # name -> (QuantConfig kwargs, export dtype)
     "all_tensor_scales": ({"target_modules": ALL_TARGETS, "granularity": "tensor"}, "float16"),
 }
 BITS = {"binary W1A1": (1, 1), "ternary W2A8": (2, 8)}
+TRUE_W1A1 = "packed true W1A1"  # binary attention and unsigned FFN binarizer, as the binary recipe
 
 
 def base_model(name: str):
@@ -129,17 +130,22 @@ def _variants(work: Path):
             return load_packed(packed_export_dir(work, w, a))
         return build
 
+    def true_w1a1():  # as recipes/tspq/binary.yaml makes it: attention matmuls binary too
+        return load_packed(packed_export_dir(work, 1, 1, true_w1a1=True))
+
     return {"fp32": (fp32, False), "fp32 + bf16 autocast": (fp32, True), INT8: (int8_dynamic, False),
-            "packed W1A1": (packed(1, 1), False), "packed W2A8": (packed(2, 8), False)}
+            "packed W1A1": (packed(1, 1), False), TRUE_W1A1: (true_w1a1, False), "packed W2A8": (packed(2, 8), False)}
 
 
-def packed_export_dir(work: Path, w: int, a: int) -> Path:
+def packed_export_dir(work: Path, w: int, a: int, true_w1a1: bool = False) -> Path:
     """The recipe-setting export of the BERT-base-shaped model at W{w}A{a}, made if missing. The
-    elastic binarizers are initialised from one batch first, as training leaves them."""
-    out = work / f"w{w}a{a}-recipe"
+    elastic binarizers are initialised from one batch first, as training leaves them. ``true_w1a1``:
+    the binary recipe's quant options (binary attention, the unsigned FFN binarizer)."""
+    out = work / (f"w{w}a{a}-recipe" + ("-true" if true_w1a1 else ""))
     if not out.is_dir():
         m = base_model("bert-base")
-        quantize_(m, QuantConfig(w_bits=w, a_bits=a, quantize_embeddings=True))
+        extra = dict(attention="binary", ffn_act_quantizer="elastic_unsigned") if true_w1a1 else {}
+        quantize_(m, QuantConfig(w_bits=w, a_bits=a, quantize_embeddings=True, **extra))
         with torch.no_grad():
             m(input_ids=torch.randint(1000, 20000, (2, 128), generator=torch.Generator().manual_seed(1)))
         export_packed(m, out)
@@ -186,6 +192,7 @@ def memory_part(res: Results, redo: bool) -> None:
     work = WORK / "packed_export" / "bert-base"
     for w, a in BITS.values():  # exported here, not inside a measured subprocess
         packed_export_dir(work, w, a)
+    packed_export_dir(work, 1, 1, true_w1a1=True)
     rows = {}
     for name in _variants(work):
         rows[name] = _resident(name)
@@ -281,7 +288,9 @@ def render(res: Results) -> str:
             [[f"{r['batch']} × {r['seq']}", *[f"{r['ms'][n]:.1f} ({r['ratio_vs_int8'][n]:.2f}x)" for n in names],
               r["machine"]["load_avg_1_5_15min"][0]] for _, r in lat])
             + "\nPacked models run on the bit-level kernels `load_packed` selects (" +
-            ", ".join(f"{n}: {p}" for n, p in r0["packed_linear_paths"].items()) + "). Targets: packed W1A1 ≤ "
+            ", ".join(f"{n}: {p}" for n, p in r0["packed_linear_paths"].items()) + "). \"packed W1A1\" keeps the attention matmuls in full precision (SDPA); \"packed true W1A1\" is "
+            "what recipes/tspq/binary.yaml makes (Q, K, V and the attention probabilities binary, both attention "
+            "matmuls on the binary kernel; the FFN's GELU output binarized to {0, α}). Targets: packed W1A1 ≤ "
             "0.35x int8 dynamic, packed W2A8 ≤ 1.0x. " + ("" if r0["bf16_native"] else
             "This CPU has no bf16 units: bf16 autocast is emulated by torch, hence slower than fp32; it is "
             "reported as measured.") + "\n")

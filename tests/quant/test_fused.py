@@ -215,3 +215,34 @@ def test_selecting_off_takes_every_layer_off_its_kernel(make_bert, tmp_path):
     select_kernels_(fresh, "off")
     with torch.no_grad():
         assert torch.equal(fresh(input_ids=ids).logits, off)
+
+
+def test_true_w1a1_ffn_fuses_into_the_unsigned_binarizer_bit_for_bit(make_bert, tmp_path):
+    """With ffn_act_quantizer: elastic_unsigned the up-projection emits the {0, α} binarizer's bits
+    (thresholds through GELU and the unsigned packing) and the down-projection takes them on the
+    AND kernel: the same logits as unfused, on every binary path."""
+    model = make_bert(seed=4)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias") and "LayerNorm" not in name:
+                p.normal_(0, 0.02)
+    quantize_(model, QuantConfig(w_bits=1, a_bits=1, quantize_embeddings=True, ffn_act_quantizer="elastic_unsigned"))
+    ids = torch.randint(0, 25, (3, 11), generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        model(input_ids=ids)
+        for layer in model.bert.encoder.layer:  # an offset, as training leaves it
+            layer.output.dense.input_quantizer.beta.normal_(0, 0.02)
+        want = model(input_ids=ids).logits
+    export_packed(model, tmp_path / "p")
+    packed = load_packed(tmp_path / "p")
+    layers = packed.bert.encoder.layer
+    if layers[0].output.dense.kernel is None:
+        pytest.skip("no bit-level kernel on this machine")
+    for path in kernels.available_paths("binary"):
+        select_kernels_(packed, path)
+        assert all(l.output.dense.kernel.unsigned and l.intermediate.dense.fused_next is not None for l in layers)
+        with torch.no_grad():
+            got = packed(input_ids=ids).logits
+            assert torch.equal(got, _logits_unfused(packed, ids)), path
+            assert all(l.intermediate.dense.fused_next._thresholds is not None for l in layers)
+        assert ((got - want).abs().max() / want.abs().max()) < 1e-5

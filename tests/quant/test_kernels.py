@@ -258,3 +258,32 @@ def test_without_a_compiler_the_torch_path_runs_with_one_warning(make_bert, tmp_
     assert out.stdout.split() == ["0", "True"]  # no kernel, and the exact torch path
     warnings = [line for line in out.stderr.splitlines() if "kernels not built" in line]
     assert len(warnings) == (1 if how == "no_compiler" else 0), out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("offset", [True, False])
+def test_unsigned_binary_input_runs_on_the_and_kernel_on_each_path(offset):
+    """BiT's {0, α} binarizer on a layer's input (the FFN down-projection of a true W1A1 model):
+    AND-popcount, the same output on every path, the fake-quant output to float32 rounding."""
+    from kronbit.quant.quantizers import ElasticUnsignedAct
+
+    torch.manual_seed(1)
+    q = QuantLinear(200, 72, config=QuantConfig(w_bits=1, a_bits=1)).eval()
+    q.input_quantizer = ElasticUnsignedAct(1, features=200 if offset else None, offset=offset)
+    x = torch.nn.functional.gelu(torch.randn(3, 9, 200))
+    with torch.no_grad():
+        q(x)  # initialises α from the first batch
+        if offset:
+            q.input_quantizer.beta.normal_(0, 0.05)
+        want = q(x)
+        outs = {}
+        for path in kernels.available_paths("binary"):
+            m = PackedLinear.from_quant(q)
+            assert m.use_kernel(path) and m.kernel.unsigned
+            outs[path] = m(x)
+            bits = kernels.pack_unsigned(x.reshape(-1, 200), float(q.input_quantizer.alpha),
+                                         q.input_quantizer.beta)
+            words = m(bits.view(3, 9, -1))  # the fused path's input: the bits already packed
+            assert torch.equal(words, outs[path])
+    first = next(iter(outs.values()))
+    assert len(outs) >= 2 and all(torch.equal(first, y) for y in outs.values())
+    assert ((first - want).abs().max() / want.abs().max()) < 1e-6

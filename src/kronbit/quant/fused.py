@@ -37,6 +37,7 @@ from torch import nn
 from torch.nn.modules import module as nn_module
 
 from . import kernels
+from .quantizers import EPS
 
 # Elementwise activation modules (torch's, and transformers' by class name: quant does not import
 # transformers): the ones the threshold search may treat as a function of each value alone.
@@ -143,8 +144,8 @@ class BitsFusion:
     _thresholds: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
 
     def _inputs(self, producer) -> list[torch.Tensor | None]:
-        q = producer.input_quantizer
-        return [q.alpha, producer.weight_scale, producer.bias, self.consumer.input_quantizer.beta]
+        q, cq = producer.input_quantizer, self.consumer.input_quantizer
+        return [q.alpha, producer.weight_scale, producer.bias, cq.beta, cq.alpha]
 
     def thresholds(self, producer) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(lo, hi) int32 per output, or None when some output's bits are not of that form."""
@@ -175,15 +176,19 @@ class BitsFusion:
 
 
 def find_thresholds(producer, act: nn.Module, consumer) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Every epilogue value of ``producer`` through ``act`` and the consumer's sign packing; per
+    """Every epilogue value of ``producer`` through ``act`` and the consumer's packing (signs, or the
+    unsigned binarizer's bits); per
     output, lo / hi with bit = (D <= lo or D >= hi) for D = -K, -K+2, ..., K, or None if some
     output's bits are not of that form."""
     ext, k, o = kernels.extension(), producer.in_features, producer.out_features
     q, bias = producer.input_quantizer, producer.bias
     levels = ext.binary_levels(k, q.alpha.detach().float(), producer.weight_scale.detach().float().contiguous(),
                                None if bias is None else bias.detach().float().contiguous(), o)  # row c: D = K - 2c
-    words = ext.pack_signs(act(levels).contiguous(), consumer.input_quantizer.beta.detach().float().contiguous(),
-                           consumer.kernel.path)
+    cq = consumer.input_quantizer
+    if consumer.kernel.unsigned:  # {0, α} input: the unsigned binarizer's bits, (y - β) / α > 0.5
+        words = kernels.pack_unsigned(act(levels), float(cq.alpha.detach().clamp_min(EPS)), cq.beta)
+    else:
+        words = ext.pack_signs(act(levels).contiguous(), cq.beta.detach().float().contiguous(), consumer.kernel.path)
     bits = (words.view(torch.uint8).unsqueeze(-1) >> torch.arange(8, dtype=torch.uint8)) & 1
     on = bits.view(k + 1, -1)[:, :o].bool().flip(0)  # row i: D = -K + 2i
     n = k + 1
@@ -217,7 +222,8 @@ def fuse_ffn_(model: nn.Module) -> int:
         if not (isinstance(act, nn.Module) and is_elementwise(act) and down is not None
                 and getattr(down, "in_features", None) == getattr(up, "out_features", None)):
             continue
-        binary = _on_kernel(up, "binary") and _on_kernel(down, "binary") and up.in_features < 65536
+        binary = (_on_kernel(up, "binary") and not up.kernel.unsigned and _on_kernel(down, "binary")
+                  and up.in_features < 65536)
         ternary = _on_kernel(up, "ternary") and gelu_in_place(act) is not None
         if not (binary or ternary):
             continue

@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from ..core.errors import ConfigError
 from . import pack
 from .build import load_extension
-from .quantizers import ElasticAct, MinMaxAct
+from .quantizers import ElasticAct, ElasticUnsignedAct, MinMaxAct
 
 PATHS = {"portable": 0, "avx2": 1, "avxvnni": 2, "avx512": 3}
 PATH_NAMES = {v: k for k, v in PATHS.items()}
@@ -165,6 +165,7 @@ class Kernel:
     path: int
     out_features: int
     in_features: int
+    unsigned: bool = False  # binary with a {0, α} input binarizer (AND-popcount), not ±α (XOR)
 
     @property
     def path_name(self) -> str:
@@ -192,17 +193,22 @@ class Kernel:
         if self.kind == "binary" and not bool(q.initialized):
             return None
         ext = extension()
-        if x.dtype == torch.int64:  # the input's sign bits, packed by the layer before (quant.fused)
+        if x.dtype == torch.int64:  # the input's bits, packed by the layer before (quant.fused)
             y = ext.binary_linear_words(x.reshape(-1, x.shape[-1]), self.in_features, q.alpha.detach().float(),
                                         layer.packed_weight, self.out_features, layer.weight_scale,
-                                        None if layer.bias is None else layer.bias.detach(), self.path)
+                                        None if layer.bias is None else layer.bias.detach(), self.path,
+                                        int(self.unsigned))
             return y.view(*x.shape[:-1], self.out_features)
         flat = x.reshape(-1, self.in_features)
         if flat.dtype != torch.float32 or not flat.is_contiguous():
             flat = flat.float().contiguous()
         bias = None if layer.bias is None else layer.bias.detach()
         w, s = layer.packed_weight, layer.weight_scale
-        if self.kind == "binary":
+        if self.kind == "binary" and self.unsigned:
+            beta = torch.zeros(0) if q.beta is None else q.beta.detach().float().contiguous().reshape(-1)
+            y = ext.binary_linear_unsigned(flat, beta, q.alpha.detach().float(), w, self.out_features, s, bias,
+                                           self.path)
+        elif self.kind == "binary":
             y = ext.binary_linear(flat, q.beta.detach().float().contiguous(), q.alpha.detach().float(), w,
                                   self.out_features, s, bias, self.path)
         else:
@@ -216,7 +222,7 @@ def kind_of(layer) -> str | None:
     q = getattr(layer, "input_quantizer", None)
     if getattr(layer, "weight_offset", None) is not None or layer.in_features >= 65536:
         return None
-    if layer.bits == 1 and type(q) is ElasticAct and q.bits == 1:
+    if layer.bits == 1 and type(q) in (ElasticAct, ElasticUnsignedAct) and q.bits == 1:
         return "binary"
     if layer.bits == 2 and type(q) is MinMaxAct and q.bits == 8 and q.symmetric:
         return "ternary"
@@ -234,7 +240,8 @@ def plan(layer, path: str | None = None) -> Kernel | None:
         return None
     if p < 0:
         p = PATHS[best_path(kind)]
-    return Kernel(kind, p, layer.out_features, layer.in_features)
+    unsigned = type(getattr(layer, "input_quantizer", None)) is ElasticUnsignedAct
+    return Kernel(kind, p, layer.out_features, layer.in_features, unsigned)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -247,9 +254,11 @@ def pack_signs(x: torch.Tensor, beta: torch.Tensor, path: str | None = None) -> 
     return extension().pack_signs(x.float().contiguous(), beta.float().contiguous().reshape(-1), -1 if p is None else p)
 
 
-def pack_unsigned(x: torch.Tensor, alpha: float) -> torch.Tensor:
-    """Bits of round(clamp(x / α, 0, 1)) (``ElasticUnsignedAct`` at 1 bit: 1 iff x / α > 0.5)."""
-    return extension().pack_unsigned(x.float().contiguous(), float(alpha))
+def pack_unsigned(x: torch.Tensor, alpha: float, beta: torch.Tensor | None = None) -> torch.Tensor:
+    """Bits of round(clamp((x - β) / α, 0, 1)) (``ElasticUnsignedAct`` at 1 bit: 1 iff (x - β) / α > 0.5;
+    no β: no offset)."""
+    b = torch.zeros(0) if beta is None else beta.detach().float().contiguous().reshape(-1)
+    return extension().pack_unsigned(x.float().contiguous(), b, float(alpha))
 
 
 def binary_gemm(act: torch.Tensor, k: int, weights: torch.Tensor, out_features: int, v: torch.Tensor | None = None,

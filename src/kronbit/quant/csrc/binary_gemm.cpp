@@ -53,6 +53,15 @@ void pack_unsigned_portable(const float* x, float alpha, int64_t K, int64_t KW, 
     if (x[k] / alpha > 0.5f) out[k >> 6] |= uint64_t(1) << (k & 63);
 }
 
+void pack_unsigned_offset_portable(const float* x, const float* beta, bool beta_vec, float alpha, int64_t K,
+                                   int64_t KW, uint64_t* out) {
+  for (int64_t k = 0; k < KW; ++k) out[k] = 0;
+  for (int64_t k = 0; k < K; ++k) {
+    const float u = x[k] - (beta_vec ? beta[k] : beta[0]);  // rounded, then divided: as torch does
+    if (u / alpha > 0.5f) out[k >> 6] |= uint64_t(1) << (k & 63);
+  }
+}
+
 #if KB_X86
 
 KB_TARGET("avx2")

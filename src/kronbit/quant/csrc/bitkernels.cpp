@@ -106,16 +106,25 @@ torch::Tensor pack_signs(torch::Tensor x, torch::Tensor beta, int64_t path) {
   return out;
 }
 
-torch::Tensor pack_unsigned(torch::Tensor x, double alpha) {
+// Bits of round(clamp((x - beta) / alpha, 0, 1)): 1 iff (x - beta) / alpha > 0.5. beta: empty (no
+// offset), one value or one per feature.
+torch::Tensor pack_unsigned(torch::Tensor x, torch::Tensor beta, double alpha) {
   check_f32(x, "x");
+  check_f32(beta, "beta");
   TORCH_CHECK(x.dim() == 2, "x must be (tokens, features)");
   const int64_t T = x.size(0), K = x.size(1), KW = (K + 63) / 64;
+  TORCH_CHECK(beta.numel() <= 1 || beta.numel() == K, "beta must have 0, 1 or in_features elements");
   auto out = torch::empty({T, KW}, x.options().dtype(torch::kInt64));
   const float* xp = x.data_ptr<float>();
+  const float* bp = beta.numel() ? beta.data_ptr<float>() : nullptr;
+  const bool vec = beta.numel() == K && K > 1;
   auto* op = reinterpret_cast<uint64_t*>(out.data_ptr<int64_t>());
   const float a = static_cast<float>(alpha);
   at::parallel_for(0, T, 64, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) pack_unsigned_portable(xp + t * K, a, K, KW, op + t * KW);
+    for (int64_t t = t0; t < t1; ++t) {
+      if (bp) pack_unsigned_offset_portable(xp + t * K, bp, vec, a, K, KW, op + t * KW);
+      else pack_unsigned_portable(xp + t * K, a, K, KW, op + t * KW);
+    }
   });
   return out;
 }
@@ -239,24 +248,37 @@ torch::Tensor binary_levels(int64_t K, torch::Tensor alpha, torch::Tensor wscale
 }
 
 torch::Tensor binary_linear_words(torch::Tensor act, int64_t K, torch::Tensor alpha, torch::Tensor w, int64_t O,
-                                  torch::Tensor wscale, c10::optional<torch::Tensor> bias, int64_t path);
+                                  torch::Tensor wscale, c10::optional<torch::Tensor> bias, int64_t path,
+                                  int64_t mode);
 
 // The W1A1 layer: x (T, K) float32, elastic binarizer (alpha, beta), ±1 weights with scales.
 torch::Tensor binary_linear(torch::Tensor x, torch::Tensor beta, torch::Tensor alpha, torch::Tensor w, int64_t O,
                             torch::Tensor wscale, c10::optional<torch::Tensor> bias, int64_t path) {
   const int64_t K = x.size(1);
   TORCH_CHECK(K > 0 && K < 65536, "in_features must be below 65536");
-  return binary_linear_words(pack_signs(x, beta, path), K, alpha, w, O, wscale, bias, path);
+  return binary_linear_words(pack_signs(x, beta, path), K, alpha, w, O, wscale, bias, path, 0);
 }
 
-// The W1A1 layer from its input's sign bits already packed (binary_gemm_bits of the layer before).
+// The W1A1 layer whose input binarizer is unsigned ({0, alpha}: BiT's FFN activations): AND-popcount.
+torch::Tensor binary_linear_unsigned(torch::Tensor x, torch::Tensor beta, torch::Tensor alpha, torch::Tensor w,
+                                     int64_t O, torch::Tensor wscale, c10::optional<torch::Tensor> bias, int64_t path) {
+  const int64_t K = x.size(1);
+  TORCH_CHECK(K > 0 && K < 65536, "in_features must be below 65536");
+  check_f32(alpha, "alpha");
+  const float a = std::max(alpha.data_ptr<float>()[0], kEps);
+  return binary_linear_words(pack_unsigned(x, beta, a), K, alpha, w, O, wscale, bias, path, 1);
+}
+
+// The W1A1 layer from its input's bits already packed (binary_gemm_bits of the layer before):
+// signs (mode 0, XOR) or {0, 1} bits of an unsigned binarizer (mode 1, AND).
 torch::Tensor binary_linear_words(torch::Tensor act, int64_t K, torch::Tensor alpha, torch::Tensor w, int64_t O,
-                                  torch::Tensor wscale, c10::optional<torch::Tensor> bias, int64_t path) {
+                                  torch::Tensor wscale, c10::optional<torch::Tensor> bias, int64_t path,
+                                  int64_t mode) {
   check_f32(alpha, "alpha");
   const float a = std::max(alpha.data_ptr<float>()[0], kEps);  // alpha.clamp_min(EPS)
   auto vs = out_scales(a, wscale, O);
   auto v = torch::from_blob(vs.data(), {O}, torch::kFloat32);
-  return binary_gemm(act, K, 0, w, O, v, bias, path, false);
+  return binary_gemm(act, K, mode, w, O, v, bias, path, false);
 }
 
 // The W1A1 layer whose output goes through an elementwise function into the next layer's binarizer:
@@ -479,10 +501,13 @@ torch::Tensor ternary_linear(torch::Tensor x, double clip_ratio, double clip_val
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("available", &available, "paths this CPU can run (0 portable, 1 avx2, 2 avxvnni, 3 avx512)");
   m.def("pack_signs", &pack_signs, "sign bits of x - beta as (T, ceil(K/64)) int64 words");
-  m.def("pack_unsigned", &pack_unsigned, "bits of round(clamp(x / alpha, 0, 1)) as int64 words");
+  m.def("pack_unsigned", &pack_unsigned, "bits of round(clamp((x - beta) / alpha, 0, 1)) as int64 words");
   m.def("binary_gemm", &binary_gemm, "binary GEMM (XOR / AND popcount) with a float epilogue");
   m.def("binary_linear", &binary_linear, "W1A1 linear: elastic binarizer + XOR-popcount GEMM");
-  m.def("binary_linear_words", &binary_linear_words, "W1A1 linear from packed sign bits");
+  m.def("binary_linear_words", &binary_linear_words, "W1A1 linear from packed bits (mode 0 signs, 1 unsigned)",
+        py::arg("act"), py::arg("K"), py::arg("alpha"), py::arg("w"), py::arg("O"), py::arg("wscale"),
+        py::arg("bias"), py::arg("path"), py::arg("mode") = 0);
+  m.def("binary_linear_unsigned", &binary_linear_unsigned, "W1A1 linear with an unsigned {0, alpha} input binarizer");
   m.def("binary_linear_bits", &binary_linear_bits, "W1A1 linear emitting the next layer's bits (thresholds on D)");
   m.def("binary_gemm_bits", &binary_gemm_bits, "binary GEMM with the threshold-bits epilogue");
   m.def("binary_levels", &binary_levels, "every value of the W1A1 epilogue, (K + 1, O)");
