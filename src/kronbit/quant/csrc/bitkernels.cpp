@@ -302,22 +302,26 @@ torch::Tensor binary_linear_bits(torch::Tensor x, torch::Tensor beta, torch::Ten
 static void pack_rows_words(const float* x, int64_t rows, int64_t K, int64_t ld, int64_t es, uint64_t* out) {
   const int64_t KW = (K + 63) / 64, nb = (rows + 7) / 8;
   std::memset(out, 0, sizeof(uint64_t) * nb * KW * 8);
-  for (int64_t r = 0; r < rows; ++r) {
+  for (int64_t r = 0; r < rows; ++r) {  // branch-free: the signs of trained activations are a coin toss
     uint64_t* dst = out + (r / 8) * KW * 8 + (r % 8);
     const float* row = x + r * ld;
-    for (int64_t k = 0; k < K; ++k)
-      if (row[k * es] > 0.f) dst[(k >> 6) * 8] |= uint64_t(1) << (k & 63);
+    for (int64_t w = 0; w < KW; ++w) {
+      uint64_t word = 0;
+      const int64_t k0 = w * 64, k1 = std::min<int64_t>(K, k0 + 64);
+      for (int64_t k = k0; k < k1; ++k) word |= static_cast<uint64_t>(row[k * es] > 0.f) << (k - k0);
+      dst[w * 8] = word;
+    }
   }
 }
 
 // True when every element of the (n, K) block (row stride ld) is +a or -a: the operand is binary.
 static bool all_pm(const float* x, int64_t n, int64_t K, int64_t ld, float a) {
-  for (int64_t i = 0; i < n; ++i)
-    for (int64_t k = 0; k < K; ++k) {
-      const float v = x[i * ld + k];
-      if (v != a && v != -a) return false;
-    }
-  return true;
+  int bad = 0;  // no early exit: a branch per element on random signs mispredicts half the time
+  for (int64_t i = 0; i < n; ++i) {
+    const float* row = x + i * ld;
+    for (int64_t k = 0; k < K; ++k) bad |= std::fabs(row[k]) != a;
+  }
+  return bad == 0;
 }
 
 static void check_heads(const torch::Tensor& t, const char* name) {
@@ -334,7 +338,8 @@ torch::Tensor binary_attention_scores(torch::Tensor q, torch::Tensor k, double c
   const int64_t B = q.size(0), H = q.size(1), S = q.size(2), D = q.size(3), Hk = k.size(1), Skv = k.size(2);
   TORCH_CHECK(k.size(0) == B && k.size(3) == D && Hk > 0 && H % Hk == 0, "k does not match q");
   TORCH_CHECK(D > 0 && D < 65536, "head_dim must be below 65536");
-  const int p = resolve(path, true) == AVX512 ? AVX512 : PORTABLE;  // the words layout's paths
+  const int r = resolve(path, true), p = r == AVX512 ? AVX512 : PORTABLE;  // the words layout's paths
+  const bool avx2 = r >= AVX2;  // the sign packing's vector path (the same bits)
   const float* qp = q.data_ptr<float>();
   const float* kp = k.data_ptr<float>();
   const float aq = std::fabs(qp[0]), ak = std::fabs(kp[0]);
@@ -355,7 +360,10 @@ torch::Tensor binary_attention_scores(torch::Tensor q, torch::Tensor k, double c
     for (int64_t bh = i0; bh < i1; ++bh) {
       const int64_t b = bh / H, h = bh % H, hk = h / (H / Hk);
       const float* qh = qp + bh * S * D;
-      for (int64_t t = 0; t < S; ++t) pack_signs_portable(qh + t * D, &zero, false, D, KW, act.data() + t * KW);
+      for (int64_t t = 0; t < S; ++t) {
+        if (avx2) pack_signs_avx2(qh + t * D, &zero, false, D, KW, act.data() + t * KW);
+        else pack_signs_portable(qh + t * D, &zero, false, D, KW, act.data() + t * KW);
+      }
       pack_rows_words(kp + (b * Hk + hk) * Skv * D, Skv, D, D, 1, w.data());
       Epi e{off.data(), -2, v.data(), nullptr, op + bh * S * Skv, nullptr, Skv};
       if (p == AVX512) binary_counts_avx512(act.data(), 0, S, KW, w.data(), 0, nb, 0, e, Skv);
