@@ -109,9 +109,16 @@ def test_sign_bits_follow_the_quantizers(path):
     un.alpha.data.fill_(0.4)
     p = torch.rand(3, 130)
     p[0, :3] = torch.tensor([0.2, 0.20000001, 0.0])  # 0.2 / 0.4 = 0.5 rounds to 0
-    ub = kernels.pack_unsigned(p, 0.4)
+    ub = kernels.pack_unsigned(p, 0.4, path=path)
     got = ((ub.view(torch.uint8).unsqueeze(-1) >> torch.arange(8, dtype=torch.uint8)) & 1).view(3, -1)[:, :130]
     assert torch.equal(got.float() * 0.4, un(p))
+    off = ElasticUnsignedAct(1, features=130)  # with a per-feature offset, as the FFN binarizer
+    off.initialized.fill_(True)
+    off.alpha.data.fill_(0.4)
+    off.beta.data.normal_(0, 0.1)
+    ub = kernels.pack_unsigned(p, 0.4, off.beta, path=path)
+    got = ((ub.view(torch.uint8).unsqueeze(-1) >> torch.arange(8, dtype=torch.uint8)) & 1).view(3, -1)[:, :130]
+    assert torch.equal(got.float() * 0.4, off(p))
 
 
 @pytest.mark.parametrize("o,k", [(8, 64), (72, 200), (130, 3), (64, 1000)])

@@ -254,11 +254,13 @@ def pack_signs(x: torch.Tensor, beta: torch.Tensor, path: str | None = None) -> 
     return extension().pack_signs(x.float().contiguous(), beta.float().contiguous().reshape(-1), -1 if p is None else p)
 
 
-def pack_unsigned(x: torch.Tensor, alpha: float, beta: torch.Tensor | None = None) -> torch.Tensor:
+def pack_unsigned(x: torch.Tensor, alpha: float, beta: torch.Tensor | None = None,
+                  path: str | None = None) -> torch.Tensor:
     """Bits of round(clamp((x - β) / α, 0, 1)) (``ElasticUnsignedAct`` at 1 bit: 1 iff (x - β) / α > 0.5;
     no β: no offset)."""
+    p = resolve_path(path, "binary")
     b = torch.zeros(0) if beta is None else beta.detach().float().contiguous().reshape(-1)
-    return extension().pack_unsigned(x.float().contiguous(), b, float(alpha))
+    return extension().pack_unsigned(x.float().contiguous(), b, float(alpha), -1 if p is None else p)
 
 
 def binary_gemm(act: torch.Tensor, k: int, weights: torch.Tensor, out_features: int, v: torch.Tensor | None = None,

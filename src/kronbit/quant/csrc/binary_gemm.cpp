@@ -87,6 +87,32 @@ void pack_signs_avx2(const float* x, const float* beta, bool beta_vec, int64_t K
   }
 }
 
+// beta null: no offset. Bit k = fl(fl(x - beta) / alpha) > 0.5, as the scalar packers.
+KB_TARGET("avx512f,avx512bw,avx512vl,avx512dq")
+void pack_unsigned_avx512(const float* x, const float* beta, bool beta_vec, float alpha, int64_t K, int64_t KW,
+                          uint64_t* out) {
+  const __m512 a = _mm512_set1_ps(alpha), half = _mm512_set1_ps(0.5f);
+  const __m512 bs = _mm512_set1_ps(beta ? beta[0] : 0.f);
+  int64_t k = 0;
+  for (int64_t w = 0; w < KW; ++w) {
+    uint64_t word = 0;
+    if (k + 64 <= K) {
+      for (int j = 0; j < 4; ++j, k += 16) {
+        __m512 u = _mm512_loadu_ps(x + k);
+        if (beta) u = _mm512_sub_ps(u, beta_vec ? _mm512_loadu_ps(beta + k) : bs);
+        const __mmask16 m = _mm512_cmp_ps_mask(_mm512_div_ps(u, a), half, _CMP_GT_OQ);
+        word |= static_cast<uint64_t>(m) << (16 * j);
+      }
+    } else {
+      for (int j = 0; j < 64 && k < K; ++j, ++k) {
+        const float u = beta ? x[k] - (beta_vec ? beta[k] : beta[0]) : x[k];
+        word |= static_cast<uint64_t>(u / alpha > 0.5f) << j;
+      }
+    }
+    out[w] = word;
+  }
+}
+
 // ---- avx2 -----------------------------------------------------------------------------------
 
 // tables[mode][a][32]: popcount(n XOR a) / popcount(n AND a) for n = 0..15, in both 128-bit lanes
@@ -280,6 +306,12 @@ void binary_counts_avx512(const uint64_t* act, int64_t t0, int64_t t1, int64_t K
 }
 
 #else  // not x86: the vector paths are never selected (cpu_has says no); these keep the linker happy
+
+void pack_unsigned_avx512(const float* x, const float* beta, bool beta_vec, float alpha, int64_t K, int64_t KW,
+                          uint64_t* out) {
+  if (beta) pack_unsigned_offset_portable(x, beta, beta_vec, alpha, K, KW, out);
+  else pack_unsigned_portable(x, alpha, K, KW, out);
+}
 
 void pack_signs_avx2(const float* x, const float* beta, bool beta_vec, int64_t K, int64_t KW, uint64_t* out) {
   pack_signs_portable(x, beta, beta_vec, K, KW, out);

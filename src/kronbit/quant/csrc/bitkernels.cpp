@@ -108,7 +108,7 @@ torch::Tensor pack_signs(torch::Tensor x, torch::Tensor beta, int64_t path) {
 
 // Bits of round(clamp((x - beta) / alpha, 0, 1)): 1 iff (x - beta) / alpha > 0.5. beta: empty (no
 // offset), one value or one per feature.
-torch::Tensor pack_unsigned(torch::Tensor x, torch::Tensor beta, double alpha) {
+torch::Tensor pack_unsigned(torch::Tensor x, torch::Tensor beta, double alpha, int64_t path) {
   check_f32(x, "x");
   check_f32(beta, "beta");
   TORCH_CHECK(x.dim() == 2, "x must be (tokens, features)");
@@ -120,9 +120,11 @@ torch::Tensor pack_unsigned(torch::Tensor x, torch::Tensor beta, double alpha) {
   const bool vec = beta.numel() == K && K > 1;
   auto* op = reinterpret_cast<uint64_t*>(out.data_ptr<int64_t>());
   const float a = static_cast<float>(alpha);
+  const bool v512 = resolve(path, true) == AVX512;
   at::parallel_for(0, T, 64, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
-      if (bp) pack_unsigned_offset_portable(xp + t * K, bp, vec, a, K, KW, op + t * KW);
+      if (v512) pack_unsigned_avx512(xp + t * K, bp, vec, a, K, KW, op + t * KW);
+      else if (bp) pack_unsigned_offset_portable(xp + t * K, bp, vec, a, K, KW, op + t * KW);
       else pack_unsigned_portable(xp + t * K, a, K, KW, op + t * KW);
     }
   });
@@ -266,7 +268,7 @@ torch::Tensor binary_linear_unsigned(torch::Tensor x, torch::Tensor beta, torch:
   TORCH_CHECK(K > 0 && K < 65536, "in_features must be below 65536");
   check_f32(alpha, "alpha");
   const float a = std::max(alpha.data_ptr<float>()[0], kEps);
-  return binary_linear_words(pack_unsigned(x, beta, a), K, alpha, w, O, wscale, bias, path, 1);
+  return binary_linear_words(pack_unsigned(x, beta, a, path), K, alpha, w, O, wscale, bias, path, 1);
 }
 
 // The W1A1 layer from its input's bits already packed (binary_gemm_bits of the layer before):
@@ -299,9 +301,20 @@ torch::Tensor binary_linear_bits(torch::Tensor x, torch::Tensor beta, torch::Ten
 // Words layout ([rows/8][KW][8]) of the sign bits (x > 0 -> 1; x = ±a) of rows of a (rows, K) float
 // block with row stride ld and element stride es: the rows are K's keys (es = 1) or V's features (V
 // read down its columns).
-static void pack_rows_words(const float* x, int64_t rows, int64_t K, int64_t ld, int64_t es, uint64_t* out) {
+static void pack_rows_words(const float* x, int64_t rows, int64_t K, int64_t ld, int64_t es, uint64_t* out,
+                            bool avx2 = false) {
   const int64_t KW = (K + 63) / 64, nb = (rows + 7) / 8;
   std::memset(out, 0, sizeof(uint64_t) * nb * KW * 8);
+  if (es == 1 && avx2 && KW <= 64) {  // contiguous rows: the vector sign packing (x = ±a, so sign = x > 0)
+    const float zero = 0.f;
+    uint64_t row_words[64];
+    for (int64_t r = 0; r < rows; ++r) {
+      pack_signs_avx2(x + r * ld, &zero, false, K, KW, row_words);
+      uint64_t* dst = out + (r / 8) * KW * 8 + (r % 8);
+      for (int64_t w = 0; w < KW; ++w) dst[w * 8] = row_words[w];
+    }
+    return;
+  }
   for (int64_t r = 0; r < rows; ++r) {  // branch-free: the signs of trained activations are a coin toss
     uint64_t* dst = out + (r / 8) * KW * 8 + (r % 8);
     const float* row = x + r * ld;
@@ -324,6 +337,13 @@ static bool all_pm(const float* x, int64_t n, int64_t K, int64_t ld, float a) {
   return bad == 0;
 }
 
+// all_pm over B heads of n rows each, in parallel.
+static bool all_pm_heads(const float* x, int64_t heads, int64_t n, int64_t K, float a) {
+  return at::parallel_reduce(0, heads, 1, true, [&](int64_t i0, int64_t i1, bool ok) {
+    return ok && all_pm(x + i0 * n * K, (i1 - i0) * n, K, K, a);
+  }, [](bool u, bool v) { return u && v; });
+}
+
 static void check_heads(const torch::Tensor& t, const char* name) {
   check_f32(t, name);
   TORCH_CHECK(t.dim() == 4, name, " must be (batch, heads, seq, head_dim)");
@@ -343,11 +363,7 @@ torch::Tensor binary_attention_scores(torch::Tensor q, torch::Tensor k, double c
   const float* qp = q.data_ptr<float>();
   const float* kp = k.data_ptr<float>();
   const float aq = std::fabs(qp[0]), ak = std::fabs(kp[0]);
-  bool binary = aq > 0.f && ak > 0.f;
-  binary = binary && at::parallel_reduce(0, B * H, 1, true, [&](int64_t i0, int64_t i1, bool ok) {
-    return ok && all_pm(qp + i0 * S * D, (i1 - i0) * S, D, D, aq);
-  }, [](bool a, bool b) { return a && b; });
-  binary = binary && all_pm(kp, B * Hk * Skv, D, D, ak);
+  const bool binary = aq > 0.f && ak > 0.f && all_pm_heads(qp, B * H, S, D, aq) && all_pm_heads(kp, B * Hk, Skv, D, ak);
   if (!binary) return torch::empty({0}, q.options());
   const int64_t KW = (D + 63) / 64, nb = (Skv + 7) / 8;
   auto out = torch::empty({B, H, S, Skv}, q.options());
@@ -364,7 +380,7 @@ torch::Tensor binary_attention_scores(torch::Tensor q, torch::Tensor k, double c
         if (avx2) pack_signs_avx2(qh + t * D, &zero, false, D, KW, act.data() + t * KW);
         else pack_signs_portable(qh + t * D, &zero, false, D, KW, act.data() + t * KW);
       }
-      pack_rows_words(kp + (b * Hk + hk) * Skv * D, Skv, D, D, 1, w.data());
+      pack_rows_words(kp + (b * Hk + hk) * Skv * D, Skv, D, D, 1, w.data(), avx2);
       Epi e{off.data(), -2, v.data(), nullptr, op + bh * S * Skv, nullptr, Skv};
       if (p == AVX512) binary_counts_avx512(act.data(), 0, S, KW, w.data(), 0, nb, 0, e, Skv);
       else binary_counts_portable(act.data(), 0, S, KW, w.data(), 0, nb, 0, e, Skv);
@@ -387,7 +403,7 @@ torch::Tensor binary_attention_values(torch::Tensor probs, double alpha, torch::
   const float* pp = probs.data_ptr<float>();
   const float* vp = v.data_ptr<float>();
   const float av = std::fabs(vp[0]);
-  if (!(av > 0.f) || !all_pm(vp, B * Hk * Skv, D, D, av)) return torch::empty({0}, probs.options());
+  if (!(av > 0.f) || !all_pm_heads(vp, B * Hk, Skv, D, av)) return torch::empty({0}, probs.options());
   const float a = static_cast<float>(alpha);
   const int64_t KW = (Skv + 63) / 64, nb = (D + 7) / 8;
   auto out = torch::empty({B, H, S, D}, probs.options());
@@ -399,7 +415,8 @@ torch::Tensor binary_attention_values(torch::Tensor probs, double alpha, torch::
     for (int64_t bh = i0; bh < i1; ++bh) {
       const int64_t b = bh / H, h = bh % H, hk = h / (H / Hk);
       for (int64_t t = 0; t < S; ++t) {
-        pack_unsigned_portable(pp + (bh * S + t) * Skv, a, Skv, KW, act.data() + t * KW);
+        if (p == AVX512) pack_unsigned_avx512(pp + (bh * S + t) * Skv, nullptr, false, a, Skv, KW, act.data() + t * KW);
+        else pack_unsigned_portable(pp + (bh * S + t) * Skv, a, Skv, KW, act.data() + t * KW);
         int32_t n = 0;
         for (int64_t j = 0; j < KW; ++j) n += __builtin_popcountll(act[t * KW + j]);
         off[t] = -n;

@@ -145,6 +145,9 @@ void binary_counts_avx512(const uint64_t* act, int64_t t0, int64_t t1, int64_t K
 void pack_signs_portable(const float* x, const float* beta, bool beta_vec, int64_t K, int64_t KW, uint64_t* out);
 void pack_signs_avx2(const float* x, const float* beta, bool beta_vec, int64_t K, int64_t KW, uint64_t* out);
 void pack_unsigned_portable(const float* x, float alpha, int64_t K, int64_t KW, uint64_t* out);
+// AVX-512 versions of the unsigned packers: the same IEEE division and comparison, 16 at a time.
+void pack_unsigned_avx512(const float* x, const float* beta, bool beta_vec, float alpha, int64_t K, int64_t KW,
+                          uint64_t* out);
 // The same with an offset first (ElasticUnsignedAct(offset=True)): 1 iff (x - beta) / alpha > 0.5.
 void pack_unsigned_offset_portable(const float* x, const float* beta, bool beta_vec, float alpha, int64_t K,
                                    int64_t KW, uint64_t* out);
