@@ -90,7 +90,7 @@ def dtypes(args) -> list[bool]:
 
 def worker_train(args):
     import torch
-    if args.code == "after":
+    if args.code != "before":
         from kronbit.core.allocator import keep_freed_memory
         keep_freed_memory()
     models, _ = build([m for m in MODELS if m != "teacher"])
@@ -106,7 +106,10 @@ def worker_train(args):
             return f
         for m in models.values():
             m.train()
-        t = _timed({k: step(m) for k, m in models.items()}, args.steps, list(models))
+        # --compile: every model through torch.compile (compiled once per dtype; the first, untimed
+        # step pays the compilation)
+        run = {k: (torch.compile(m) if args.compile else m) for k, m in models.items()}
+        t = _timed({k: step(m) for k, m in run.items()}, args.steps, list(models))
         res["bf16" if bf16 else "fp32"] = {k: ids.numel() / v for k, v in t.items()}
     return res
 
@@ -185,6 +188,7 @@ def run_child(part, code, args) -> dict:
         env["KRONBIT_MALLOC"] = "system"
     cmd = [sys.executable, __file__, "--worker", part, "--code", code, "--steps", str(args.steps)]
     cmd += ["--bf16"] if args.bf16 else []
+    cmd += ["--compile"] if args.compile else []
     out = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if out.returncode:
         sys.exit(f"{part}/{code} failed:\n{out.stderr[-3000:]}")
@@ -226,16 +230,22 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--bf16", action="store_true", help="also time every part under bf16 autocast")
     ap.add_argument("--before-commit", default="702dddc", help="the code the distill part's 'before' runs")
+    ap.add_argument("--compile", action="store_true",
+                    help="train part only: every model through torch.compile, this tree's code (rows train/compiled)")
     ap.add_argument("--worker", choices=["train", "distill", "decode"], help=argparse.SUPPRESS)
-    ap.add_argument("--code", choices=["before", "after"], default="after", help=argparse.SUPPRESS)
+    ap.add_argument("--code", choices=["before", "after", "compiled"], default="after", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         fn = {"train": worker_train, "distill": worker_distill, "decode": worker_decode}[args.worker]
         print(json.dumps(fn(args)))
         return
     res = Results("kngpt2_speed", "KnGPT2 students: training, distillation and decoding tokens/s (CPU)")
+    if args.compile and args.parts != ["train"]:
+        sys.exit("--compile times the train part only: use --parts train --compile")
     for part in args.parts:
         codes = ["after"] if part == "decode" else ["before", "after"]
+        if args.compile:
+            codes = ["compiled"]
         for code in codes:
             t0 = time.time()
             got = run_child(part, code, args)
