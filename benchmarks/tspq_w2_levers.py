@@ -45,6 +45,9 @@ VARIANTS = {
     "+ gold-label loss (kd.task 1)": ({"kd": {"task": 1.0}}, []),
     "lr 5e-5": ({"learning_rate": 5.0e-5}, []),
     "lr 2e-4": ({"learning_rate": 2.0e-4}, []),
+    "lr 4e-4": ({"learning_rate": 4.0e-4}, []),
+    # Still rising after one epoch at 2e-4 on STS-B: does a second epoch flatten it?
+    "lr 2e-4, 2 epochs": ({"learning_rate": 2.0e-4, "epochs": 2}, []),
     # Score MSE can dwarf the other losses (it did at W1A1, docs/results/tspq_ablation.md).
     "no attention-score KD": ({"kd": {"attention": 0}}, []),
     "embeddings full precision": ({}, ["quant.quantize_embeddings=false"]),
