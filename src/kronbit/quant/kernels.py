@@ -6,8 +6,12 @@ What they compute (C++ in ``csrc/``, exact integer accumulation, float32 epilogu
     ``linear(α·sign(x - β), s_o·c_o) + b``. The kernel packs the sign bits of the float32 difference
     x - β (bit 1 = +1; +0 → +1, -0 → -1, as ``copysign``) 64 to a word per token, and
     D = Σ_k a_k·c_k = K - 2·popcount(A XOR W) exactly in int32; y = fl(α·s_o)·D + b.
-    AND-popcount ({0, 1} activations, e.g. BiT's unsigned binarizer of attention probabilities):
-    D = 2·popcount(A AND W) - popcount(A) (``binary_gemm(mode="and")``).
+    AND-popcount ({0, 1} activations: BiT's unsigned binarizer, ``ElasticUnsignedAct``, on the FFN
+    down-projection's input, bit = (x - β) / α > 0.5): D = 2·popcount(A AND W) - popcount(A)
+    (``binary_gemm(mode="and")``; a layer whose input binarizer is unsigned plans ``Kernel.unsigned``).
+  * Binary attention (``attention_scores``, ``attention_values``): per (batch, head), Q·Kᵀ of ±a
+    operands as XOR-popcount over the head dimension, P·V as AND-popcount over the keys with P's
+    bits p / α > 0.5; the same tile kernels on the words layout (avx512, else portable).
   * W2A8 (``twn`` or any 2-bit codes in [-2, 1], 8-bit symmetric ``minmax`` activations): the
     activation scale s = clamp_min(clip_ratio·max|x| / 127, EPS) over the whole tensor, codes
     q = clamp(round(x / s), ±127) (round half to even), as ``MinMaxAct``; D = Σ_k q_k·c_k in int32;
