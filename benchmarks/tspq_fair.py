@@ -156,9 +156,10 @@ def _targets(rows, tasks, teacher, floor) -> str:
             if None not in vals and None not in dirs:
                 per_seed.append(100 * (statistics.mean(vals) - statistics.mean(dirs)))
         if per_seed:
-            spread = (max(per_seed) - min(per_seed)) / 2 if len(per_seed) > 1 else float("nan")
+            spread = (f"± {(max(per_seed) - min(per_seed)) / 2:.2f} points over seeds {seeds}" if len(per_seed) > 1
+                      else f"points, one seed ({seeds[0]}): no spread yet, so nothing beyond noise is shown")
             lines.append(f"tspq_{bits} − direct_{bits} on the {len(both)}-task average: "
-                         f"{statistics.mean(per_seed):+.2f} ± {spread:.2f} points over seeds {seeds} "
+                         f"{statistics.mean(per_seed):+.2f} {spread} "
                          "(target for W1A1: ≥ +1.0 and larger than the spread)")
     return "Targets, from the rows above:\n\n" + "".join(f"- {ln}\n" for ln in lines) if lines else ""
 
