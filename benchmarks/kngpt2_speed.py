@@ -204,7 +204,7 @@ def render(res: Results) -> str:
            + ("bf16 autocast ran on the CPU's bf16 units (AVX512_BF16)."
               if all(r.get("bf16_native") for r in rows.values()) else
               "Rows without bf16 units (bf16_native false in the JSON) emulate bf16: no guide to a machine with them.")
-           + "\n\n"]
+           + (f" {res.data['timing_note']}" if res.data.get("timing_note") else "") + "\n\n"]
     for part, title, unit in (("train", "Student training alone, fwd+bwd, 2 × 256 tokens", "tokens/s"),
                               ("distill", "Distillation step (teacher fwd + student fwd+bwd + KD losses), "
                                "4 × 256 tokens", "tokens/s"),
@@ -230,6 +230,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--bf16", action="store_true", help="also time every part under bf16 autocast")
     ap.add_argument("--before-commit", default="702dddc", help="the code the distill part's 'before' runs")
+    ap.add_argument("--note", help="how the machine was while timing (kept in the JSON, shown on the page)")
     ap.add_argument("--compile", action="store_true",
                     help="train part only: every model through torch.compile, this tree's code (rows train/compiled)")
     ap.add_argument("--worker", choices=["train", "distill", "decode"], help=argparse.SUPPRESS)
@@ -240,6 +241,8 @@ def main() -> None:
         print(json.dumps(fn(args)))
         return
     res = Results("kngpt2_speed", "KnGPT2 students: training, distillation and decoding tokens/s (CPU)")
+    if args.note:
+        res.data["timing_note"] = args.note
     if args.compile and args.parts != ["train"]:
         sys.exit("--compile times the train part only: use --parts train --compile")
     for part in args.parts:

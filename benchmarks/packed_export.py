@@ -288,7 +288,8 @@ def render(res: Results) -> str:
             [[f"{r['batch']} × {r['seq']}", *[f"{r['ms'][n]:.1f} ({r['ratio_vs_int8'][n]:.2f}x)" for n in names],
               r["machine"]["load_avg_1_5_15min"][0]] for _, r in lat])
             + "\nPacked models run on the bit-level kernels `load_packed` selects (" +
-            ", ".join(f"{n}: {p}" for n, p in r0["packed_linear_paths"].items()) + "). \"packed W1A1\" keeps the attention matmuls in full precision (SDPA); \"packed true W1A1\" is "
+            ", ".join(f"{n}: {p}" for n, p in r0["packed_linear_paths"].items()) + "). "
+            + (f"{res.data['timing_note']} " if res.data.get("timing_note") else "") + "\"packed W1A1\" keeps the attention matmuls in full precision (SDPA); \"packed true W1A1\" is "
             "what recipes/tspq/binary.yaml makes (Q, K, V and the attention probabilities binary, both attention "
             "matmuls on the binary kernel; the FFN's GELU output binarized to {0, α}). Targets: packed W1A1 ≤ "
             "0.35x int8 dynamic, packed W2A8 ≤ 1.0x. " + ("" if r0["bf16_native"] else
@@ -323,8 +324,11 @@ def main() -> None:
     ap.add_argument("--part", nargs="+", default=["size", "latency", "memory"], choices=["size", "latency", "memory"])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--redo", action="store_true")
+    ap.add_argument("--note", help="how the machine was while timing (kept in the JSON, shown on the page)")
     args = ap.parse_args()
     res = Results("packed_export", "packed export: on-disk size, latency and memory")
+    if args.note:
+        res.data["timing_note"] = args.note
     if "size" in args.part:
         size_part(res, args.redo)
         res.save(render(res))

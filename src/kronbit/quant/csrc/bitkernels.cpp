@@ -131,6 +131,13 @@ torch::Tensor pack_unsigned(torch::Tensor x, torch::Tensor beta, double alpha, i
   return out;
 }
 
+// The words-layout tile kernels over tokens [0, T) and output blocks [0, nb) on this thread.
+void counts_words(int p, const uint64_t* act, int64_t T, int64_t KW, const uint64_t* w, int64_t b0, int64_t b1,
+                  int mode, const Epi& e, int64_t O, int64_t t0 = 0) {
+  if (p == AVX512) binary_counts_avx512(act, t0, T, KW, w, b0, b1, mode, e, O);
+  else binary_counts_portable(act, t0, T, KW, w, b0, b1, mode, e, O);
+}
+
 void run_binary(const uint64_t* act, int64_t T, int64_t KW, int mode, const torch::Tensor& w, int64_t O, int p,
                 const Epi& e) {
   if (p == AVX2) {
@@ -167,8 +174,7 @@ void run_binary(const uint64_t* act, int64_t T, int64_t KW, int mode, const torc
     const int64_t b0 = u0 * 4, b1 = std::min((O + 7) / 8, u1 * 4);
     for (int64_t t = 0; t < T; t += kTokenChunk) {
       const int64_t t1 = std::min(T, t + kTokenChunk);
-      if (p == AVX512) binary_counts_avx512(act, t, t1, KW, wp, b0, b1, mode, e, O);
-      else binary_counts_portable(act, t, t1, KW, wp, b0, b1, mode, e, O);
+      counts_words(p, act, t1, KW, wp, b0, b1, mode, e, O, t);
     }
   });
 }
@@ -382,8 +388,7 @@ torch::Tensor binary_attention_scores(torch::Tensor q, torch::Tensor k, double c
       }
       pack_rows_words(kp + (b * Hk + hk) * Skv * D, Skv, D, D, 1, w.data(), avx2);
       Epi e{off.data(), -2, v.data(), nullptr, op + bh * S * Skv, nullptr, Skv};
-      if (p == AVX512) binary_counts_avx512(act.data(), 0, S, KW, w.data(), 0, nb, 0, e, Skv);
-      else binary_counts_portable(act.data(), 0, S, KW, w.data(), 0, nb, 0, e, Skv);
+      counts_words(p, act.data(), S, KW, w.data(), 0, nb, 0, e, Skv);
     }
   });
   return out;
@@ -411,21 +416,17 @@ torch::Tensor binary_attention_values(torch::Tensor probs, double alpha, torch::
   std::vector<float> scale(nb * 8, static_cast<float>(c));
   at::parallel_for(0, B * H, 1, [&](int64_t i0, int64_t i1) {
     std::vector<uint64_t> act(S * KW), w(nb * KW * 8);
-    std::vector<int32_t> off(S);
     for (int64_t bh = i0; bh < i1; ++bh) {
       const int64_t b = bh / H, h = bh % H, hk = h / (H / Hk);
       for (int64_t t = 0; t < S; ++t) {
         if (p == AVX512) pack_unsigned_avx512(pp + (bh * S + t) * Skv, nullptr, false, a, Skv, KW, act.data() + t * KW);
         else pack_unsigned_portable(pp + (bh * S + t) * Skv, a, Skv, KW, act.data() + t * KW);
-        int32_t n = 0;
-        for (int64_t j = 0; j < KW; ++j) n += __builtin_popcountll(act[t * KW + j]);
-        off[t] = -n;
       }
+      const auto off = binary_offsets(act.data(), S, KW, Skv, 1);  // -popcount(P) per query
       // V^T: row d = feature d over the keys (column d of V, element stride D)
       pack_rows_words(vp + (b * Hk + hk) * Skv * D, D, Skv, 1, D, w.data());
       Epi e{off.data(), 2, scale.data(), nullptr, op + bh * S * D, nullptr, D};
-      if (p == AVX512) binary_counts_avx512(act.data(), 0, S, KW, w.data(), 0, nb, 1, e, D);
-      else binary_counts_portable(act.data(), 0, S, KW, w.data(), 0, nb, 1, e, D);
+      counts_words(p, act.data(), S, KW, w.data(), 0, nb, 1, e, D);
     }
   });
   return out;
