@@ -14,7 +14,9 @@ Parts, each run as child processes so that "before" and "after" are measured in 
     (embedding, attention prob_kl, relative hidden MSE, logits, LM loss; eager teacher) at 4 × 256
     tokens. Before: the code of ``--before-commit`` (extracted with ``git archive`` into
     benchmarks/_work); after: this tree.
-  * ``decode``: greedy ``generate`` at batch 1 with the KV cache, 16 prompt + 48 new tokens.
+  * ``decode``: greedy ``generate`` at batch 1 with the KV cache, 16 prompt + 48 new tokens, in fp32,
+    and with --bf16 under bf16 autocast and with bf16 weights (this tree's code only).
+    With --compile (rows decode/compiled): fp32 and bf16 weights, static KV cache, compiled forward.
 Every part runs in fp32 and, with ``--bf16``, under bf16 autocast too (on a CPU without bf16 units
 torch emulates bf16: several times slower, no guide to a machine that has them).
 Within a child, steps of its models alternate; each figure is the median of ``--steps`` timed steps
@@ -88,12 +90,36 @@ def dtypes(args) -> list[bool]:
     return [False, True] if args.bf16 else [False]
 
 
+def structure_macs(mod) -> int:
+    """Per-token multiply-accumulates of one linear map (Kronecker layers at their contraction's
+    cost); 0 for anything else."""
+    from torch import nn
+    from kronbit.kron.layers import KroneckerLinear, KroneckerTiedHead, kron_flops
+    if isinstance(mod, KroneckerLinear):
+        return kron_flops(mod.a_shape, mod.b_shape, mod.rank)
+    if isinstance(mod, KroneckerTiedHead):
+        e = mod.embedding
+        return kron_flops(e.a_shape, e.b_shape, e.rank)
+    if isinstance(mod, nn.Linear):
+        return mod.in_features * mod.out_features
+    return 0
+
+
+def structure(model) -> dict:
+    """Per-token multiply-accumulates of the linear maps (LM head included) and the number of
+    transformer blocks."""
+    return {"linear_macs_per_token": sum(structure_macs(m) for m in model.modules()),
+            "blocks": model.config.num_hidden_layers}
+
+
 def worker_train(args):
+    """Students alone with the LM loss, eager attention as the distillation recipes run them (their
+    attention KD reads the probabilities; eager was also 10-15% faster than SDPA here at 256 tokens)."""
     import torch
     if args.code != "before":
         from kronbit.core.allocator import keep_freed_memory
         keep_freed_memory()
-    models, _ = build([m for m in MODELS if m != "teacher"])
+    models, _ = build([m for m in MODELS if m != "teacher"], attn="eager")
     ids = torch.randint(0, 49152, (2, 256))
     res = {}
     for bf16 in dtypes(args):
@@ -111,7 +137,60 @@ def worker_train(args):
         run = {k: (torch.compile(m) if args.compile else m) for k, m in models.items()}
         t = _timed({k: step(m) for k, m in run.items()}, args.steps, list(models))
         res["bf16" if bf16 else "fp32"] = {k: ids.numel() / v for k, v in t.items()}
+        per_model, per_shape = linear_ms(models, ids.numel(), bf16, args.steps)
+        res.setdefault("linear_ms", {})["bf16" if bf16 else "fp32"] = per_model
+        res.setdefault("linear_shape_ms", {})["bf16" if bf16 else "fp32"] = per_shape
+    res["structure"] = {k: structure(m) for k, m in models.items()}
+    res["tokens"] = ids.numel()
     return res
+
+
+def linear_ms(models: dict, tokens: int, bf16: bool, steps: int) -> tuple[dict, list]:
+    """ms per step of each model's linear maps, fwd+bwd on ``tokens`` rows: one module per shape
+    timed alone (median of ``steps`` after a warm-up), times how many the model has; and the
+    per-shape rows (kind, in, out, A, B, ms, MACs per token, count per model)."""
+    import torch
+    from torch import nn
+    from kronbit.kron.layers import KroneckerLinear, KroneckerTiedHead
+
+    def signature(mod):
+        if isinstance(mod, KroneckerLinear):
+            return ("kron", mod.in_features, mod.out_features, mod.a_shape, mod.b_shape, mod.order)
+        if isinstance(mod, KroneckerTiedHead):
+            return ("kron_head", mod.in_features, mod.out_features)
+        if isinstance(mod, nn.Linear):
+            return ("dense", mod.in_features, mod.out_features, mod.bias is not None)
+        return None
+
+    cache: dict = {}
+    counts: dict = {}
+    macs: dict = {}
+    out = {}
+    for name, model in models.items():
+        total = 0.0
+        for mod in model.modules():
+            sig = signature(mod)
+            if sig is None:
+                continue
+            counts.setdefault(sig, {}).setdefault(name, 0)
+            counts[sig][name] += 1
+            macs[sig] = structure_macs(mod)
+            if sig not in cache:
+                x = torch.randn(tokens, sig[1], requires_grad=True)
+
+                def f(mod=mod, x=x):
+                    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                        y = mod(x)
+                    y.float().sum().backward()
+                    mod.zero_grad(set_to_none=True)
+                    x.grad = None
+                cache[sig] = 1e3 * _timed({0: f}, steps, [0])[0]
+            total += cache[sig]
+        out[name] = total
+    shapes = [{"kind": sig[0], "in": sig[1], "out": sig[2], "a": list(sig[3]) if sig[0] == "kron" else None,
+               "b": list(sig[4]) if sig[0] == "kron" else None, "ms": cache[sig], "macs_per_token": macs[sig],
+               "count": counts[sig]} for sig in cache]
+    return out, shapes
 
 
 def worker_distill(args):
@@ -150,23 +229,37 @@ def worker_distill(args):
 
 
 def worker_decode(args):
+    """Greedy decoding in fp32, and with --bf16 under bf16 autocast and with the weights cast to
+    bf16 (what a user who ships a model for generation does: half the bytes read per token, no
+    per-call weight casts). Code "compiled": a static KV cache and torch.compile'd forward."""
     import torch
     models, _ = build([m for m in MODELS if m != "teacher"])
     prompt = torch.randint(0, 49152, (1, 16))
     new = 48
+    modes = ["fp32"] + (["bf16 weights"] if args.code == "compiled" else []) \
+        + (["bf16 autocast", "bf16 weights"] if args.bf16 and args.code != "compiled" else [])
+    modes = list(dict.fromkeys(modes))
 
-    def gen(m, bf16):
+    def gen(m, autocast):
         def f():
-            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
                 out = m.generate(prompt, max_new_tokens=new, min_new_tokens=new, do_sample=False, use_cache=True)
             assert out.shape[1] == 16 + new
         return f
-    for m in models.values():
-        m.eval()
-    fns = {(k, bf16): gen(m, bf16) for k, m in models.items() for bf16 in dtypes(args)}
+    fns = {}
+    for mode in modes:
+        for k, m in models.items():
+            if mode == "bf16 weights" or args.code == "compiled":
+                # a copy per mode: compiling sets ``forward`` on the instance, which a later deepcopy
+                # would carry over (bound to the original module)
+                m = copy.deepcopy(m).to(torch.bfloat16 if mode == "bf16 weights" else torch.float32)
+            m.eval()
+            if args.code == "compiled":
+                m.generation_config.cache_implementation = "static"  # fixed shapes: one graph per phase
+                m.forward = torch.compile(m.forward, dynamic=False)
+            fns[(k, mode)] = gen(m, mode == "bf16 autocast")
     t = _timed(fns, args.steps, list(fns))
-    return {("bf16" if bf16 else "fp32"): {k: new / v for (k, b), v in t.items() if b == bf16}
-            for bf16 in dtypes(args)}
+    return {mode: {k: new / v for (k, md), v in t.items() if md == mode} for mode in modes}
 
 
 def main_src(commit: str) -> Path:
@@ -220,7 +313,79 @@ def render(res: Results) -> str:
                     table.append([r["code"], dtype, model, v, r["machine"]["load_avg_1_5_15min"][0]])
         out.append(f"## {title} ({unit})\n\n" + md_table(["code", "dtype", "model", unit, "load 1 min"], table)
                    + "\n")
+        if part == "train":
+            out.append(_split_section(rows))
     return "".join(out)
+
+
+def perfect_kron_bound(shapes: list, tps: dict, tokens: int, model: str) -> dict | None:
+    """The model's step if each of its Kronecker layers took (its MACs ÷ the dense layer's MACs) ×
+    the dense layer's time: the ceiling of any Kronecker-layer speed-up."""
+    dense = {(x["in"], x["out"]): x for x in shapes if x["kind"] == "dense"}
+    saved = 0.0
+    for x in shapes:
+        d, n = dense.get((x["in"], x["out"])), x["count"].get(model, 0)
+        if x["kind"] == "dense" or d is None or not n:
+            continue
+        saved += n * max(0.0, x["ms"] - x["macs_per_token"] / d["macs_per_token"] * d["ms"])
+    if model not in tps:
+        return None
+    step = 1e3 * tokens / tps[model]
+    return {"step_ms": step, "saved_ms": saved, "bound_ms": step - saved, "bound_tps": 1e3 * tokens / (step - saved)}
+
+
+def _split_section(rows: dict) -> str:
+    table = []
+    for k in sorted(k for k in rows if k.startswith("train/") and rows[k].get("linear_ms")):
+        r = rows[k]
+        for dtype, tps in r["tokens_per_s"].items():
+            for model, lin in r["linear_ms"][dtype].items():
+                step = 1e3 * r["tokens"] / tps[model]
+                blocks = r["structure"][model]["blocks"]
+                table.append([r["code"], dtype, model, f"{r['structure'][model]['linear_macs_per_token'] / 1e6:.1f}",
+                              blocks, f"{step:.0f}", f"{lin:.0f}", f"{step - lin:.0f}", f"{(step - lin) / blocks:.1f}"])
+    if not table:
+        return ""
+    shape_rows = []
+    for k in sorted(k for k in rows if k.startswith("train/") and rows[k].get("linear_shape_ms")):
+        r = rows[k]
+        for dtype, shapes in r["linear_shape_ms"].items():
+            dense = {(x["in"], x["out"]): x for x in shapes if x["kind"] == "dense"}
+            for x in shapes:
+                d = dense.get((x["in"], x["out"]))
+                if x["kind"] == "dense" or d is None:
+                    continue
+                shape_rows.append([r["code"], dtype, f"{x['in']}→{x['out']}", f"{x['a']}⊗{x['b']}" if x["a"] else "tied head",
+                                   x["count"].get("kngpt2", 0), f"{x['ms']:.2f}", f"{d['ms']:.2f}",
+                                   f"{x['ms'] / d['ms']:.2f}", f"{x['macs_per_token'] / d['macs_per_token']:.2f}"])
+    shapes_md = ("\nEach Kronecker shape of the KnGPT2 student against the dense layer it replaces, fwd+bwd alone on "
+                 "the same 512 tokens:\n\n" + md_table(["code", "dtype", "layer", "A⊗B", "count in KnGPT2", "Kronecker ms",
+                                                       "dense ms", "time ratio", "MAC ratio"], shape_rows) + "\n"
+                 if shape_rows else "")
+    bound_rows = []
+    for k in sorted(k for k in rows if k.startswith("train/") and rows[k].get("linear_shape_ms")):
+        r = rows[k]
+        for dtype, shapes in r["linear_shape_ms"].items():
+            b = perfect_kron_bound(shapes, r["tokens_per_s"][dtype], r["tokens"], "kngpt2")
+            if b:
+                bound_rows.append([r["code"], dtype, f"{b['step_ms']:.0f}", f"{b['saved_ms']:.0f}", f"{b['bound_ms']:.0f}",
+                                   f"{b['bound_tps']:.0f}", f"{r['tokens_per_s'][dtype]['layerdrop']:.0f}",
+                                   f"{b['bound_tps'] / r['tokens_per_s'][dtype]['layerdrop']:.2f}"])
+    if bound_rows:
+        shapes_md += ("\nThe most that faster Kronecker layers could give: every Kronecker layer of the KnGPT2 student "
+                      "at exactly its MAC ratio × the dense layer's time (perfect efficiency), the rest of the step "
+                      "unchanged:\n\n" + md_table(["code", "dtype", "KnGPT2 step ms", "saved at most ms",
+                                                  "bound step ms", "bound tok/s", "layer-drop tok/s",
+                                                  "bound ÷ layer-drop"], bound_rows) + "\n")
+    return ("### Where the step goes: the linear maps and the rest\n\n"
+            "Linear ms: every linear map of the model (block linears, Kronecker or dense, and the LM head) "
+            "timed fwd+bwd alone on the step's 512 tokens, one module of each shape, times the number of "
+            "modules of that shape. The rest (step minus linear) is attention, norms, rotary, SiLU, residual "
+            "adds, embedding, loss and autograd bookkeeping, and it grows with the blocks a model keeps. At "
+            "equal parameters the Kronecker students have about the layer-drop student's linear MACs but all "
+            "30 blocks.\n\n"
+            + md_table(["code", "dtype", "model", "M linear MACs/token", "blocks", "step ms", "linear ms",
+                        "rest ms", "rest ms / block"], table) + "\n" + shapes_md)
 
 
 def main() -> None:
@@ -232,7 +397,8 @@ def main() -> None:
     ap.add_argument("--before-commit", default="702dddc", help="the code the distill part's 'before' runs")
     ap.add_argument("--note", help="how the machine was while timing (kept in the JSON, shown on the page)")
     ap.add_argument("--compile", action="store_true",
-                    help="train part only: every model through torch.compile, this tree's code (rows train/compiled)")
+                    help="train and decode parts: every model through torch.compile, this tree's code (rows "
+                         "train/compiled, decode/compiled with a static KV cache)")
     ap.add_argument("--worker", choices=["train", "distill", "decode"], help=argparse.SUPPRESS)
     ap.add_argument("--code", choices=["before", "after", "compiled"], default="after", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -243,8 +409,8 @@ def main() -> None:
     res = Results("kngpt2_speed", "KnGPT2 students: training, distillation and decoding tokens/s (CPU)")
     if args.note:
         res.data["timing_note"] = args.note
-    if args.compile and args.parts != ["train"]:
-        sys.exit("--compile times the train part only: use --parts train --compile")
+    if args.compile and "distill" in args.parts:
+        sys.exit("--compile times the train and decode parts: use --parts train decode --compile")
     for part in args.parts:
         codes = ["after"] if part == "decode" else ["before", "after"]
         if args.compile:
@@ -252,7 +418,8 @@ def main() -> None:
         for code in codes:
             t0 = time.time()
             got = run_child(part, code, args)
-            res.add(f"{part}/{code}", {"part": part, "code": code, "tokens_per_s": got, "steps": args.steps,
+            extra = {k: got.pop(k) for k in ("structure", "linear_ms", "linear_shape_ms", "tokens") if k in got}
+            res.add(f"{part}/{code}", {"part": part, "code": code, "tokens_per_s": got, "steps": args.steps, **extra,
                                        "before_commit": args.before_commit if part == "distill" else None,
                                        "wall_s": round(time.time() - t0, 1), "bf16_native": native_bf16(),
                                        "unit": "tokens per second (decode: new tokens per second)"})

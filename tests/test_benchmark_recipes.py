@@ -14,7 +14,8 @@ from kronbit.runner import load_recipe
 
 BENCH = REPO / "benchmarks"
 SCRIPTS = sorted(p for p in BENCH.glob("*.py") if "load_recipe(" in p.read_text())
-ARGVS = {"kngpt2_ablation": [[], ["--parts", "init", "distil"]]}  # parts not run by default
+ARGVS = {"kngpt2_ablation": [[], ["--parts", "init", "distil"]],  # parts not run by default
+         "tspq_stage_levers": [["--stage", "w1"], ["--stage", "w1a1"]]}
 
 
 def _module(name: str):
@@ -87,3 +88,28 @@ def test_w2_lever_rows_each_change_their_stage():
         seen.add((stage.w_bits, train.learning_rate, train.epochs, kd.task, kd.attention,
                   recipe.quant.quantize_embeddings, recipe.quant.granularity, recipe.quant.weight_quantizer))
     assert len(seen) == len(mod.VARIANTS)
+
+
+@pytest.mark.parametrize("stage", ["w1", "w1a1"])
+def test_stage_lever_rows_each_change_their_stage(stage):
+    """Every w1/w1a1 lever row is one stage from the base student with the shipped stage's bits;
+    no two rows train the same thing; each base is the shipped recipe cut before the stage, with
+    the variant's quant options (a student keeps the options it was first quantized with)."""
+    mod = _module("tspq_stage_levers")
+    shipped = load_recipe(REPO / "recipes" / "tspq" / mod.RECIPE)
+    (ship,) = [s for s in shipped.stages if s.name == stage]
+    seen = set()
+    for key, path, overrides in mod.planned_recipes(mod.parse_args(["--stage", stage])):
+        recipe = load_recipe(path, overrides)
+        (s,) = recipe.stages
+        kd, train = recipe.kd_config(s), recipe.train_settings(s)
+        assert s.init_from == "student" and (s.w_bits, s.a_bits) == (ship.w_bits, ship.a_bits), key
+        assert train.eval_every is not None and train.seed == mod.SEED, key
+        seen.add((train.learning_rate, train.epochs, str(kd), str(recipe.quant)))
+        extra = mod.VARIANTS[stage][key.split("/", 2)[2]][1]
+        base = load_recipe(path, mod.base_overrides("stsb", stage, extra))
+        assert [b.name for b in base.stages] == [x.name for x in shipped.stages[:shipped.stages.index(ship)]]
+        assert base.quant == recipe.quant, key
+    assert len(seen) == len(mod.VARIANTS[stage])
+    with pytest.raises(SystemExit):
+        mod.parse_args(["--stage", "w1", "--variants", "lr 1e-4"])  # a w1a1 variant
