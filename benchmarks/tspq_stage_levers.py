@@ -53,8 +53,10 @@ VARIANTS: dict[str, dict[str, tuple[dict, list[str]]]] = {
         "lr 5e-4": ({"learning_rate": 5.0e-4}, []),
         "lr 1e-3": ({"learning_rate": 1.0e-3}, []),
         "lr 2e-4, 3 epochs": ({"epochs": 3}, []),
-        # What binarizing the 384-wide word embeddings costs on its own.
+        "lr 5e-4, 3 epochs": ({"learning_rate": 5.0e-4, "epochs": 3}, []),
+        # What binarizing the 384-wide word embeddings costs on its own, and a ternary table.
         "embeddings full precision": ({}, ["quant.quantize_embeddings=false"]),
+        "embeddings 2-bit": ({}, ["quant.embedding_bits=2"]),
         "bwn without mean centring (BinaryBERT)": ({}, ["quant.mean_centering=false"]),
         "bwn per tensor": ({}, ["quant.granularity=tensor"]),
         "no attention-score KD": ({"kd": {"attention": 0}}, []),

@@ -25,7 +25,8 @@ def _logits(model, ids):
 CASES = [dict(w_bits=1, a_bits=1), dict(w_bits=2, a_bits=8), dict(w_bits=4, a_bits=32),
          dict(w_bits=8, a_bits=8), dict(w_bits=1, a_bits=32, granularity="tensor"),
          dict(w_bits=4, a_bits=32, weight_quantizer="lsq"), dict(w_bits=2, a_bits=8, symmetric=False,
-                                                                 weight_quantizer="uniform")]
+                                                                 weight_quantizer="uniform"),
+         dict(w_bits=1, a_bits=1, embedding_bits=2)]  # ternary embedding table beside binary linears
 
 
 @pytest.mark.parametrize("cfg", CASES, ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items()))

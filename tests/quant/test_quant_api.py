@@ -227,7 +227,7 @@ def test_quantizer_parameters_are_found_by_name(make_bert):
     ({"version": 3}, "QuantConfig version 3 is not supported"),
     ({"attention": "ternary"}, "attention: 'ternary' is not one of 'full', 'binary'"),
     ({"attention": "binary", "a_bits": 8}, "attention: binary binarizes the attention matmul inputs at a_bits=1"),
-    ({"attention": "binary", "version": 1}, "attention / ffn_act_quantizer need QuantConfig version 2"),
+    ({"attention": "binary", "version": 1}, "attention / ffn_act_quantizer / embedding_bits need QuantConfig version 2"),
     ({"ffn_act_quantizer": "relu"}, "ffn_act_quantizer 'relu' is unknown"),
     ({"ffn_act_quantizer": "minmax", "a_bits": 1}, "ffn_act_quantizer 'minmax' supports a_bits 2, 4, 8, not 1"),
     ({"target_modules": []}, "target_modules is empty"),
@@ -282,3 +282,31 @@ def test_embeddings_named_in_targets_are_quantized(make_bert):
     assert isinstance(pos, QuantEmbedding) and pos.w_bits == 1
     ids = torch.arange(5).unsqueeze(0)
     assert torch.equal(pos(ids)[0], pos.fake_quant_weight()[:5])
+
+
+def test_embedding_bits_keep_the_table_above_the_linears_through_every_stage(make_bert):
+    from kronbit.quant import set_bits_
+
+    m = make_bert()
+    quantize_(m, QuantConfig(w_bits=1, a_bits=1, embedding_bits=2))
+    emb = m.bert.embeddings.word_embeddings
+    assert type(emb) is QuantEmbedding and emb.w_bits == 2 and emb.weight_quantizer_name == "twn"
+    assert {mod.w_bits for n, mod in quantized_modules(m) if mod is not emb} == {1}
+    set_bits_(m, w_bits=32, a_bits=32)
+    assert emb.w_bits == 32 and emb.weight_quantizer is None  # full precision stays full precision
+    set_bits_(m, w_bits=4, a_bits=32)
+    assert emb.w_bits == 4  # max(w_bits, embedding_bits)
+    set_bits_(m, w_bits=1, a_bits=1)
+    assert emb.w_bits == 2
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(embedding_bits=3), "embedding_bits=3 is not supported"),
+    (dict(embedding_bits=32), "embedding_bits=32 is not supported"),
+    (dict(w_bits=1, embedding_bits=2, quantize_embeddings=False), "quantize_embeddings is false"),
+    (dict(w_bits=1, embedding_bits=2, version=1), "need QuantConfig version 2"),
+    (dict(w_bits=1, embedding_bits=2, weight_quantizer="bwn"), "weight_quantizer 'bwn' supports embedding_bits 1"),
+])
+def test_embedding_bits_are_checked_eagerly(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        QuantConfig(**kwargs)

@@ -71,6 +71,10 @@ class QuantConfig(Config):
     # with an fp32 embedding, ~19 MB with it quantized: docs/results/packed_export.md). Decided when quantize_ runs, and recorded resolved.
     # Other embeddings (positions, token types) are quantized when target_modules names them.
     quantize_embeddings: bool | None = None
+    # The quantized word embeddings' bits when they should keep more than the linear layers:
+    # max(w_bits, embedding_bits) below full precision (None: w_bits). A 384-wide MiniLM loses far
+    # more to a binary embedding table than BERT-base's 768 (docs/results/tspq_stage_levers.md).
+    embedding_bits: int | None = None
     quantize_attention: bool = False   # also quantize Q/K/V outputs (inputs of the attention matmuls)
     # binary: at a_bits=1, Q/K/V and the attention probabilities are binarized too (BiT; full
     # precision at a_bits=32, so it can stay on through a schedule's weight-only stages)
@@ -97,8 +101,18 @@ class QuantConfig(Config):
 
     def _validate_v2(self) -> None:
         """The keys version 2 added: absent (at their defaults) from a version-1 config."""
-        if self.version == 1 and (self.attention != "full" or self.ffn_act_quantizer is not None):
-            raise ConfigError("attention / ffn_act_quantizer need QuantConfig version 2 (omit version, or set 2)")
+        if self.version == 1 and (self.attention != "full" or self.ffn_act_quantizer is not None
+                                  or self.embedding_bits is not None):
+            raise ConfigError("attention / ffn_act_quantizer / embedding_bits need QuantConfig version 2 (omit version, "
+                              "or set 2)")
+        if self.embedding_bits is not None:
+            if self.embedding_bits not in BITS or self.embedding_bits >= 32:
+                raise ConfigError(f"embedding_bits={self.embedding_bits} is not supported; choose one of "
+                                  f"{', '.join(map(str, BITS[:-1]))}, or null for the weights' bits")
+            if self.quantize_embeddings is False:
+                raise ConfigError("embedding_bits is set but quantize_embeddings is false; drop one of them")
+            check_quantizer("weight_quantizer", self.weight_quantizer, self.embedding_bits, WEIGHT_QUANTIZERS,
+                            "embedding_bits")
         if self.ffn_act_quantizer is not None:
             check_quantizer("ffn_act_quantizer", self.ffn_act_quantizer, self.a_bits, ACT_QUANTIZERS, "a_bits")
         if self.attention == "binary" and self.a_bits not in (1, 32):

@@ -47,6 +47,7 @@ class QuantOptions:
     mean_centering: bool = True
     clip_ratio: float = 1.0
     clip_val: float | None = None
+    embedding_bits: int | None = None  # word embeddings: max(w_bits, embedding_bits) below 32
 
     @classmethod
     def of(cls, config: Any) -> "QuantOptions":
@@ -280,6 +281,9 @@ class QuantEmbedding(_Quantized):
 
     def set_bits(self, w_bits: int | None, a_bits: int | None = None) -> None:
         w_bits = normalize_bits(w_bits)
+        floor = self.options.embedding_bits
+        if floor is not None and w_bits < FULL:
+            w_bits = max(w_bits, floor)  # the table keeps its own (higher) bits through every stage
         if w_bits != self.w_bits:
             self.weight_quantizer = self._make_weight_quantizer(w_bits)
         self.w_bits = w_bits
