@@ -303,7 +303,6 @@ def test_embedding_bits_keep_the_table_above_the_linears_through_every_stage(mak
 @pytest.mark.parametrize("kwargs,match", [
     (dict(embedding_bits=3), "embedding_bits=3 is not supported"),
     (dict(embedding_bits=32), "embedding_bits=32 is not supported"),
-    (dict(w_bits=1, embedding_bits=2, quantize_embeddings=False), "quantize_embeddings is false"),
     (dict(w_bits=1, embedding_bits=2, version=1), "need QuantConfig version 2"),
     (dict(w_bits=1, embedding_bits=2, weight_quantizer="bwn"), "weight_quantizer 'bwn' supports embedding_bits 1"),
 ])

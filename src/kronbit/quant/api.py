@@ -109,8 +109,6 @@ class QuantConfig(Config):
             if self.embedding_bits not in BITS or self.embedding_bits >= 32:
                 raise ConfigError(f"embedding_bits={self.embedding_bits} is not supported; choose one of "
                                   f"{', '.join(map(str, BITS[:-1]))}, or null for the weights' bits")
-            if self.quantize_embeddings is False:
-                raise ConfigError("embedding_bits is set but quantize_embeddings is false; drop one of them")
             check_quantizer("weight_quantizer", self.weight_quantizer, self.embedding_bits, WEIGHT_QUANTIZERS,
                             "embedding_bits")
         if self.ffn_act_quantizer is not None:
