@@ -17,6 +17,8 @@ tasks come first by default.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import statistics
 import sys
 from pathlib import Path
@@ -67,22 +69,34 @@ def overrides_for(task: str, name: str, seed: int, da_copies: int) -> list[str]:
     return out
 
 
+def fingerprint(recipe) -> str:
+    """The resolved recipe (file and overrides) as a short hash: a row trained with other settings
+    than today's recipe gives is stale."""
+    return hashlib.sha256(json.dumps(recipe.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
 def run_row(res: Results, task: str, name: str, seed: int, da_copies: int, max_steps: int | None,
             redo: bool) -> None:
     key = f"{task}/{name}/seed{seed}"
-    if res.done(key) and not redo:
-        print(f"[skip] {key}")
-        return
     recipe_file, _ = CONFIGS[name]
     overrides = overrides_for(task, name, seed, da_copies)
     recipe = load_recipe(REPO / "recipes" / "tspq" / recipe_file, overrides)
+    fp = fingerprint(recipe)
+    stale = res.done(key) and res.data["rows"][key].get("recipe_fingerprint") != fp
+    if res.done(key) and not redo and not stale:
+        print(f"[skip] {key}")
+        return
+    if stale:  # the recipe changed since this row ran: keep the old row for the record, rerun it
+        print(f"[stale] {key}: trained with an earlier recipe, running it again")
+        res.data.setdefault("superseded", {})[f"{key}@{res.data['rows'][key]['date']}"] = res.data["rows"].pop(key)
     out = WORK / "tspq_fair" / task / name / f"seed{seed}"
+    fresh = redo or stale
     table = run_recipe(recipe, model=str(require_teacher(task)), task=task, data_dir=str(data_root() / "glue"),
-                       output_dir=str(out), max_steps=max_steps, resume=out.is_dir() and not redo,
-                       overwrite=redo, recipe_source=f"recipes/tspq/{recipe_file}")
+                       output_dir=str(out), max_steps=max_steps, resume=out.is_dir() and not fresh,
+                       overwrite=fresh, recipe_source=f"recipes/tspq/{recipe_file}")
     last, m = table["stages"][-1], table["primary_metric"]
     res.add(key, {"task": task, "config": name, "seed": seed, "recipe": f"recipes/tspq/{recipe_file}",
-                  "overrides": overrides, "primary_metric": m, "score": last[m], "score_unit": "fraction",
+                  "overrides": overrides, "recipe_fingerprint": fp, "primary_metric": m, "score": last[m], "score_unit": "fraction",
                   "teacher_score": table["teacher"].get(m), "size_mb": last["size_mb"],
                   "size_unit": "MB (estimated packed)", "train_examples": last["train_examples"],
                   "stages": table["stages"], "wall_time_s": round(sum(s["wall_time_s"] for s in table["stages"]), 1),
@@ -128,7 +142,17 @@ def render(res: Results) -> str:
             f"64 for single sentences, the recipes' epochs; DA rows: {DA_COPIES} augmented copies per example "
             "unless their overrides say otherwise.\n\n")
     md = head + md_table(["config", *tasks, "avg", "% of teacher", "seeds", "papers (orientation)"], table)
-    return md + "\n" + _targets(rows, tasks, teacher, floor) + _budget_lines(rows, tasks)
+    return md + "\n" + _targets(rows, tasks, teacher, floor) + _budget_lines(rows, tasks) + _superseded(res)
+
+
+def _superseded(res: Results) -> str:
+    old = res.data.get("superseded", {})
+    if not old:
+        return ""
+    lines = [[r["task"], r["config"], r["seed"], f"{100 * r['score']:.2f}", r["date"][:10],
+              " → ".join(f"{100 * s[r['primary_metric']]:.1f}" for s in r["stages"])] for r in old.values()]
+    return ("\n## Superseded rows (trained with an earlier recipe; kept for the record)\n\n"
+            + md_table(["task", "config", "seed", "score", "date", "stages"], lines))
 
 
 def _targets(rows, tasks, teacher, floor) -> str:
