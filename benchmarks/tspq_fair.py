@@ -88,7 +88,8 @@ def run_row(res: Results, task: str, name: str, seed: int, da_copies: int, max_s
         return
     if stale:  # the recipe changed since this row ran: keep the old row for the record, rerun it
         print(f"[stale] {key}: trained with an earlier recipe, running it again")
-        res.data.setdefault("superseded", {})[f"{key}@{res.data['rows'][key]['date']}"] = res.data["rows"].pop(key)
+        old = res.data["rows"].pop(key)
+        res.data.setdefault("superseded", {})[f"{key}@{old['date']}"] = old
     out = WORK / "tspq_fair" / task / name / f"seed{seed}"
     fresh = redo or stale
     table = run_recipe(recipe, model=str(require_teacher(task)), task=task, data_dir=str(data_root() / "glue"),
