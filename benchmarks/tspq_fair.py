@@ -34,6 +34,9 @@ from kronbit.runner import load_recipe, run_recipe  # noqa: E402
 CONFIGS = {  # name -> (recipe, extra overrides)
     "tspq_w1a1": ("binary.yaml", []),
     "tspq_w1a1_da": ("binary-da.yaml", []),
+    # BiT's binary attention against full-precision attention matmuls (the accuracy issue asks for
+    # W1A1 both ways): on STS-B's W1A1 stage alone, 29.0 against 52.8 (tspq_stage_levers.md).
+    "tspq_w1a1_full_attention": ("binary.yaml", ["quant.attention=full"]),
     "tspq_w2a8": ("ternary.yaml", []),
     "direct_w1a1": ("direct-binary.yaml", []),
     "direct_w2a8": ("direct-ternary.yaml", []),
