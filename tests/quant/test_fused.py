@@ -246,3 +246,69 @@ def test_true_w1a1_ffn_fuses_into_the_unsigned_binarizer_bit_for_bit(make_bert, 
             assert torch.equal(got, _logits_unfused(packed, ids)), path
             assert all(l.intermediate.dense.fused_next._thresholds is not None for l in layers)
         assert ((got - want).abs().max() / want.abs().max()) < 1e-5
+
+
+@pytest.mark.parametrize("path", BINARY_PATHS)
+@pytest.mark.parametrize("t,k,o", [(1, 64, 8), (7, 200, 72), (13, 768, 136)])
+def test_sign_epilogue_writes_plus_minus_scale_by_the_thresholds_on_every_path(path, t, k, o):
+    _need(path)
+    gen = torch.Generator().manual_seed(t + k + o)
+    w = torch.where(torch.rand(o, k, generator=gen) > 0.5, 1, -1).to(torch.int8)
+    wp = kernels.prepare_binary(pack.pack_codes(w, 1), k, path)
+    x, beta = torch.randn(t, k, generator=gen), 0.1 * torch.randn(k, generator=gen)
+    lo = torch.randint(-k, k // 2, (o,), generator=gen, dtype=torch.int32)
+    hi = lo + torch.randint(0, k, (o,), generator=gen, dtype=torch.int32)
+    d = (sign_pm1(x - beta) @ w.float().t()).int()
+    got = kernels.extension().binary_linear_pm(x, beta, wp, o, lo, hi, 0.37, kernels.PATHS[path])
+    assert torch.equal(got, torch.where((d <= lo) | (d >= hi), 0.37, -0.37))
+
+
+def _true_w1a1_bert(make_bert, tmp_path):
+    """A packed W1A1 BERT with BiT's binary attention: Q, K, V through the signed binarizer."""
+    model = make_bert(seed=4)
+    quantize_(model, QuantConfig(w_bits=1, a_bits=1, quantize_embeddings=True, attention="binary",
+                                 ffn_act_quantizer="elastic_unsigned"))
+    with torch.no_grad():
+        model(input_ids=torch.randint(0, 25, (4, 12), generator=torch.Generator().manual_seed(0)))
+        for layer in model.bert.encoder.layer:  # offsets away from zero, as training leaves them
+            for lin in (layer.attention.self.query, layer.attention.self.key, layer.attention.self.value):
+                lin.output_quantizer.beta.normal_(0, 0.05)
+    export_packed(model, tmp_path / "p")
+    return load_packed(tmp_path / "p")
+
+
+def _logits_signs_in_torch(model, ids):
+    layers = [m for m in model.modules() if isinstance(m, PackedLinear) and m.sign_output is not None]
+    saved = [m.sign_output for m in layers]
+    for m in layers:
+        m.sign_output = None
+    try:
+        return model(input_ids=ids).logits
+    finally:
+        for m, s in zip(layers, saved):
+            m.sign_output = s
+
+
+@pytest.mark.parametrize("path", BINARY_PATHS)
+def test_qkv_signs_in_the_epilogue_are_bit_identical_on_every_path(make_bert, tmp_path, path):
+    _need(path)
+    packed = _true_w1a1_bert(make_bert, tmp_path)
+    select_kernels_(packed, path)
+    qkv = [getattr(l.attention.self, n) for l in packed.bert.encoder.layer for n in ("query", "key", "value")]
+    assert all(m.sign_output is not None for m in qkv)
+    others = [m for m in packed.modules() if isinstance(m, PackedLinear) and m not in qkv]
+    assert all(m.sign_output is None for m in others)  # no output binarizer there
+    ids = torch.randint(0, 25, (3, 11), generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        got = packed(input_ids=ids).logits
+        assert all(m.sign_output._thresholds is not None for m in qkv)  # really in the epilogue
+        assert torch.equal(got, _logits_signs_in_torch(packed, ids))
+        x = torch.randn(2, 5, qkv[0].in_features)
+        y = qkv[0](x)
+        assert torch.equal(y, qkv[0].output_quantizer(qkv[0].kernel.forward(qkv[0], x)))
+        qkv[0].output_quantizer.beta.add_(0.02)  # a changed offset: the thresholds are found again
+        th = qkv[0].sign_output._thresholds
+        assert torch.equal(packed(input_ids=ids).logits, _logits_signs_in_torch(packed, ids))
+        assert qkv[0].sign_output._thresholds is not th
+    select_kernels_(packed, "off")
+    assert all(m.sign_output is None for m in qkv)

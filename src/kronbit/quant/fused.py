@@ -189,6 +189,12 @@ def find_thresholds(producer, act: nn.Module, consumer) -> tuple[torch.Tensor, t
         words = kernels.pack_unsigned(act(levels), float(cq.alpha.detach().clamp_min(EPS)), cq.beta)
     else:
         words = ext.pack_signs(act(levels).contiguous(), cq.beta.detach().float().contiguous(), consumer.kernel.path)
+    return interval_thresholds(words, k, o)
+
+
+def interval_thresholds(words: torch.Tensor, k: int, o: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """From the packed bits of every epilogue value (row c: D = K - 2c), per output lo / hi with
+    bit = (D <= lo or D >= hi), or None if some output's bits are not of that form."""
     bits = (words.view(torch.uint8).unsqueeze(-1) >> torch.arange(8, dtype=torch.uint8)) & 1
     on = bits.view(k + 1, -1)[:, :o].bool().flip(0)  # row i: D = -K + 2i
     n = k + 1
@@ -199,6 +205,68 @@ def find_thresholds(producer, act: nn.Module, consumer) -> tuple[torch.Tensor, t
     lo = torch.where(lead > 0, -k + 2 * (lead - 1), torch.full_like(lead, -FAR))
     hi = torch.where((trail > 0) & (lead < n), k - 2 * (trail - 1), torch.full_like(trail, FAR))
     return lo.to(torch.int32).contiguous(), hi.to(torch.int32).contiguous()
+
+
+@dataclass
+class SignOutput:
+    """A W1A1 layer whose output quantizer is the signed binarizer α·sign(y - β) (BiT's Q, K, V):
+    held by the PackedLinear (``sign_output``). The sign is a function of the GEMM's integer D, so
+    the kernel's epilogue writes ±α from thresholds on D (``binary_linear_pm``) instead of the float
+    y, the subtraction and the sign. Exact by the same construction as ``BitsFusion``: the thresholds
+    come from every epilogue value put through the kernel's own arithmetic and sign packing, and
+    the written value is the α the binarizer itself multiplies by."""
+
+    _key: list = field(default_factory=list, repr=False)
+    _thresholds: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
+
+    def thresholds(self, layer) -> tuple[torch.Tensor, torch.Tensor] | None:
+        q, oq = layer.input_quantizer, layer.output_quantizer
+        key = [(t, t._version) for t in (q.alpha, layer.weight_scale, layer.bias, oq.beta) if t is not None]
+        if len(key) != len(self._key) or any(a is not b or v != w for (a, v), (b, w) in zip(key, self._key)):
+            ext, k, o = kernels.extension(), layer.in_features, layer.out_features
+            bias = layer.bias
+            levels = ext.binary_levels(k, q.alpha.detach().float(), layer.weight_scale.detach().float().contiguous(),
+                                       None if bias is None else bias.detach().float().contiguous(), o)
+            beta = oq.beta.detach().float().reshape(-1).expand(o).contiguous()
+            words = ext.pack_signs(levels.contiguous(), beta, layer.kernel.path)
+            self._thresholds, self._key = interval_thresholds(words, k, o), key
+        return self._thresholds
+
+    def forward(self, layer, x: torch.Tensor) -> torch.Tensor | None:
+        """±α per output, or None to take the ordinary path."""
+        q, oq = layer.input_quantizer, layer.output_quantizer
+        if (x.dtype != torch.float32 or torch.is_autocast_enabled("cpu") or not bool(q.initialized)
+                or not bool(oq.initialized) or (torch.is_grad_enabled() and oq.alpha.requires_grad)):
+            return None
+        with torch.no_grad():
+            th = self.thresholds(layer)
+            if th is None:
+                return None
+            flat = x.reshape(-1, layer.in_features)
+            if not flat.is_contiguous():
+                flat = flat.contiguous()
+            alpha = float(oq.alpha.detach().clamp_min(EPS))
+            y = kernels.extension().binary_linear_pm(flat, q.beta.detach().float().contiguous(), layer.packed_weight,
+                                                     layer.out_features, th[0], th[1], alpha, layer.kernel.path)
+        return y.view(*x.shape[:-1], layer.out_features)
+
+
+def is_signed_binarizer(quantizer) -> bool:
+    return type(quantizer).__name__ == "ElasticAct" and getattr(quantizer, "bits", None) == 1
+
+
+def wire_sign_outputs_(model: nn.Module) -> int:
+    """Give every packed W1A1 layer on the binary kernel whose output goes through the signed 1-bit
+    binarizer its epilogue plan (``SignOutput``); clear it elsewhere. Returns how many."""
+    count = 0
+    for m in model.modules():
+        if not hasattr(m, "sign_output"):
+            continue
+        use = (_on_kernel(m, "binary") and not m.kernel.unsigned and is_signed_binarizer(m.output_quantizer)
+               and m.in_features < 65536)
+        m.sign_output = SignOutput() if use else None
+        count += use
+    return count
 
 
 def _on_kernel(m, kind: str) -> bool:

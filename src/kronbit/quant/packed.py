@@ -107,6 +107,7 @@ class PackedLinear(_PackedWeight):
         self._dense: torch.Tensor | None = None
         self.kernel: kernels.Kernel | None = None
         self.fused_next: fused.BitsFusion | fused.WorkspaceFusion | None = None  # emit the next layer's input bits (quant.fused)
+        self.sign_output: fused.SignOutput | None = None  # the output binarizer in the kernel's epilogue
 
     @classmethod
     def from_quant(cls, q: QuantLinear, mode: str = "packed") -> "PackedLinear":
@@ -203,6 +204,10 @@ class PackedLinear(_PackedWeight):
                 bits = self.fused_next.forward(self, x)
                 if bits is not None:
                     return bits
+            if self.sign_output is not None:
+                y = self.sign_output.forward(self, x)
+                if y is not None:
+                    return y
             y = self.kernel.forward(self, x)  # the input quantizer is part of the kernel
             if y is not None:
                 return y if self.output_quantizer is None else self.output_quantizer(y)
@@ -339,6 +344,7 @@ def after_load(model: nn.Module) -> int:
     mmap threshold each one is mapped and page-faulted in anew: at 32 x 128 tokens that cost more
     than the binary GEMM itself (``core.allocator``; ``KRONBIT_MALLOC=system`` opts out)."""
     pairs = fused.fuse_ffn_(model)
+    fused.wire_sign_outputs_(model)  # Q, K, V binarizers in the GEMM epilogue (BiT's true W1A1)
     binary = any(isinstance(m, PackedLinear) and m.kernel is not None and m.kernel.kind == "binary"
                  for m in model.modules())
     wire_binary_attention_(model, on=binary)  # both attention matmuls on the binary kernel too

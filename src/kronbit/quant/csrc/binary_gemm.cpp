@@ -227,7 +227,7 @@ void binary_counts_avx2(const uint16_t* offs, int64_t tile0, int64_t tile1, int6
         const uint16_t* a = acc16 + i * 64;
         if (n == 64 && !e.d && e.bits) {
           bits64_avx2(e, t + i, o0, a);
-        } else if (n == 64 && !e.d && e.y) {  // a full block: the vector epilogue from the 16-bit counts
+        } else if (n == 64 && !e.d && e.y && e.pm == 0.f) {  // a full block: the vector epilogue from the 16-bit counts
           for (int j = 0; j < 64; j += 8)
             finish8_avx2(e, t + i, o0 + j, _mm256_cvtepu16_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(a + j))));
         } else {

@@ -296,6 +296,32 @@ torch::Tensor binary_linear_bits(torch::Tensor x, torch::Tensor beta, torch::Ten
   return binary_gemm_bits(pack_signs(x, beta, path), x.size(1), 0, w, O, lo, hi, path);
 }
 
+// A W1A1 linear whose output goes through a signed binarizer pm·sign(y - beta_out) (BiT's Q, K, V):
+// that sign is a function of D alone, so the epilogue compares D with per-output thresholds (found
+// by the caller from every epilogue value, as for binary_linear_bits) and writes ±pm; the float y,
+// the offset subtraction and the sign never run.
+torch::Tensor binary_linear_pm(torch::Tensor x, torch::Tensor beta, torch::Tensor w, int64_t O, torch::Tensor lo,
+                               torch::Tensor hi, double pm, int64_t path) {
+  auto act = pack_signs(x, beta, path);
+  const int64_t K = x.size(1);
+  check_act(act, K, 0);
+  for (const auto* t : {&lo, &hi})
+    TORCH_CHECK(t->scalar_type() == torch::kInt32 && t->is_contiguous() && t->numel() == O,
+                "lo / hi must be (out_features,) int32");
+  TORCH_CHECK(pm > 0, "the output scale must be positive");
+  const int p = resolve(path, true);
+  const int64_t T = act.size(0), KW = act.size(1);
+  const auto* ap = reinterpret_cast<const uint64_t*>(act.data_ptr<int64_t>());
+  auto off = binary_offsets(ap, T, KW, K, 0);
+  auto out = torch::empty({T, O}, x.options());
+  Epi e{off.data(), -2, nullptr, nullptr, out.data_ptr<float>(), nullptr, O};
+  e.lo = lo.data_ptr<int32_t>();
+  e.hi = hi.data_ptr<int32_t>();
+  e.pm = static_cast<float>(pm);
+  run_binary(ap, T, KW, 0, w, O, p, e);
+  return out;
+}
+
 // ---- binary attention (BiT's true W1A1) --------------------------------------------------------
 // Both attention matmuls of a head whose inputs are binary: scores = Q K^T with Q, K in {-a, +a}
 // (XOR-popcount over the head dimension) and out = P V with P in {0, a_p} (the unsigned binarizer's
@@ -536,6 +562,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("binary_linear_unsigned", &binary_linear_unsigned, "W1A1 linear with an unsigned {0, alpha} input binarizer");
   m.def("binary_linear_bits", &binary_linear_bits, "W1A1 linear emitting the next layer's bits (thresholds on D)");
   m.def("binary_gemm_bits", &binary_gemm_bits, "binary GEMM with the threshold-bits epilogue");
+  m.def("binary_linear_pm", &binary_linear_pm, "W1A1 linear whose signed output binarizer runs in the epilogue (±pm)");
   m.def("binary_levels", &binary_levels, "every value of the W1A1 epilogue, (K + 1, O)");
   m.def("binary_attention_scores", &binary_attention_scores, "c * sign(Q) sign(K)^T per head (empty: not binary)");
   m.def("binary_attention_values", &binary_attention_values, "c * bits(P) sign(V) per head (empty: not binary)");

@@ -42,6 +42,8 @@ struct Epi {
   const int32_t* hi = nullptr;
   uint8_t* bits = nullptr;      // (T, ldb) or null
   int64_t ldb = 0;
+  float pm = 0.f;  // nonzero: y[t][o] = +pm where the threshold bit is set, -pm elsewhere (a signed
+                   // binarizer's output, pm its scale; lo / hi hold the thresholds, v and bias unused)
 };
 
 inline bool threshold_bit(const Epi& e, int64_t o, int32_t d) { return d <= e.lo[o] || d >= e.hi[o]; }
@@ -52,7 +54,10 @@ inline void finish(const Epi& e, int64_t t, int64_t o0, int64_t n, const int32_t
     int32_t* d = e.d + t * e.ld + o0;
     for (int64_t i = 0; i < n; ++i) d[i] = off + mul * acc[i];
   }
-  if (e.y) {
+  if (e.y && e.pm != 0.f) {
+    float* y = e.y + t * e.ld + o0;
+    for (int64_t i = 0; i < n; ++i) y[i] = threshold_bit(e, o0 + i, off + mul * acc[i]) ? e.pm : -e.pm;
+  } else if (e.y) {
     float* y = e.y + t * e.ld + o0;
     const float* v = e.v + o0;
     if (e.bias) {
@@ -114,7 +119,11 @@ inline void finish16_avx512(const Epi& e, int64_t t, int64_t o0, __m512i acc) {
     const uint16_t m16 = static_cast<uint16_t>(m);
     std::memcpy(e.bits + t * e.ldb + o0 / 8, &m16, sizeof(m16));
   }
-  if (e.y) {
+  if (e.y && e.pm != 0.f) {
+    const __mmask16 m = _mm512_cmple_epi32_mask(d, _mm512_loadu_si512(e.lo + o0)) |
+                        _mm512_cmpge_epi32_mask(d, _mm512_loadu_si512(e.hi + o0));
+    _mm512_storeu_ps(e.y + t * e.ld + o0, _mm512_mask_blend_ps(m, _mm512_set1_ps(-e.pm), _mm512_set1_ps(e.pm)));
+  } else if (e.y) {
     __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(d), _mm512_loadu_ps(e.v + o0));
     if (e.bias) y = _mm512_add_ps(y, _mm512_loadu_ps(e.bias + o0));
     _mm512_storeu_ps(e.y + t * e.ld + o0, y);
