@@ -390,3 +390,30 @@ def test_binary_attention_kernel_declines_operands_that_are_not_binary():
     assert kernels.attention_scores(q, k, 1.0) is None
     probs = torch.rand(1, 2, 5, 5, generator=g)
     assert kernels.attention_values(probs, 0.3, q * 1.0001 ** torch.arange(8), 1.0) is None
+
+
+def test_attention_kernels_read_transposed_heads_in_place_on_every_path():
+    """The projections hand Q, K, V over as transposed views of (batch, seq, heads, head_dim): the
+    kernels read those strides in place and equal the float reference (grouped-query heads too)."""
+    from kronbit.quant import kernels
+
+    if kernels.extension() is None:
+        pytest.skip("no C++ extension here")
+    gen = torch.Generator().manual_seed(9)
+    B, S, H, Hk, D = 2, 70, 4, 2, 80  # head_dim and keys above one 64-bit word
+
+    def pm(heads, a):  # ±a, laid out (B, S, heads, D) and viewed (B, heads, S, D)
+        return (a * torch.where(torch.rand(B, S, heads, D, generator=gen) > 0.5, 1.0, -1.0)).transpose(1, 2)
+    q, k, v = pm(H, 0.3), pm(Hk, 0.7), pm(Hk, 0.2)
+    assert not q.is_contiguous()
+    rep = H // Hk
+    kk, vv = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
+    probs = torch.softmax(torch.randn(B, H, S, S, generator=gen), -1)
+    want_s = 0.5 * (torch.sign(q) @ torch.sign(kk).transpose(-1, -2))
+    want_v = 0.25 * ((probs / 0.02 > 0.5).float() @ torch.sign(vv))
+    for path in kernels.available_paths("binary"):
+        s = kernels.attention_scores(q, k, 0.5, path=path)
+        o = kernels.attention_values(probs, 0.02, v, 0.25, path=path)
+        assert torch.equal(s, want_s) and torch.equal(o, want_v), path
+        assert torch.equal(s, kernels.attention_scores(q.contiguous(), k.contiguous(), 0.5, path=path))
+        assert o.transpose(1, 2).is_contiguous()  # (B, S, H, D): the output projection's layout

@@ -125,7 +125,10 @@ def binary_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.
         scaling = query.size(-1) ** -0.5
     if query.numel() == 0 or key.numel() == 0:
         return None
-    a = torch.stack([query.reshape(-1)[0], key.reshape(-1)[0], value.reshape(-1)[0],
+    # One element of each operand gives its scale a (the kernels check every element is ±a). Indexed
+    # in place: reshape(-1) of a transposed head view copies the whole tensor.
+    first = (0,) * query.dim()
+    a = torch.stack([query[first], key[first], value[first],
                      quantizer.alpha.detach().clamp_min(EPS).reshape(())]).abs().float()
     c_scores = float(a[0] * a[1] * scaling)
     scores = kernels.attention_scores(query, key, c_scores)

@@ -283,8 +283,7 @@ def attention_scores(q: torch.Tensor, k: torch.Tensor, c: float, path: str | Non
     element is ±(its first element's magnitude): the integer dot products exact, one rounding by c.
     None when either is not binary. Words-layout paths only (avx512, else portable)."""
     p = resolve_path(path, "binary")
-    out = extension().binary_attention_scores(q.float().contiguous(), k.float().contiguous(), float(c),
-                                              -1 if p is None else p)
+    out = extension().binary_attention_scores(_heads(q), _heads(k), float(c), -1 if p is None else p)
     return None if out.numel() == 0 and q.numel() else out
 
 
@@ -293,9 +292,16 @@ def attention_values(probs: torch.Tensor, alpha: float, v: torch.Tensor, c: floa
     """c · bits(P)·sign(V) per head: P's bits are p / α > 0.5 (``ElasticUnsignedAct`` at 1 bit, no
     offset), v (B, H_kv, S_kv, d) ±a; None when v is not binary."""
     p = resolve_path(path, "binary")
-    out = extension().binary_attention_values(probs.float().contiguous(), float(alpha), v.float().contiguous(),
-                                              float(c), -1 if p is None else p)
+    out = extension().binary_attention_values(probs.float().contiguous(), float(alpha), _heads(v), float(c),
+                                              -1 if p is None else p)
     return None if out.numel() == 0 and probs.numel() else out
+
+
+def _heads(t: torch.Tensor) -> torch.Tensor:
+    """A (batch, heads, seq, head_dim) float32 operand as the attention kernels read it: any strides
+    (the projections' transposed views are read in place) as long as head_dim is contiguous."""
+    t = t.float()
+    return t if t.size(-1) <= 1 or t.stride(-1) == 1 else t.contiguous()
 
 
 def prepare_binary(packed: torch.Tensor, k: int, path: str) -> torch.Tensor:

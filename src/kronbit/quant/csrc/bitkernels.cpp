@@ -360,7 +360,7 @@ static void pack_rows_words(const float* x, int64_t rows, int64_t K, int64_t ld,
 }
 
 // True when every element of the (n, K) block (row stride ld) is +a or -a: the operand is binary.
-static bool all_pm(const float* x, int64_t n, int64_t K, int64_t ld, float a) {
+static bool all_pm_block(const float* x, int64_t n, int64_t K, int64_t ld, float a) {
   int bad = 0;  // no early exit: a branch per element on random signs mispredicts half the time
   for (int64_t i = 0; i < n; ++i) {
     const float* row = x + i * ld;
@@ -369,33 +369,42 @@ static bool all_pm(const float* x, int64_t n, int64_t K, int64_t ld, float a) {
   return bad == 0;
 }
 
-// all_pm over B heads of n rows each, in parallel.
-static bool all_pm_heads(const float* x, int64_t heads, int64_t n, int64_t K, float a) {
-  return at::parallel_reduce(0, heads, 1, true, [&](int64_t i0, int64_t i1, bool ok) {
-    return ok && all_pm(x + i0 * n * K, (i1 - i0) * n, K, K, a);
-  }, [](bool u, bool v) { return u && v; });
-}
-
-static void check_heads(const torch::Tensor& t, const char* name) {
-  check_f32(t, name);
-  TORCH_CHECK(t.dim() == 4, name, " must be (batch, heads, seq, head_dim)");
-}
+// A (batch, heads, seq, head_dim) operand as strides: the projections' outputs arrive as a
+// transposed view of (batch, seq, heads, head_dim), read in place (a contiguous copy of every Q, K
+// and V cost more than the kernels at batch 1). Only head_dim must be contiguous.
+struct Heads {
+  const float* p;
+  int64_t B, H, S, D, sb, sh, ss;
+  Heads(const torch::Tensor& t, const char* name) {
+    TORCH_CHECK(t.scalar_type() == torch::kFloat32 && t.device().is_cpu() && t.dim() == 4, name,
+                " must be a (batch, heads, seq, head_dim) float32 CPU tensor");
+    TORCH_CHECK(t.size(3) <= 1 || t.stride(3) == 1, name, "'s head_dim must be contiguous");
+    p = t.data_ptr<float>();
+    B = t.size(0), H = t.size(1), S = t.size(2), D = t.size(3);
+    sb = t.stride(0), sh = t.stride(1), ss = t.stride(2);
+  }
+  const float* head(int64_t b, int64_t h) const { return p + b * sb + h * sh; }
+  // every element ±a, over all heads in parallel
+  bool all_pm(float a) const {
+    return at::parallel_reduce(0, B * H, 1, true, [&](int64_t i0, int64_t i1, bool ok) {
+      for (int64_t i = i0; i < i1 && ok; ++i) ok = all_pm_block(head(i / H, i % H), S, D, ss, a);
+      return ok;
+    }, [](bool u, bool v) { return u && v; });
+  }
+};
 
 // scores (B, H, S, Skv) float32 = c * (Q_bits . K_bits), the integer dot product of the signs
 // exact, or an empty tensor when Q or K is not binary (every element ±|first|). K may have fewer
 // heads (grouped queries: head h reads K head h / (H / Hk)). c: the caller's scale (a_q a_k scaling).
 torch::Tensor binary_attention_scores(torch::Tensor q, torch::Tensor k, double c, int64_t path) {
-  check_heads(q, "q");
-  check_heads(k, "k");
-  const int64_t B = q.size(0), H = q.size(1), S = q.size(2), D = q.size(3), Hk = k.size(1), Skv = k.size(2);
-  TORCH_CHECK(k.size(0) == B && k.size(3) == D && Hk > 0 && H % Hk == 0, "k does not match q");
+  const Heads Q(q, "q"), Kh(k, "k");
+  const int64_t B = Q.B, H = Q.H, S = Q.S, D = Q.D, Hk = Kh.H, Skv = Kh.S;
+  TORCH_CHECK(Kh.B == B && Kh.D == D && Hk > 0 && H % Hk == 0, "k does not match q");
   TORCH_CHECK(D > 0 && D < 65536, "head_dim must be below 65536");
   const int r = resolve(path, true), p = r == AVX512 ? AVX512 : PORTABLE;  // the words layout's paths
   const bool avx2 = r >= AVX2;  // the sign packing's vector path (the same bits)
-  const float* qp = q.data_ptr<float>();
-  const float* kp = k.data_ptr<float>();
-  const float aq = std::fabs(qp[0]), ak = std::fabs(kp[0]);
-  const bool binary = aq > 0.f && ak > 0.f && all_pm_heads(qp, B * H, S, D, aq) && all_pm_heads(kp, B * Hk, Skv, D, ak);
+  const float aq = std::fabs(Q.head(0, 0)[0]), ak = std::fabs(Kh.head(0, 0)[0]);
+  const bool binary = aq > 0.f && ak > 0.f && Q.all_pm(aq) && Kh.all_pm(ak);
   if (!binary) return torch::empty({0}, q.options());
   const int64_t KW = (D + 63) / 64, nb = (Skv + 7) / 8;
   auto out = torch::empty({B, H, S, Skv}, q.options());
@@ -407,12 +416,12 @@ torch::Tensor binary_attention_scores(torch::Tensor q, torch::Tensor k, double c
     const float zero = 0.f;
     for (int64_t bh = i0; bh < i1; ++bh) {
       const int64_t b = bh / H, h = bh % H, hk = h / (H / Hk);
-      const float* qh = qp + bh * S * D;
+      const float* qh = Q.head(b, h);
       for (int64_t t = 0; t < S; ++t) {
-        if (avx2) pack_signs_avx2(qh + t * D, &zero, false, D, KW, act.data() + t * KW);
-        else pack_signs_portable(qh + t * D, &zero, false, D, KW, act.data() + t * KW);
+        if (avx2) pack_signs_avx2(qh + t * Q.ss, &zero, false, D, KW, act.data() + t * KW);
+        else pack_signs_portable(qh + t * Q.ss, &zero, false, D, KW, act.data() + t * KW);
       }
-      pack_rows_words(kp + (b * Hk + hk) * Skv * D, Skv, D, D, 1, w.data(), avx2);
+      pack_rows_words(Kh.head(b, hk), Skv, D, Kh.ss, 1, w.data(), avx2);
       Epi e{off.data(), -2, v.data(), nullptr, op + bh * S * Skv, nullptr, Skv};
       counts_words(p, act.data(), S, KW, w.data(), 0, nb, 0, e, Skv);
     }
@@ -420,24 +429,26 @@ torch::Tensor binary_attention_scores(torch::Tensor q, torch::Tensor k, double c
   return out;
 }
 
-// out (B, H, S, D) float32 = c * (P_bits . V_signs): P's bits are p / alpha > 0.5 (the 1-bit unsigned
-// elastic binarizer, ElasticUnsignedAct without offset), V's signs ±|first|; AND-popcount over the
-// keys, D = 2 popcount(P and V+) - popcount(P) exact. Empty when V is not binary.
+// out = c * (P_bits . V_signs) per head: P's bits are p / alpha > 0.5 (the 1-bit unsigned elastic
+// binarizer, ElasticUnsignedAct without offset), V's signs ±|first|; AND-popcount over the keys,
+// D = 2 popcount(P and V+) - popcount(P) exact. Returned as a (B, H, S, D) view of a (B, S, H, D)
+// tensor: the layout the attention's output projection reads, so no transpose copy follows. Empty
+// when V is not binary.
 torch::Tensor binary_attention_values(torch::Tensor probs, double alpha, torch::Tensor v, double c, int64_t path) {
-  check_heads(probs, "probs");
-  check_heads(v, "v");
+  check_f32(probs, "probs");
+  TORCH_CHECK(probs.dim() == 4, "probs must be (batch, heads, seq, key_len)");
+  const Heads V(v, "v");
   const int64_t B = probs.size(0), H = probs.size(1), S = probs.size(2), Skv = probs.size(3);
-  const int64_t Hk = v.size(1), D = v.size(3);
-  TORCH_CHECK(v.size(0) == B && v.size(2) == Skv && Hk > 0 && H % Hk == 0, "v does not match probs");
+  const int64_t Hk = V.H, D = V.D;
+  TORCH_CHECK(V.B == B && V.S == Skv && Hk > 0 && H % Hk == 0, "v does not match probs");
   TORCH_CHECK(Skv > 0 && Skv < 65536, "the key length must be below 65536");
   const int p = resolve(path, true) == AVX512 ? AVX512 : PORTABLE;
   const float* pp = probs.data_ptr<float>();
-  const float* vp = v.data_ptr<float>();
-  const float av = std::fabs(vp[0]);
-  if (!(av > 0.f) || !all_pm_heads(vp, B * Hk, Skv, D, av)) return torch::empty({0}, probs.options());
+  const float av = std::fabs(V.head(0, 0)[0]);
+  if (!(av > 0.f) || !V.all_pm(av)) return torch::empty({0}, probs.options());
   const float a = static_cast<float>(alpha);
   const int64_t KW = (Skv + 63) / 64, nb = (D + 7) / 8;
-  auto out = torch::empty({B, H, S, D}, probs.options());
+  auto out = torch::empty({B, S, H, D}, probs.options());
   float* op = out.data_ptr<float>();
   std::vector<float> scale(nb * 8, static_cast<float>(c));
   at::parallel_for(0, B * H, 1, [&](int64_t i0, int64_t i1) {
@@ -449,13 +460,13 @@ torch::Tensor binary_attention_values(torch::Tensor probs, double alpha, torch::
         else pack_unsigned_portable(pp + (bh * S + t) * Skv, a, Skv, KW, act.data() + t * KW);
       }
       const auto off = binary_offsets(act.data(), S, KW, Skv, 1);  // -popcount(P) per query
-      // V^T: row d = feature d over the keys (column d of V, element stride D)
-      pack_rows_words(vp + (b * Hk + hk) * Skv * D, D, Skv, 1, D, w.data());
-      Epi e{off.data(), 2, scale.data(), nullptr, op + bh * S * D, nullptr, D};
+      // V^T: row d = feature d over the keys (column d of V, element stride = V's key stride)
+      pack_rows_words(V.head(b, hk), D, Skv, 1, V.ss, w.data());
+      Epi e{off.data(), 2, scale.data(), nullptr, op + (b * S * H + h) * D, nullptr, H * D};
       counts_words(p, act.data(), S, KW, w.data(), 0, nb, 1, e, D);
     }
   });
-  return out;
+  return out.transpose(1, 2);
 }
 
 // ---- ternary ----------------------------------------------------------------------------------
