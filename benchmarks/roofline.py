@@ -136,7 +136,12 @@ def roofs(measured: dict[str, dict], cores: int) -> dict[str, float]:
 
 
 if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cores", type=int, default=2, help="cores the printed roofs count (default 2)")
+    cores = ap.parse_args().cores
     res = measure()
     for k, v in res.items():
         print(k, v)
-    print(roofs(res, 2))
+    print(roofs(res, cores))
