@@ -119,8 +119,17 @@ def _cell(values: list[float]) -> str:
     return f"{mean:.2f}" if len(values) == 1 else f"{mean:.2f} ± {50 * (max(values) - min(values)):.2f}"
 
 
+def is_current(row: dict) -> bool:
+    """Was the row trained with what its recipe file and overrides resolve to today?"""
+    try:
+        return row.get("recipe_fingerprint") == fingerprint(load_recipe(REPO / row["recipe"], row["overrides"]))
+    except Exception:  # a recipe that no longer loads: the row cannot be today's
+        return False
+
+
 def render(res: Results) -> str:
-    rows = res.data["rows"]
+    rows = {k: r for k, r in res.data["rows"].items() if is_current(r)}
+    stale = {k: r for k, r in res.data["rows"].items() if k not in rows}
     tasks = [t for t in BUDGETS if any(r["task"] == t for r in rows.values())]
     teacher = {t: next(r["teacher_score"] for r in rows.values() if r["task"] == t) for t in tasks}
     floor = res.data.setdefault("majority_class", {"unit": "fraction"})
@@ -146,16 +155,16 @@ def render(res: Results) -> str:
             f"64 for single sentences, the recipes' epochs; DA rows: {DA_COPIES} augmented copies per example "
             "unless their overrides say otherwise.\n\n")
     md = head + md_table(["config", *tasks, "avg", "% of teacher", "seeds", "papers (orientation)"], table)
-    return md + "\n" + _targets(rows, tasks, teacher, floor) + _budget_lines(rows, tasks) + _superseded(res)
+    return md + "\n" + _targets(rows, tasks, teacher, floor) + _budget_lines(rows, tasks) + _superseded(res, stale)
 
 
-def _superseded(res: Results) -> str:
-    old = res.data.get("superseded", {})
+def _superseded(res: Results, stale: dict) -> str:
+    old = {**res.data.get("superseded", {}), **stale}
     if not old:
         return ""
     lines = [[r["task"], r["config"], r["seed"], f"{100 * r['score']:.2f}", r["date"][:10],
               " → ".join(f"{100 * s[r['primary_metric']]:.1f}" for s in r["stages"])] for r in old.values()]
-    return ("\n## Superseded rows (trained with an earlier recipe; kept for the record)\n\n"
+    return ("\n## Superseded rows (trained with an earlier recipe; kept for the record, rerun by the next run)\n\n"
             + md_table(["task", "config", "seed", "score", "date", "stages"], lines))
 
 
