@@ -108,16 +108,21 @@ def _w1a1_bert(make_bert, tmp_path):
     return load_packed(tmp_path / "p")
 
 
-def _logits_unfused(model, ids):
-    ups = [m for m in model.modules() if isinstance(m, PackedLinear) and m.fused_next is not None]
-    saved = [m.fused_next for m in ups]
-    for m in ups:
-        m.fused_next = None
+def _logits_without(model, ids, attr: str):
+    """Logits with every PackedLinear's ``attr`` plan (``fused_next`` / ``sign_output``) set aside."""
+    layers = [m for m in model.modules() if isinstance(m, PackedLinear) and getattr(m, attr) is not None]
+    saved = [getattr(m, attr) for m in layers]
+    for m in layers:
+        setattr(m, attr, None)
     try:
         return model(input_ids=ids).logits
     finally:
-        for m, f in zip(ups, saved):
-            m.fused_next = f
+        for m, plan in zip(layers, saved):
+            setattr(m, attr, plan)
+
+
+def _logits_unfused(model, ids):
+    return _logits_without(model, ids, "fused_next")
 
 
 @pytest.mark.parametrize("path", BINARY_PATHS)
@@ -278,15 +283,7 @@ def _true_w1a1_bert(make_bert, tmp_path):
 
 
 def _logits_signs_in_torch(model, ids):
-    layers = [m for m in model.modules() if isinstance(m, PackedLinear) and m.sign_output is not None]
-    saved = [m.sign_output for m in layers]
-    for m in layers:
-        m.sign_output = None
-    try:
-        return model(input_ids=ids).logits
-    finally:
-        for m, s in zip(layers, saved):
-            m.sign_output = s
+    return _logits_without(model, ids, "sign_output")
 
 
 @pytest.mark.parametrize("path", BINARY_PATHS)

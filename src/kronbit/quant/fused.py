@@ -134,6 +134,29 @@ class WorkspaceFusion:
         return out
 
 
+def _versions(tensors) -> list:
+    """(tensor, version) of each: cached thresholds are stale once any entry differs."""
+    return [(t, t._version) for t in tensors if t is not None]
+
+
+def _same(key: list, old: list) -> bool:
+    return len(key) == len(old) and all(a is b and v == w for (a, v), (b, w) in zip(key, old))
+
+
+def _rows(x: torch.Tensor, features: int) -> torch.Tensor:
+    flat = x.reshape(-1, features)
+    return flat if flat.is_contiguous() else flat.contiguous()
+
+
+def _levels(layer) -> torch.Tensor:
+    """Every value of a packed W1A1 layer's epilogue, (K + 1, O), row c: D = K - 2c."""
+    q, bias = layer.input_quantizer, layer.bias
+    return kernels.extension().binary_levels(layer.in_features, q.alpha.detach().float(),
+                                             layer.weight_scale.detach().float().contiguous(),
+                                             None if bias is None else bias.detach().float().contiguous(),
+                                             layer.out_features)
+
+
 @dataclass
 class BitsFusion:
     """Held by the producing PackedLinear (``fused_next``; a plain object, not a submodule)."""
@@ -149,8 +172,8 @@ class BitsFusion:
 
     def thresholds(self, producer) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(lo, hi) int32 per output, or None when some output's bits are not of that form."""
-        key = [(t, t._version) for t in self._inputs(producer) if t is not None]
-        if len(key) != len(self._key) or any(a is not b or v != w for (a, v), (b, w) in zip(key, self._key)):
+        key = _versions(self._inputs(producer))
+        if not _same(key, self._key):
             self._thresholds = find_thresholds(producer, self.act, self.consumer)
             self._key = key
         return self._thresholds
@@ -166,9 +189,7 @@ class BitsFusion:
             th = self.thresholds(producer)
             if th is None:
                 return None
-            flat = x.reshape(-1, producer.in_features)
-            if not flat.is_contiguous():
-                flat = flat.contiguous()
+            flat = _rows(x, producer.in_features)
             q, k = producer.input_quantizer, producer.kernel
             bits = kernels.extension().binary_linear_bits(flat, q.beta.detach().float().contiguous(),
                                                           producer.packed_weight, k.out_features, th[0], th[1], k.path)
@@ -181,9 +202,7 @@ def find_thresholds(producer, act: nn.Module, consumer) -> tuple[torch.Tensor, t
     output, lo / hi with bit = (D <= lo or D >= hi) for D = -K, -K+2, ..., K, or None if some
     output's bits are not of that form."""
     ext, k, o = kernels.extension(), producer.in_features, producer.out_features
-    q, bias = producer.input_quantizer, producer.bias
-    levels = ext.binary_levels(k, q.alpha.detach().float(), producer.weight_scale.detach().float().contiguous(),
-                               None if bias is None else bias.detach().float().contiguous(), o)  # row c: D = K - 2c
+    levels = _levels(producer)
     cq = consumer.input_quantizer
     if consumer.kernel.unsigned:  # {0, α} input: the unsigned binarizer's bits, (y - β) / α > 0.5
         words = kernels.pack_unsigned(act(levels), float(cq.alpha.detach().clamp_min(EPS)), cq.beta)
@@ -221,14 +240,11 @@ class SignOutput:
 
     def thresholds(self, layer) -> tuple[torch.Tensor, torch.Tensor] | None:
         q, oq = layer.input_quantizer, layer.output_quantizer
-        key = [(t, t._version) for t in (q.alpha, layer.weight_scale, layer.bias, oq.beta) if t is not None]
-        if len(key) != len(self._key) or any(a is not b or v != w for (a, v), (b, w) in zip(key, self._key)):
-            ext, k, o = kernels.extension(), layer.in_features, layer.out_features
-            bias = layer.bias
-            levels = ext.binary_levels(k, q.alpha.detach().float(), layer.weight_scale.detach().float().contiguous(),
-                                       None if bias is None else bias.detach().float().contiguous(), o)
+        key = _versions((q.alpha, layer.weight_scale, layer.bias, oq.beta))
+        if not _same(key, self._key):
+            k, o = layer.in_features, layer.out_features
             beta = oq.beta.detach().float().reshape(-1).expand(o).contiguous()
-            words = ext.pack_signs(levels.contiguous(), beta, layer.kernel.path)
+            words = kernels.extension().pack_signs(_levels(layer).contiguous(), beta, layer.kernel.path)
             self._thresholds, self._key = interval_thresholds(words, k, o), key
         return self._thresholds
 
@@ -242,9 +258,7 @@ class SignOutput:
             th = self.thresholds(layer)
             if th is None:
                 return None
-            flat = x.reshape(-1, layer.in_features)
-            if not flat.is_contiguous():
-                flat = flat.contiguous()
+            flat = _rows(x, layer.in_features)
             alpha = float(oq.alpha.detach().clamp_min(EPS))
             y = kernels.extension().binary_linear_pm(flat, q.beta.detach().float().contiguous(), layer.packed_weight,
                                                      layer.out_features, th[0], th[1], alpha, layer.kernel.path)
