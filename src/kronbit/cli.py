@@ -296,17 +296,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     quiet_libraries()
-    try:
-        from .core.distributed import init
+    from .core.distributed import init, shutdown
 
+    clean = False
+    try:
         init()  # join a torchrun / accelerate launch's process group (no-op otherwise)
-        return args.func(args)
+        code = args.func(args)
+        clean = True
+        return code
     except KronbitError as e:
         print(f"kronbit: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("kronbit: interrupted", file=sys.stderr)
         return 130
+    finally:
+        shutdown(clean)
 
 
 if __name__ == "__main__":

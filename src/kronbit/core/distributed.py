@@ -38,6 +38,18 @@ def init() -> None:
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
 
 
+def shutdown(clean: bool = True) -> None:
+    """Leave the process group before the interpreter exits. Without this, gloo's worker threads
+    are still joinable when C++ static destructors run, and a process can abort at exit
+    ("terminate called without an active exception") after all its work succeeded. On a clean
+    exit every process first meets at a barrier, so none tears down a link another still uses;
+    after an error it only leaves (a barrier could wait for a process that already gave up)."""
+    if dist.is_available() and dist.is_initialized():
+        if clean:
+            dist.barrier()
+        dist.destroy_process_group()
+
+
 def barrier() -> None:
     """Wait for every process (a no-op in a single process)."""
     if dist.is_available() and dist.is_initialized():
