@@ -47,6 +47,7 @@ SHIPPED = {
     "w1": {"name": "w1", "w_bits": 1, "learning_rate": 2.0e-4, "epochs": 1},
     "w1a1": {"name": "w1a1", "w_bits": 1, "a_bits": 1, "epochs": 4, "learning_rate": 2.0e-4, "kd": {"attention": 0}},
 }
+W1A2 = {"name": "w1a2", "w_bits": 1, "a_bits": 2, "epochs": 2, "learning_rate": 2.0e-4, "kd": {"attention": 0}}
 STUDY_QUANT = {"w1": ["quant.mean_centering=true", "quant.embedding_bits=null"], "w1a1": []}
 # stage -> variant -> (what changes in the stage, top-level overrides). The first is the shipped stage.
 VARIANTS: dict[str, dict[str, tuple[dict, list[str]]]] = {
@@ -80,6 +81,11 @@ VARIANTS: dict[str, dict[str, tuple[dict, list[str]]]] = {
         "attention KD as probability KL": ({"kd": {"attention": 1.0, "attention_loss": "prob_kl"}}, []),
         "logits KD only": ({"kd": {"attention": 0, "hidden": 0, "embedding": 0}}, []),
         "+ gold-label loss (kd.task 1)": ({"kd": {"attention": 0, "task": 1.0}}, []),
+        # BiT's multi-step distillation: an intermediate activation stage (binary weights, 2-bit
+        # linear inputs, attention matmuls full precision) before W1A1. The stage table reports
+        # it as the first of the row's stages; the curve and score are the W1A1 stage's.
+        "W1A2 stage first (2 epochs, min-max 2-bit)": ({"before": [W1A2]}, []),
+        "W1A2 stage first (2 epochs, elastic 2-bit)": ({"before": [W1A2]}, ["quant.act_quantizer=elastic"]),
     },
 }
 
@@ -101,11 +107,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def stage_of(stage: str, variant: str) -> dict:
     change, _ = VARIANTS[stage][variant]
+    change = {k: v for k, v in change.items() if k != "before"}
     kd = {**SHIPPED[stage].get("kd", {}), **change.get("kd", {})}
     out = {**SHIPPED[stage], **change, "init_from": "student"}
     if kd:
         out["kd"] = kd
     return out
+
+
+def stages_of(stage: str, variant: str) -> list[dict]:
+    """The variant's stages: any stages it puts before the studied one (the first starts from
+    the base student), then the studied stage."""
+    before = VARIANTS[stage][variant][0].get("before", [])
+    if not before:
+        return [stage_of(stage, variant)]
+    studied = {**stage_of(stage, variant), "init_from": "previous"}
+    return [{**before[0], "init_from": "student"}, *before[1:], studied]
 
 
 def _common(task: str, stage: str) -> list[str]:
@@ -131,7 +148,7 @@ def base_dir(task: str, stage: str, extra: list[str] = ()) -> Path:
 def variant_overrides(task: str, stage: str, variant: str, steps_per_epoch: int) -> list[str]:
     _, extra = VARIANTS[stage][variant]
     every = max(1, steps_per_epoch // EVALS_PER_EPOCH)
-    return _common(task, stage) + [f"train.eval_every={every}", *extra, f"stages=[{_flow(stage_of(stage, variant))}]"]
+    return _common(task, stage) + [f"train.eval_every={every}", *extra, f"stages={_flow(stages_of(stage, variant))}"]
 
 
 def planned_recipes(args: argparse.Namespace, steps_per_epoch: int = 78) -> list[tuple[str, Path, list[str]]]:
@@ -174,7 +191,7 @@ def main() -> None:
                            student=bdir / "model",
                            recipe_source=f"recipes/tspq/{RECIPE} + one {args.stage} stage of benchmarks/tspq_stage_levers.py")
         m, last = table["primary_metric"], table["stages"][-1]
-        stage_dir = next((out / "stages").iterdir())
+        stage_dir = next(d for d in sorted((out / "stages").iterdir()) if d.name.endswith(f"-{args.stage}"))
         res.add(key, {"stage": args.stage, "task": args.task, "variant": name, "recipe": f"recipes/tspq/{RECIPE}",
                       "overrides": overrides, "base_overrides": base_overrides(args.task, args.stage, extra),
                       "base_score": bases[tuple(extra)], "primary_metric": m, "score": last[m],

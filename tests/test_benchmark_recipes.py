@@ -92,8 +92,9 @@ def test_w2_lever_rows_each_change_their_stage():
 
 @pytest.mark.parametrize("stage", ["w1", "w1a1"])
 def test_stage_lever_rows_each_change_their_stage(stage):
-    """Every w1/w1a1 lever row is one stage from the base student with the shipped stage's bits;
-    no two rows train the same thing; each base is the shipped recipe cut before the stage, with
+    """Every w1/w1a1 lever row ends in the studied stage with the shipped stage's bits, starting
+    from the base student (or from the variant's own stages before it, the first of which starts
+    from the base student); no two rows train the same thing; each base is the shipped recipe cut before the stage, with
     the variant's quant options (a student keeps the options it was first quantized with)."""
     mod = _module("tspq_stage_levers")
     shipped = load_recipe(REPO / "recipes" / "tspq" / mod.RECIPE)
@@ -101,11 +102,14 @@ def test_stage_lever_rows_each_change_their_stage(stage):
     seen = set()
     for key, path, overrides in mod.planned_recipes(mod.parse_args(["--stage", stage])):
         recipe = load_recipe(path, overrides)
-        (s,) = recipe.stages
+        *before, s = recipe.stages
         kd, train = recipe.kd_config(s), recipe.train_settings(s)
-        assert s.init_from == "student" and (s.w_bits, s.a_bits) == (ship.w_bits, ship.a_bits), key
+        assert s.name == stage and (s.w_bits, s.a_bits) == (ship.w_bits, ship.a_bits), key
+        assert s.init_from == ("previous" if before else "student"), key
+        assert all(b.init_from == ("student" if i == 0 else "previous") for i, b in enumerate(before)), key
+        assert all(b.a_bits > s.a_bits for b in before), key  # an intermediate step, not the same stage twice
         assert train.eval_every is not None and train.seed == mod.SEED, key
-        seen.add((train.learning_rate, train.epochs, str(kd), str(recipe.quant)))
+        seen.add((train.learning_rate, train.epochs, str(kd), str(recipe.quant), str(before)))
         extra = mod.VARIANTS[stage][key.split("/", 2)[2]][1]
         base = load_recipe(path, mod.base_overrides("stsb", stage, extra))
         assert [b.name for b in base.stages] == [x.name for x in shipped.stages[:shipped.stages.index(ship)]]

@@ -151,7 +151,7 @@ def test_binary_attention_acts_only_at_one_bit(kind):
         _logits(binary, batch)
 
 
-def test_set_bits_schedule_keeps_learned_scales_and_refuses_k_bit_attention():
+def test_set_bits_schedule_keeps_learned_scales_and_leaves_k_bit_attention_full_precision():
     model = _model("bert")
     quantize_(model, QuantConfig(w_bits=2, a_bits=32, attention="binary", ffn_act_quantizer="elastic_unsigned"))
     set_bits_(model, 1, 1)
@@ -166,10 +166,14 @@ def test_set_bits_schedule_keeps_learned_scales_and_refuses_k_bit_attention():
         q.alpha.fill_(0.3)
     set_bits_(model, 1, 1)
     assert getattr(attn, PROB_QUANTIZER) is q and q.alpha.item() == pytest.approx(0.3)
-    with pytest.raises(ConfigError, match="attention: binary binarizes the attention matmul inputs at a_bits=1"):
-        set_bits_(model, 1, 8)
-    assert model.bert.encoder.layer[0].attention.self.query.a_bits == 1  # refused before any change
-    assert recorded_transforms(model)[0]["config"]["a_bits"] == 1
+    # An intermediate k-bit stage (BiT's W1A2 before W1A1): the linear layers' inputs at k bits,
+    # the attention matmuls full precision (no Q/K/V binarizers, no probability binarizer).
+    set_bits_(model, 1, 2)
+    assert active_binary_attention(model) == 0 and attn.query.output_quantizer is None
+    assert attn.query.a_bits == 2 and attn.query.input_quantizer is not None
+    assert recorded_transforms(model)[0]["config"]["a_bits"] == 2
+    quantize_(k_bit := _model("bert"), QuantConfig(w_bits=1, a_bits=2, attention="binary"))
+    assert active_binary_attention(k_bit) == 0 and len(binary_attention_modules(k_bit)) == 2
     set_bits_(model, 1, 32)
     assert active_binary_attention(model) == 0 and attn.query.output_quantizer is None
     set_bits_(model, 1, 1)  # back at one bit: a fresh binarizer (its old α belonged to the old run)

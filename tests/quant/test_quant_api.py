@@ -226,7 +226,6 @@ def test_quantizer_parameters_are_found_by_name(make_bert):
     ({"clip_val": 0}, "clip_val=0.0 must be a positive number"),
     ({"version": 3}, "QuantConfig version 3 is not supported"),
     ({"attention": "ternary"}, "attention: 'ternary' is not one of 'full', 'binary'"),
-    ({"attention": "binary", "a_bits": 8}, "attention: binary binarizes the attention matmul inputs at a_bits=1"),
     ({"attention": "binary", "version": 1}, "attention / ffn_act_quantizer / embedding_bits need QuantConfig version 2"),
     ({"ffn_act_quantizer": "relu"}, "ffn_act_quantizer 'relu' is unknown"),
     ({"ffn_act_quantizer": "minmax", "a_bits": 1}, "ffn_act_quantizer 'minmax' supports a_bits 2, 4, 8, not 1"),

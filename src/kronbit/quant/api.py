@@ -28,7 +28,7 @@ from ..core.errors import ConfigError
 from ..core.swap import FilterFn, find_modules, is_linear_like, name_matches, swap_modules
 from ..core.transforms import TRANSFORMS_ATTR, forget_transforms, record_transform, update_recorded
 from ..kron.layers import KroneckerLinear
-from .attention import (active_binary_attention, check_attention_bits, clear_binary_attention, mark_binary_attention,
+from .attention import (active_binary_attention, clear_binary_attention, mark_binary_attention,
                         set_attention_bits)
 from .kron_layers import QuantKroneckerLinear
 from .layers import FULL, QuantEmbedding, QuantLinear, QuantModule, QuantOptions
@@ -76,8 +76,10 @@ class QuantConfig(Config):
     # more to a binary embedding table than BERT-base's 768 (docs/results/tspq_stage_levers.md).
     embedding_bits: int | None = None
     quantize_attention: bool = False   # also quantize Q/K/V outputs (inputs of the attention matmuls)
-    # binary: at a_bits=1, Q/K/V and the attention probabilities are binarized too (BiT; full
-    # precision at a_bits=32, so it can stay on through a schedule's weight-only stages)
+    # binary: at a_bits=1, Q/K/V and the attention probabilities are binarized too (BiT). At any
+    # other a_bits the attention matmuls stay full precision, so the option can stay on through a
+    # schedule's weight-only stages and an intermediate k-bit stage (BiT's W1A2 → W1A1 steps); the
+    # stage table records which stages had binary attention.
     attention: Literal["full", "binary"] = "full"
     ffn_act_quantizer: str | None = None  # the FFN output projection's input quantizer (None: act_quantizer),
     #                                       e.g. elastic_unsigned for BiT's {0, α} on GELU outputs
@@ -113,10 +115,6 @@ class QuantConfig(Config):
                             "embedding_bits")
         if self.ffn_act_quantizer is not None:
             check_quantizer("ffn_act_quantizer", self.ffn_act_quantizer, self.a_bits, ACT_QUANTIZERS, "a_bits")
-        if self.attention == "binary" and self.a_bits not in (1, 32):
-            raise ConfigError(f"attention: binary binarizes the attention matmul inputs at a_bits=1 (and leaves them "
-                              f"full precision at 32); a_bits={self.a_bits} is neither (quantize_attention quantizes "
-                              "Q/K/V at k bits)")
 
     def options(self) -> QuantOptions:
         return QuantOptions.of(self)
@@ -214,7 +212,6 @@ def set_bits_(model: nn.Module, w_bits: int | None, a_bits: int | None) -> list[
             check_quantizer("act_quantizer", m.options.act_quantizer, a_bits, ACT_QUANTIZERS, "a_bits")
         if getattr(m, "input_act_quantizer", None):
             check_quantizer("ffn_act_quantizer", m.input_act_quantizer, a_bits, ACT_QUANTIZERS, "a_bits")
-    check_attention_bits(model, a_bits)
     for _, m in mods:
         m.set_bits(w_bits, a_bits)
     set_attention_bits(model, a_bits)

@@ -23,9 +23,11 @@ It agrees with the float path to float32 rounding (the integer dot products are 
 matmuls round every partial sum), except where a probability sits within that rounding of its
 threshold α/2 and binarizes the other way.
 
-At other bit-widths (32 during the weight-only stages) the attention stays full precision; the
-quantizers appear when ``set_bits_`` lowers the activations to 1 bit, so ``attention: binary``
-can sit in a recipe's shared quant section and act only on the W1A1 stage.
+At other bit-widths the attention matmuls stay full precision: 32 during the weight-only stages,
+and k bits in an intermediate activation stage (BiT's multi-step distillation, W1A2 → W1A1, where
+only the linear layers' inputs are k-bit). The quantizers appear when ``set_bits_`` lowers the
+activations to 1 bit, so ``attention: binary`` can sit in a recipe's shared quant section and act
+only on the W1A1 stage.
 """
 
 from __future__ import annotations
@@ -75,13 +77,6 @@ def binary_attention_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
 def active_binary_attention(model: nn.Module) -> int:
     """How many attention modules binarize their probabilities right now."""
     return sum(getattr(m, PROB_QUANTIZER, None) is not None for _, m in binary_attention_modules(model))
-
-
-def check_attention_bits(model: nn.Module, a_bits: int) -> None:
-    """Binary attention exists at 1 bit; k-bit activations would leave it full precision unseen."""
-    if binary_attention_modules(model) and a_bits not in (1, 32):
-        raise ConfigError(f"attention: binary binarizes the attention matmul inputs at a_bits=1 (full precision at "
-                          f"32); a_bits={a_bits} is neither (quantize_attention quantizes Q/K/V at k bits)")
 
 
 def set_attention_bits(model: nn.Module, a_bits: int) -> int:
