@@ -352,8 +352,8 @@ def test_packed_binary_attention_runs_both_matmuls_on_the_kernel(kind, tmp_path,
     export_packed(model, tmp_path / "p")
     back = load_packed(tmp_path / "p")
     assert all(FAST_PATH in m.__dict__ for _, m in binary_attention_modules(back))
-    calls = {"scores": 0, "values": 0}
-    scores, values = kernels.attention_scores, kernels.attention_values
+    calls = {"scores": 0, "values": 0, "fused": 0}
+    originals = {name: getattr(kernels, f"attention_{name}") for name in calls}
 
     def count(name, fn):
         def wrapped(*a, **k):
@@ -361,14 +361,20 @@ def test_packed_binary_attention_runs_both_matmuls_on_the_kernel(kind, tmp_path,
             calls[name] += out is not None
             return out
         return wrapped
-    monkeypatch.setattr(kernels, "attention_scores", count("scores", scores))
-    monkeypatch.setattr(kernels, "attention_values", count("values", values))
+    for name, fn in originals.items():
+        monkeypatch.setattr(kernels, f"attention_{name}", count(name, fn))
     got = {}
     for path in kernels.available_paths("binary"):  # every path: the same integers, the same logits
         monkeypatch.setenv(kernels.ENV_PATH, path)
         got[path] = _logits(back, batch)
+    # the batch pads its shorter rows: a key-padding mask, so the one-pass kernel runs
+    assert calls["fused"] == 2 * len(got) and calls["scores"] == calls["values"] == 0
+    monkeypatch.setattr(kernels, "attention_fused", lambda *a, **k: None)  # declined: the two-kernel path
+    for path in kernels.available_paths("binary"):
+        monkeypatch.setenv(kernels.ENV_PATH, path)
+        assert torch.equal(_logits(back, batch), got[path])
     monkeypatch.delenv(kernels.ENV_PATH)
-    assert calls["scores"] == calls["values"] == 2 * len(got)  # two layers, every path
+    assert calls["scores"] == calls["values"] == 2 * len(got)
     first = next(iter(got.values()))
     assert all(torch.equal(g, first) for g in got.values())
     assert ((first - want).abs().max() / want.abs().max()) < 1e-5
@@ -421,3 +427,66 @@ def test_attention_kernels_read_transposed_heads_in_place_on_every_path():
         assert torch.equal(s, want_s) and torch.equal(o, want_v), path
         assert torch.equal(s, kernels.attention_scores(q.contiguous(), k.contiguous(), 0.5, path=path))
         assert o.transpose(1, 2).is_contiguous()  # (B, S, H, D): the output projection's layout
+
+
+def _pm_heads(gen, B, S, heads, D, a):  # ±a, laid out (B, S, heads, D) and viewed (B, heads, S, D)
+    return (a * torch.where(torch.rand(B, S, heads, D, generator=gen) > 0.5, 1.0, -1.0)).transpose(1, 2)
+
+
+def test_one_pass_attention_equals_scores_softmax_values_on_every_path():
+    """The one-pass kernel finds each row's probability threshold from the counts of its integer
+    scores; it equals scores -> mask -> float32 softmax -> binarizer -> values, on every path, for
+    grouped-query heads, head_dim and key length above one word, and padded keys."""
+    from kronbit.quant import kernels
+    from kronbit.quant.attention import key_padding
+
+    if kernels.extension() is None:
+        pytest.skip("no C++ extension here")
+    gen = torch.Generator().manual_seed(3)
+    B, S, H, Hk, D = 3, 70, 4, 2, 80
+    q, k, v = _pm_heads(gen, B, S, H, D, 0.3), _pm_heads(gen, B, S, Hk, D, 0.7), _pm_heads(gen, B, S, Hk, D, 0.2)
+    c, alpha = 0.3 * 0.7 * D ** -0.5, 0.03
+    mask = torch.zeros(B, 1, 1, S)
+    mask[1, ..., 50:] = torch.finfo(torch.float32).min
+    mask[2, ..., 3:] = torch.finfo(torch.float32).min  # three real keys
+    keep = key_padding(mask, B, S)
+    assert keep.tolist() == (mask[:, 0, 0] == 0).tolist()
+    probs = torch.softmax(kernels.attention_scores(q, k, c) + mask, dim=-1)
+    ratio = probs / alpha
+    assert 0.02 < (ratio > 0.5).float().mean() < 0.5  # the threshold cuts through the rows
+    assert ((ratio - 0.5).abs() > 1e-5).all()  # no probability at the float rounding of the threshold
+    want = kernels.attention_values(probs, alpha, v, alpha * 0.2)
+    for path in kernels.available_paths("binary"):
+        got = kernels.attention_fused(q, k, v, keep, c, alpha, alpha * 0.2, path=path)
+        assert torch.equal(got, want), path
+        assert got.transpose(1, 2).is_contiguous()
+        assert torch.equal(kernels.attention_fused(q, k, v, None, c, alpha, alpha * 0.2, path=path),
+                           kernels.attention_values(torch.softmax(kernels.attention_scores(q, k, c), -1), alpha, v,
+                                                    alpha * 0.2, path=path)), path
+
+
+def test_one_pass_attention_declines_what_it_cannot_do():
+    from kronbit.quant import kernels
+    from kronbit.quant.attention import key_padding
+
+    if kernels.extension() is None:
+        pytest.skip("no C++ extension here")
+    gen = torch.Generator().manual_seed(4)
+    q, k, v = (_pm_heads(gen, 2, 6, 2, 8, a) for a in (0.5, 0.5, 0.5))
+    assert kernels.attention_fused(q, k, v, None, 0.1, 0.2, 0.1) is not None
+    dead = torch.tensor([[1, 1, 0, 0, 0, 0], [0] * 6], dtype=torch.bool)  # a batch row with no real key
+    assert kernels.attention_fused(q, k, v, dead, 0.1, 0.2, 0.1) is None
+    off = v.clone()
+    off[1, 0, 4, 3] = 0.49  # one element off the ±a grid
+    assert kernels.attention_fused(q, k, off, None, 0.1, 0.2, 0.1) is None
+    # masks: none or all-zero -> no padding; padding -> the real keys; anything else -> the general path
+    min32 = torch.finfo(torch.float32).min
+    assert key_padding(None, 2, 6) is None and key_padding(torch.zeros(2, 1, 1, 6), 2, 6) is None
+    pad = torch.zeros(2, 1, 1, 6)
+    pad[0, ..., 4:] = min32
+    assert key_padding(pad, 2, 6).tolist() == [[True] * 4 + [False] * 2, [True] * 6]
+    assert key_padding(pad.expand(2, 1, 6, 6), 2, 6).tolist() == key_padding(pad, 2, 6).tolist()
+    causal = torch.triu(torch.full((6, 6), min32), 1).expand(2, 1, 6, 6)
+    assert key_padding(causal, 2, 6) is False
+    assert key_padding(torch.full((2, 1, 1, 6), -0.5), 2, 6) is False  # a bias, not a mask
+    assert key_padding(torch.ones(2, 1, 1, 6, dtype=torch.bool), 2, 6) is False

@@ -126,6 +126,12 @@ def binary_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.
     a = torch.stack([query[first], key[first], value[first],
                      quantizer.alpha.detach().clamp_min(EPS).reshape(())]).abs().float()
     c_scores = float(a[0] * a[1] * scaling)
+    keep = key_padding(attention_mask, query.size(0), key.size(2))
+    if keep is not False and c_scores > 0:
+        # A key-padding mask (or none): one pass, the softmax threshold from the score counts.
+        out = kernels.attention_fused(query, key, value, keep, c_scores, float(a[3]), float(a[3] * a[2]))
+        if out is not None:
+            return out.transpose(1, 2).contiguous()
     scores = kernels.attention_scores(query, key, c_scores)
     if scores is None:
         return None
@@ -134,6 +140,32 @@ def binary_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.
     probs = torch.softmax(scores, dim=-1, dtype=torch.float32)
     out = kernels.attention_values(probs, float(a[3]), value, float(a[3] * a[2]))
     return None if out is None else out.transpose(1, 2).contiguous()
+
+
+# An additive mask value at or below this removes a key: its probability underflows to exactly 0
+# in float32 (the binary scores are bounded by c·head_dim, far smaller in magnitude).
+_MASKED = -1.0e4
+
+
+def key_padding(mask: torch.Tensor | None, batch: int, key_len: int) -> torch.Tensor | None | bool:
+    """The real keys (batch, key_len) bool of an additive attention mask that only removes padded
+    keys (the same for every query and head): None when there is no mask or it removes nothing,
+    False when it is anything else (a causal or biased mask: the general path handles it)."""
+    if mask is None:
+        return None
+    if (not mask.is_floating_point() or mask.dim() != 4 or mask.size(1) != 1 or mask.size(0) not in (1, batch)
+            or mask.size(-1) != key_len):
+        return False
+    first = mask[:, :, :1]
+    if mask.size(2) > 1 and not torch.equal(mask, first.expand_as(mask)):
+        return False
+    row = first[:, 0, 0]  # (1 or batch, key_len)
+    keep = row == 0
+    if not bool((keep | (row <= _MASKED)).all()):
+        return False
+    if bool(keep.all()):
+        return None
+    return keep.expand(batch, key_len)
 
 
 def wire_binary_attention_(model: nn.Module, on: bool = True) -> int:

@@ -297,6 +297,19 @@ def attention_values(probs: torch.Tensor, alpha: float, v: torch.Tensor, c: floa
     return None if out.numel() == 0 and probs.numel() else out
 
 
+def attention_fused(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep: torch.Tensor | None, c: float,
+                    alpha: float, c_out: float, path: str | None = None) -> torch.Tensor | None:
+    """The whole binary attention, c_out · bits(softmax(c · sign(Q)·sign(K)ᵀ) / α > 0.5)·sign(V), with
+    each row's probability threshold found from the counts of its integer scores (no float scores,
+    no softmax). ``keep``: (batch, key_len) bool/uint8 of the real keys, or None for all. None when
+    an operand is not binary or a batch row has no real key (the float path then runs)."""
+    p = resolve_path(path, "binary")
+    keep = torch.zeros(0, dtype=torch.uint8) if keep is None else keep.to(torch.uint8).contiguous()
+    out = extension().binary_attention_fused(_heads(q), _heads(k), _heads(v), keep, float(c), float(alpha),
+                                             float(c_out), -1 if p is None else p)
+    return None if out.numel() == 0 and q.numel() else out
+
+
 def _heads(t: torch.Tensor) -> torch.Tensor:
     """A (batch, heads, seq, head_dim) float32 operand as the attention kernels read it: any strides
     (the projections' transposed views are read in place) as long as head_dim is contiguous."""

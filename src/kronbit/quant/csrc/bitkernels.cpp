@@ -8,6 +8,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -469,6 +470,167 @@ torch::Tensor binary_attention_values(torch::Tensor probs, double alpha, torch::
   return out.transpose(1, 2);
 }
 
+// The whole binary attention of a head in one pass, for a key-padding mask (or none): the scores
+// never exist as floats and the softmax never runs. A query row's scores are c * d_j with d_j the
+// integer dot product of the signs (d in {-D, -D+2, ..., D}), so its softmax is
+// p_j = e^(c (d_j - dmax)) / Z with Z the sum of those terms over the row's real keys, and the
+// 1-bit unsigned binarizer keeps p_j / alpha > 0.5, i.e. e^(c (d_j - dmax)) > alpha Z / 2: one
+// integer threshold per row, every key at or above it a 1. The terms come from a table of
+// e^(-2 c k), k = (dmax - d) / 2, made once per call; Z is summed in 2^-46 fixed point, so its
+// value does not depend on the order of the sum and every vector path makes the same bits (the
+// popcounts are exact too). Against the float path (scores, softmax and binarizer in float32) a
+// bit can differ only where p / alpha is within float32 rounding of 0.5.
+//
+// valid: (B, Skv) uint8 (1 = a real key) or empty (every key real). A batch row with no real key,
+// or an operand that is not binary, returns an empty tensor (the float path then runs; its softmax
+// over a fully masked row is uniform). Output as binary_attention_values: a (B, H, S, D) view of a
+// (B, S, H, D) tensor.
+
+constexpr double kZScale = 70368744177664.0;  // 2^46: Skv < 2^16 terms of at most 2^46 fit in int64
+
+struct RowSoftmax {
+  const uint64_t* term;  // term[k] = round(e^(-2 c k) 2^46), k = 0..D; term[D + 1] = 0 (masked key)
+  const double* exact;   // e^(-2 c k) 2^46 unrounded, for the comparison with alpha Z / 2
+  int64_t D;
+  double half_alpha;
+  // The smallest d that binarizes to 1 in a row with maximum top and fixed-point sum z.
+  int32_t threshold(int32_t top, uint64_t z) const {
+    const double bound = half_alpha * static_cast<double>(z);
+    int64_t kmax = -1;
+    while (kmax < D && exact[kmax + 1] > bound) ++kmax;
+    return kmax < 0 ? std::numeric_limits<int32_t>::max() : top - static_cast<int32_t>(2 * kmax);
+  }
+};
+
+// One query row: d (Skv int32 dot products), keep (Skv bytes or null) -> the probability bits.
+static void row_bits_portable(const RowSoftmax& r, const int32_t* d, const uint8_t* keep, int64_t Skv,
+                              uint64_t* bits) {
+  int32_t top = std::numeric_limits<int32_t>::min();
+  for (int64_t j = 0; j < Skv; ++j)
+    if (!keep || keep[j]) top = std::max(top, d[j]);
+  uint64_t z = 0;
+  for (int64_t j = 0; j < Skv; ++j) z += r.term[(!keep || keep[j]) ? (top - d[j]) >> 1 : r.D + 1];
+  const int32_t lo = r.threshold(top, z);
+  for (int64_t w = 0; w < (Skv + 63) / 64; ++w) {
+    uint64_t word = 0;
+    for (int64_t j = w * 64; j < std::min<int64_t>(Skv, w * 64 + 64); ++j)
+      word |= static_cast<uint64_t>((!keep || keep[j]) && d[j] >= lo) << (j & 63);
+    bits[w] = word;
+  }
+}
+
+#if KB_X86
+KB_TARGET(KB_AVX512_BASE)
+static __mmask16 keep16(const uint8_t* keep, int64_t j, int64_t n) {
+  const __mmask16 tail = n >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << n) - 1);
+  if (!keep) return tail;
+  const __m128i k = _mm_maskz_loadu_epi8(tail, keep + j);
+  return _mm_mask_test_epi8_mask(tail, k, k);
+}
+
+KB_TARGET(KB_AVX512_BASE)
+static void row_bits_avx512(const RowSoftmax& r, const int32_t* d, const uint8_t* keep, int64_t Skv, uint64_t* bits) {
+  __m512i vtop = _mm512_set1_epi32(std::numeric_limits<int32_t>::min());
+  for (int64_t j = 0; j < Skv; j += 16) {
+    const __mmask16 m = keep16(keep, j, Skv - j);
+    vtop = _mm512_mask_max_epi32(vtop, m, vtop, _mm512_maskz_loadu_epi32(m, d + j));
+  }
+  const int32_t top = _mm512_reduce_max_epi32(vtop);
+  const __m512i t16 = _mm512_set1_epi32(top), masked = _mm512_set1_epi32(static_cast<int32_t>(r.D + 1));
+  __m512i z0 = _mm512_setzero_si512(), z1 = _mm512_setzero_si512();
+  for (int64_t j = 0; j < Skv; j += 16) {
+    const __mmask16 m = keep16(keep, j, Skv - j);
+    const __m512i k = _mm512_mask_mov_epi32(masked, m, _mm512_srai_epi32(_mm512_sub_epi32(t16, _mm512_maskz_loadu_epi32(m, d + j)), 1));
+    z0 = _mm512_add_epi64(z0, _mm512_i32gather_epi64(_mm512_castsi512_si256(k), r.term, 8));
+    z1 = _mm512_add_epi64(z1, _mm512_i32gather_epi64(_mm512_extracti64x4_epi64(k, 1), r.term, 8));
+  }
+  const uint64_t z = static_cast<uint64_t>(_mm512_reduce_add_epi64(_mm512_add_epi64(z0, z1)));
+  const __m512i lo = _mm512_set1_epi32(r.threshold(top, z));
+  for (int64_t w = 0; w < (Skv + 63) / 64; ++w) {
+    uint64_t word = 0;
+    for (int64_t i = 0; i < 64 && w * 64 + i < Skv; i += 16) {
+      const int64_t j = w * 64 + i;
+      const __mmask16 m = keep16(keep, j, Skv - j);
+      word |= static_cast<uint64_t>(_mm512_mask_cmpge_epi32_mask(m, _mm512_maskz_loadu_epi32(m, d + j), lo)) << i;
+    }
+    bits[w] = word;
+  }
+}
+#endif
+
+torch::Tensor binary_attention_fused(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor valid,
+                                     double c_scores, double alpha, double c_out, int64_t path) {
+  const Heads Q(q, "q"), Kh(k, "k"), V(v, "v");
+  const int64_t B = Q.B, H = Q.H, S = Q.S, D = Q.D, Hk = Kh.H, Skv = Kh.S;
+  TORCH_CHECK(Kh.B == B && Kh.D == D && Hk > 0 && H % Hk == 0, "k does not match q");
+  TORCH_CHECK(V.B == B && V.H == Hk && V.S == Skv && V.D == D, "v does not match k");
+  TORCH_CHECK(D > 0 && D < 65536 && Skv > 0 && Skv < 65536, "head_dim and key length must be in [1, 65536)");
+  TORCH_CHECK(c_scores > 0 && alpha > 0, "the score scale and alpha must be positive");
+  const uint8_t* vp = nullptr;
+  if (valid.numel()) {
+    TORCH_CHECK(valid.scalar_type() == torch::kUInt8 && valid.is_contiguous() && valid.dim() == 2 &&
+                valid.size(0) == B && valid.size(1) == Skv, "valid must be a contiguous (batch, key_len) uint8 tensor");
+    vp = valid.data_ptr<uint8_t>();
+    for (int64_t b = 0; b < B; ++b) {
+      bool any = false;
+      for (int64_t j = 0; j < Skv; ++j) any |= vp[b * Skv + j] != 0;
+      if (!any) return torch::empty({0}, q.options());
+    }
+  }
+  const int r = resolve(path, true), p = r == AVX512 ? AVX512 : PORTABLE;
+  const bool avx2 = r >= AVX2;
+  const float aq = std::fabs(Q.head(0, 0)[0]), ak = std::fabs(Kh.head(0, 0)[0]), av = std::fabs(V.head(0, 0)[0]);
+  if (!(aq > 0.f && ak > 0.f && av > 0.f)) return torch::empty({0}, q.options());
+  std::vector<uint64_t> term(D + 2, 0);
+  std::vector<double> exact(D + 1);
+  for (int64_t i = 0; i <= D; ++i) {
+    exact[i] = std::exp(-2.0 * c_scores * static_cast<double>(i)) * kZScale;
+    term[i] = static_cast<uint64_t>(std::llround(exact[i]));
+  }
+  const RowSoftmax rs{term.data(), exact.data(), D, 0.5 * alpha};
+  const int64_t KWq = (D + 63) / 64, nbk = (Skv + 7) / 8, KWk = (Skv + 63) / 64, nbv = (D + 7) / 8;
+  auto out = torch::empty({B, S, H, D}, q.options());
+  float* op = out.data_ptr<float>();
+  std::vector<float> scale(nbv * 8, static_cast<float>(c_out));
+  std::atomic<bool> binary{true};
+  at::parallel_for(0, B * H, 1, [&](int64_t i0, int64_t i1) {
+    std::vector<uint64_t> qa(S * KWq), kw(nbk * KWq * 8), pa(S * KWk), vw(nbv * KWk * 8);
+    std::vector<int32_t> dots(S * Skv), qoff(S, static_cast<int32_t>(D));
+    const float zero = 0.f;
+    for (int64_t bh = i0; bh < i1 && binary.load(std::memory_order_relaxed); ++bh) {
+      const int64_t b = bh / H, h = bh % H, hk = h / (H / Hk);
+      const uint8_t* keep = vp ? vp + b * Skv : nullptr;
+      const float* qh = Q.head(b, h);
+      // Each head's blocks are checked as they are packed (they are in cache then), so the
+      // operands are read from memory once. K and V are read again by a grouped head: cheap.
+      if (!all_pm_block(qh, S, D, Q.ss, aq) || !all_pm_block(Kh.head(b, hk), Skv, D, Kh.ss, ak) ||
+          !all_pm_block(V.head(b, hk), Skv, D, V.ss, av)) {
+        binary.store(false, std::memory_order_relaxed);
+        break;
+      }
+      for (int64_t t = 0; t < S; ++t) {
+        if (avx2) pack_signs_avx2(qh + t * Q.ss, &zero, false, D, KWq, qa.data() + t * KWq);
+        else pack_signs_portable(qh + t * Q.ss, &zero, false, D, KWq, qa.data() + t * KWq);
+      }
+      pack_rows_words(Kh.head(b, hk), Skv, D, Kh.ss, 1, kw.data(), avx2);
+      Epi es{qoff.data(), -2, nullptr, nullptr, nullptr, dots.data(), Skv};
+      counts_words(p, qa.data(), S, KWq, kw.data(), 0, nbk, 0, es, Skv);
+      for (int64_t t = 0; t < S; ++t) {
+#if KB_X86
+        if (p == AVX512) { row_bits_avx512(rs, dots.data() + t * Skv, keep, Skv, pa.data() + t * KWk); continue; }
+#endif
+        row_bits_portable(rs, dots.data() + t * Skv, keep, Skv, pa.data() + t * KWk);
+      }
+      const auto off = binary_offsets(pa.data(), S, KWk, Skv, 1);  // -popcount(P) per query
+      pack_rows_words(V.head(b, hk), D, Skv, 1, V.ss, vw.data());
+      Epi e{off.data(), 2, scale.data(), nullptr, op + (b * S * H + h) * D, nullptr, H * D};
+      counts_words(p, pa.data(), S, KWk, vw.data(), 0, nbv, 1, e, D);
+    }
+  });
+  if (!binary.load()) return torch::empty({0}, q.options());
+  return out.transpose(1, 2);
+}
+
 // ---- ternary ----------------------------------------------------------------------------------
 
 // q (T, KP) int8, sum q per token, scale: MinMaxAct(8, symmetric) on the whole tensor.
@@ -576,6 +738,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("binary_linear_pm", &binary_linear_pm, "W1A1 linear whose signed output binarizer runs in the epilogue (±pm)");
   m.def("binary_levels", &binary_levels, "every value of the W1A1 epilogue, (K + 1, O)");
   m.def("binary_attention_scores", &binary_attention_scores, "c * sign(Q) sign(K)^T per head (empty: not binary)");
+  m.def("binary_attention_fused", &binary_attention_fused,
+        "binary attention with the softmax threshold from score counts (empty: not binary, or a row fully masked)");
   m.def("binary_attention_values", &binary_attention_values, "c * bits(P) sign(V) per head (empty: not binary)");
   m.def("quantize_int8", &quantize_int8, "8-bit symmetric min-max quantization: (q, sum q, scale)");
   m.def("ternary_gemm", &ternary_gemm, "2-bit weights x int8 activations GEMM with a float epilogue");
