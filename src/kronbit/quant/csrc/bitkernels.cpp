@@ -486,6 +486,48 @@ torch::Tensor binary_attention_values(torch::Tensor probs, double alpha, torch::
 // over a fully masked row is uniform). Output as binary_attention_values: a (B, H, S, D) view of a
 // (B, S, H, D) tensor.
 
+// Transpose a 64 x 64 bit matrix in place: bit c of word r becomes bit r of word c (LSB first).
+// Six rounds of block swaps (Hacker's Delight, 7-3), each swapping the off-diagonal blocks.
+static void transpose64(uint64_t* a) {
+  uint64_t m = 0x00000000FFFFFFFFull;
+  for (int j = 32; j; j >>= 1, m ^= m << j)
+    for (int k = 0; k < 64; k = ((k | j) + 1) & ~j) {
+      const uint64_t t = ((a[k] >> j) ^ a[k | j]) & m;
+      a[k | j] ^= t;
+      a[k] ^= t << j;
+    }
+}
+
+// V^T in the words layout ([D/8][KW][8], row = feature, bits over the keys) from V's rows: the sign
+// words of every key (packed with the vector sign packing, one contiguous row each) put through
+// 64 x 64 bit transposes, instead of reading V down its columns one float at a time.
+static void pack_columns_words(const float* x, int64_t keys, int64_t D, int64_t ld, uint64_t* out, bool avx2,
+                               std::vector<uint64_t>& rows) {
+  const int64_t KWd = (D + 63) / 64, KWk = (keys + 63) / 64, nb = (D + 7) / 8;
+  rows.assign(KWk * 64 * KWd, 0);
+  const float zero = 0.f;
+  for (int64_t j = 0; j < keys; ++j) {
+    if (avx2) pack_signs_avx2(x + j * ld, &zero, false, D, KWd, rows.data() + j * KWd);
+    else pack_signs_portable(x + j * ld, &zero, false, D, KWd, rows.data() + j * KWd);
+  }
+  std::memset(out, 0, sizeof(uint64_t) * nb * KWk * 8);
+  uint64_t blk[64];
+  for (int64_t w = 0; w < KWk; ++w)
+    for (int64_t f = 0; f < KWd; ++f) {
+      for (int i = 0; i < 64; ++i) blk[i] = rows[(w * 64 + i) * KWd + f];
+      transpose64(blk);
+      for (int64_t d = 0; d < 64 && f * 64 + d < D; ++d) {
+        const int64_t feat = f * 64 + d;
+        out[(feat / 8) * KWk * 8 + w * 8 + feat % 8] = blk[d];
+      }
+    }
+}
+
+static inline void prefetch_rows(const float* x, int64_t rows, int64_t K, int64_t ld) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t k = 0; k < K; k += 16) __builtin_prefetch(x + r * ld + k, 0, 1);
+}
+
 constexpr double kZScale = 70368744177664.0;  // 2^46: Skv < 2^16 terms of at most 2^46 fit in int64
 
 struct RowSoftmax {
@@ -596,11 +638,19 @@ torch::Tensor binary_attention_fused(torch::Tensor q, torch::Tensor k, torch::Te
   at::parallel_for(0, B * H, 1, [&](int64_t i0, int64_t i1) {
     std::vector<uint64_t> qa(S * KWq), kw(nbk * KWq * 8), pa(S * KWk), vw(nbv * KWk * 8);
     std::vector<int32_t> dots(S * Skv), qoff(S, static_cast<int32_t>(D));
+    std::vector<uint64_t> vrows;
     const float zero = 0.f;
     for (int64_t bh = i0; bh < i1 && binary.load(std::memory_order_relaxed); ++bh) {
       const int64_t b = bh / H, h = bh % H, hk = h / (H / Hk);
       const uint8_t* keep = vp ? vp + b * Skv : nullptr;
       const float* qh = Q.head(b, h);
+      if (bh + 1 < i1) {  // the next head's rows, fetched while this head computes: its rows are
+        // strided (one head's slice of every token), which the hardware prefetcher follows poorly
+        const int64_t nb_ = (bh + 1) / H, nh = (bh + 1) % H, nk = nh / (H / Hk);
+        prefetch_rows(Q.head(nb_, nh), S, D, Q.ss);
+        prefetch_rows(Kh.head(nb_, nk), Skv, D, Kh.ss);
+        prefetch_rows(V.head(nb_, nk), Skv, D, V.ss);
+      }
       // Each head's blocks are checked as they are packed (they are in cache then), so the
       // operands are read from memory once. K and V are read again by a grouped head: cheap.
       if (!all_pm_block(qh, S, D, Q.ss, aq) || !all_pm_block(Kh.head(b, hk), Skv, D, Kh.ss, ak) ||
@@ -622,7 +672,7 @@ torch::Tensor binary_attention_fused(torch::Tensor q, torch::Tensor k, torch::Te
         row_bits_portable(rs, dots.data() + t * Skv, keep, Skv, pa.data() + t * KWk);
       }
       const auto off = binary_offsets(pa.data(), S, KWk, Skv, 1);  // -popcount(P) per query
-      pack_rows_words(V.head(b, hk), D, Skv, 1, V.ss, vw.data());
+      pack_columns_words(V.head(b, hk), Skv, D, V.ss, vw.data(), avx2, vrows);
       Epi e{off.data(), 2, scale.data(), nullptr, op + (b * S * H + h) * D, nullptr, H * D};
       counts_words(p, pa.data(), S, KWk, vw.data(), 0, nbv, 1, e, D);
     }
