@@ -490,3 +490,56 @@ def test_one_pass_attention_declines_what_it_cannot_do():
     assert key_padding(causal, 2, 6) is False
     assert key_padding(torch.full((2, 1, 1, 6), -0.5), 2, 6) is False  # a bias, not a mask
     assert key_padding(torch.ones(2, 1, 1, 6, dtype=torch.bool), 2, 6) is False
+
+
+def test_sign_byte_operands_equal_float_operands_on_every_path():
+    """The projections of a packed model hand the one-pass kernel sign bytes (1 = +α): the same
+    output as the ±α floats they stand for, on every path, strided heads and grouped queries too."""
+    from kronbit.quant import kernels
+
+    if kernels.extension() is None:
+        pytest.skip("no C++ extension here")
+    gen = torch.Generator().manual_seed(5)
+    B, S, H, Hk, D = 2, 70, 4, 2, 80
+    signs = [(torch.rand(B, S, h, D, generator=gen) > 0.5).to(torch.uint8).transpose(1, 2) for h in (H, Hk, Hk)]
+    scales = (0.3, 0.7, 0.2)
+    floats = [torch.where(s != 0, a, -a) for s, a in zip(signs, scales)]
+    keep = torch.ones(B, S, dtype=torch.bool)
+    keep[0, 40:] = False
+    c, alpha = scales[0] * scales[1] * D ** -0.5, 0.03
+    want = kernels.attention_fused(*floats, keep, c, alpha, alpha * scales[2])
+    assert want is not None and (want != 0).any()
+    for path in kernels.available_paths("binary"):
+        assert torch.equal(kernels.attention_fused(*signs, keep, c, alpha, alpha * scales[2], path=path), want), path
+    with pytest.raises(TypeError, match="must all be uint8"):
+        kernels.attention_fused(signs[0], *floats[1:], keep, c, alpha, alpha)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_sign_bytes_reach_every_attention_path_as_their_values(kind, tmp_path, monkeypatch):
+    """Q, K, V arrive as sign bytes; where the one-pass kernel declines (another mask, or no fast
+    path at all) they are turned back into ±α and the logits do not change beyond float rounding."""
+    from kronbit.distill.attention import FAST_PATH, SIGN_FLOATS
+    from kronbit.quant import kernels
+    from kronbit.quant.attention import SIGN_SOURCES
+
+    if kernels.extension() is None:
+        pytest.skip("no C++ extension here")
+    model = _binary(kind)
+    batch = _batch(5)
+    want = _logits(model, batch)
+    export_packed(model, tmp_path / "p")
+    back = load_packed(tmp_path / "p")
+    mods = [m for _, m in binary_attention_modules(back)]
+    assert all(SIGN_SOURCES in m.__dict__ and SIGN_FLOATS in m.__dict__ for m in mods)
+    assert all(p.sign_output.as_bytes for m in mods for p in getattr(m, SIGN_SOURCES))
+    seen = []
+    fused = kernels.attention_fused
+    monkeypatch.setattr(kernels, "attention_fused", lambda q, *a, **k: seen.append(q.dtype) or fused(q, *a, **k))
+    one_pass = _logits(back, batch)
+    assert seen and set(seen) == {torch.uint8}
+    monkeypatch.setattr(kernels, "attention_fused", lambda *a, **k: None)  # declined: the two-kernel path
+    assert torch.equal(_logits(back, batch), one_pass)
+    for m in mods:  # no fast path: the float attention, fed the bytes' ±α
+        delattr(m, FAST_PATH)
+    assert ((_logits(back, batch) - want).abs().max() / want.abs().max()) < 1e-5

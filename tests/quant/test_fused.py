@@ -300,9 +300,16 @@ def test_qkv_signs_in_the_epilogue_are_bit_identical_on_every_path(make_bert, tm
         got = packed(input_ids=ids).logits
         assert all(m.sign_output._thresholds is not None for m in qkv)  # really in the epilogue
         assert torch.equal(got, _logits_signs_in_torch(packed, ids))
+        # the projections hand the one-pass attention sign bytes; their values are the binarizer's ±α
+        assert all(m.sign_output.as_bytes for m in qkv)
         x = torch.randn(2, 5, qkv[0].in_features)
         y = qkv[0](x)
-        assert torch.equal(y, qkv[0].output_quantizer(qkv[0].kernel.forward(qkv[0], x)))
+        want = qkv[0].output_quantizer(qkv[0].kernel.forward(qkv[0], x))
+        alpha = float(qkv[0].output_quantizer.alpha.clamp_min(1e-8))
+        assert y.dtype == torch.uint8 and torch.equal(torch.where(y != 0, alpha, -alpha), want)
+        qkv[0].sign_output.as_bytes = False  # the ±α epilogue
+        assert torch.equal(qkv[0](x), want)
+        qkv[0].sign_output.as_bytes = True
         qkv[0].output_quantizer.beta.add_(0.02)  # a changed offset: the thresholds are found again
         th = qkv[0].sign_output._thresholds
         assert torch.equal(packed(input_ids=ids).logits, _logits_signs_in_torch(packed, ids))

@@ -41,6 +41,9 @@ NAME = "kronbit_eager"
 PROB_QUANTIZER = "kronbit_prob_quantizer"  # attention-module attribute read below
 NO_MAPS = "kronbit_no_attention_maps"  # attention-module attribute: this layer's maps are not read
 FAST_PATH = "kronbit_fast_attention"  # attention-module attribute: fn(module, q, k, v, mask, scaling) or None
+# attention-module attribute: fn(module, q, k, v) -> float q, k, v, for projections that hand over
+# their binarized outputs as sign bytes (a packed model's one-pass binary attention reads those)
+SIGN_FLOATS = "kronbit_sign_floats"
 _state = threading.local()
 
 
@@ -104,6 +107,8 @@ def kronbit_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
         out = fast(module, query, key, value, attention_mask, scaling)
         if out is not None:
             return out, None  # no attention weights: the fast path never builds the binarized map
+    if query.dtype == torch.uint8:  # sign bytes the fast path did not take: their float values
+        query, key, value = getattr(module, SIGN_FLOATS)(module, query, key, value)
     if getattr(module, NO_MAPS, False) and getattr(module, PROB_QUANTIZER, None) is None:
         if records is not None:
             records.append(None)

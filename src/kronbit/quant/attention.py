@@ -15,13 +15,18 @@ like any other quantizer parameter; kronbit's eager attention (``distill.attenti
 and a model with binary attention is switched to that implementation. A forward pre-hook refuses
 to run such a module on any other attention path (SDPA would skip the quantizer silently).
 
-A packed model (``load_packed``) runs both matmuls of a binary-attention module on the binary
-kernel (``binary_attention_forward``, wired by ``wire_binary_attention_``): Q, K, V arrive as
-±α tensors from their projections' binarizers, so Q·Kᵀ is an XOR-popcount over the head dimension
-and P·V an AND-popcount over the keys, with the mask and softmax in between in float32 as before.
-It agrees with the float path to float32 rounding (the integer dot products are exact; the float
-matmuls round every partial sum), except where a probability sits within that rounding of its
-threshold α/2 and binarizes the other way.
+A packed model (``load_packed``) runs the attention on the binary kernels (``binary_attention_forward``,
+wired by ``wire_binary_attention_``). With a key-padding mask (or none), the common encoder case,
+it runs in one pass (``kernels.attention_fused``): a query row's scores are c·d with d an integer
+dot product of signs (XOR-popcount over the head dimension), so the row's softmax, and which
+probabilities its binarizer keeps (p / α > 0.5), follow from the counts of each d value: one
+integer threshold per row. Neither the float scores nor the softmax are ever computed; P·V is an
+AND-popcount over the keys. The projections of BERT-style modules hand Q, K, V over as sign bytes
+(``wire_sign_bytes_``; 1 = +α), a quarter of the float traffic; any path that needs their values
+turns them back into ±α (``signs_to_float``). Other masks (causal, biased) take two kernels with
+the mask and softmax in float32 between them. Both agree with the float path to float32 rounding
+(the integer dot products are exact; the float matmuls round every partial sum), except where a
+probability sits within that rounding of its threshold α/2 and binarizes the other way.
 
 At other bit-widths the attention matmuls stay full precision: 32 during the weight-only stages,
 and k bits in an intermediate activation stage (BiT's multi-step distillation, W1A2 → W1A1, where
@@ -36,7 +41,7 @@ import torch
 from torch import nn
 
 from ..core.errors import ConfigError, ModelError
-from ..distill.attention import FAST_PATH, PROB_QUANTIZER, use_kronbit_attention
+from ..distill.attention import FAST_PATH, PROB_QUANTIZER, SIGN_FLOATS, use_kronbit_attention
 from ..distill.attention import NAME as KRONBIT_ATTENTION
 from . import kernels
 from .quantizers import EPS, ElasticUnsignedAct
@@ -113,12 +118,23 @@ def binary_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.
     kernel, or None to decline (gradients wanted, not float32, operands not binary, quantizer not
     yet initialised): then the float path runs."""
     quantizer = getattr(module, PROB_QUANTIZER, None)
-    if (quantizer is None or not bool(quantizer.initialized) or query.dtype != torch.float32
+    if (quantizer is None or not bool(quantizer.initialized)
             or (torch.is_grad_enabled() and (query.requires_grad or quantizer.alpha.requires_grad))):
         return None
     if scaling is None:
         scaling = query.size(-1) ** -0.5
     if query.numel() == 0 or key.numel() == 0:
+        return None
+    alpha_p = float(quantizer.alpha.detach().clamp_min(EPS))
+    keep = key_padding(attention_mask, query.size(0), key.size(2))
+    if query.dtype == torch.uint8:  # sign bytes from the projections (``wire_sign_bytes_``)
+        aq, ak, av = sign_scales(module)
+        if keep is not False:
+            out = kernels.attention_fused(query, key, value, keep, aq * ak * scaling, alpha_p, alpha_p * av)
+            if out is not None:
+                return out.transpose(1, 2).contiguous()
+        query, key, value = signs_to_float(module, query, key, value)
+    if query.dtype != torch.float32:
         return None
     # One element of each operand gives its scale a (the kernels check every element is ±a). Indexed
     # in place: reshape(-1) of a transposed head view copies the whole tensor.
@@ -126,7 +142,6 @@ def binary_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.
     a = torch.stack([query[first], key[first], value[first],
                      quantizer.alpha.detach().clamp_min(EPS).reshape(())]).abs().float()
     c_scores = float(a[0] * a[1] * scaling)
-    keep = key_padding(attention_mask, query.size(0), key.size(2))
     if keep is not False and c_scores > 0:
         # A key-padding mask (or none): one pass, the softmax threshold from the score counts.
         out = kernels.attention_fused(query, key, value, keep, c_scores, float(a[3]), float(a[3] * a[2]))
@@ -140,6 +155,51 @@ def binary_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.
     probs = torch.softmax(scores, dim=-1, dtype=torch.float32)
     out = kernels.attention_values(probs, float(a[3]), value, float(a[3] * a[2]))
     return None if out is None else out.transpose(1, 2).contiguous()
+
+
+PROJECTIONS = ("query", "key", "value")
+SIGN_SOURCES = "kronbit_sign_sources"  # attention-module attribute: the Q, K, V projections handing over sign bytes
+# Attention modules whose forward hands the projections' outputs to the attention function with
+# nothing but views in between (so sign bytes reach it intact), in Hugging Face naming.
+BYTE_SAFE = {"BertSelfAttention", "RobertaSelfAttention", "XLMRobertaSelfAttention", "CamembertSelfAttention",
+             "ElectraSelfAttention"}
+
+
+def sign_scales(module: nn.Module) -> tuple[float, float, float]:
+    """α of the Q, K, V binarizers whose outputs arrive as sign bytes."""
+    return tuple(float(p.output_quantizer.alpha.detach().clamp_min(EPS)) for p in getattr(module, SIGN_SOURCES))
+
+
+def signs_to_float(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor):
+    """Sign bytes back to the ±α float32 values the binarizers define (exactly what the ±α epilogue
+    writes), for any path that needs the values."""
+    return tuple(torch.where(t != 0, a, -a).to(torch.float32)
+                 for t, a in zip((query, key, value), (torch.tensor(x) for x in sign_scales(module))))
+
+
+def wire_sign_bytes_(model: nn.Module) -> int:
+    """Let the Q, K, V projections of every attention module on the one-pass kernel hand over sign
+    bytes instead of ±α floats (their ``SignOutput`` epilogues), where the module's forward is one
+    that only views them on the way (``BYTE_SAFE``, absolute positions); undo it elsewhere. Returns
+    how many modules."""
+    n = 0
+    for _, m in binary_attention_modules(model):
+        projections = [getattr(m, name, None) for name in PROJECTIONS]
+        on = (FAST_PATH in m.__dict__ and type(m).__name__ in BYTE_SAFE
+              and getattr(m, "position_embedding_type", "absolute") == "absolute"
+              and all(getattr(p, "sign_output", None) is not None for p in projections))
+        for p in projections:
+            if getattr(p, "sign_output", None) is not None:
+                p.sign_output.as_bytes = on
+        if on:
+            setattr(m, SIGN_SOURCES, tuple(projections))
+            setattr(m, SIGN_FLOATS, signs_to_float)
+            n += 1
+        else:
+            for attr in (SIGN_SOURCES, SIGN_FLOATS):
+                if attr in m.__dict__:
+                    delattr(m, attr)
+    return n
 
 
 # An additive mask value at or below this removes a key: its probability underflows to exactly 0

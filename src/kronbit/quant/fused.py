@@ -235,6 +235,11 @@ class SignOutput:
     come from every epilogue value put through the kernel's own arithmetic and sign packing, and
     the written value is the α the binarizer itself multiplies by."""
 
+    # Set by ``wire_sign_bytes_`` when this is the Q, K or V projection of an attention module that
+    # runs the one-pass binary attention: the epilogue then writes one sign byte per output
+    # (1 = +α) instead of ±α floats, a quarter of the memory traffic both ways; that module turns
+    # the bytes back into ±α where anything else needs the values.
+    as_bytes: bool = False
     _key: list = field(default_factory=list, repr=False)
     _thresholds: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
 
@@ -259,6 +264,11 @@ class SignOutput:
             if th is None:
                 return None
             flat = _rows(x, layer.in_features)
+            if self.as_bytes:
+                y = kernels.extension().binary_linear_signs(flat, q.beta.detach().float().contiguous(),
+                                                            layer.packed_weight, layer.out_features, th[0], th[1],
+                                                            layer.kernel.path)
+                return y.view(*x.shape[:-1], layer.out_features)
             alpha = float(oq.alpha.detach().clamp_min(EPS))
             y = kernels.extension().binary_linear_pm(flat, q.beta.detach().float().contiguous(), layer.packed_weight,
                                                      layer.out_features, th[0], th[1], alpha, layer.kernel.path)

@@ -301,13 +301,21 @@ def attention_fused(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep: tor
                     alpha: float, c_out: float, path: str | None = None) -> torch.Tensor | None:
     """The whole binary attention, c_out · bits(softmax(c · sign(Q)·sign(K)ᵀ) / α > 0.5)·sign(V), with
     each row's probability threshold found from the counts of its integer scores (no float scores,
-    no softmax). ``keep``: (batch, key_len) bool/uint8 of the real keys, or None for all. None when
-    an operand is not binary or a batch row has no real key (the float path then runs)."""
+    no softmax). Operands: float32 ±a (c and c_out carry the product of the scales with them), or
+    uint8 sign bytes (1 = +, 0 = -; c and c_out carry the scales). ``keep``: (batch, key_len)
+    bool/uint8 of the real keys, or None for all. None when a float operand is not binary or a
+    batch row has no real key (the float path then runs)."""
     p = resolve_path(path, "binary")
     keep = torch.zeros(0, dtype=torch.uint8) if keep is None else keep.to(torch.uint8).contiguous()
-    out = extension().binary_attention_fused(_heads(q), _heads(k), _heads(v), keep, float(c), float(alpha),
-                                             float(c_out), -1 if p is None else p)
+    q, k, v = (_heads(t) if q.dtype != torch.uint8 else _sign_heads(t) for t in (q, k, v))
+    out = extension().binary_attention_fused(q, k, v, keep, float(c), float(alpha), float(c_out), -1 if p is None else p)
     return None if out.numel() == 0 and q.numel() else out
+
+
+def _sign_heads(t: torch.Tensor) -> torch.Tensor:
+    if t.dtype != torch.uint8:
+        raise TypeError(f"sign-byte attention operands must all be uint8, got {t.dtype}")
+    return t if t.size(-1) <= 1 or t.stride(-1) == 1 else t.contiguous()
 
 
 def _heads(t: torch.Tensor) -> torch.Tensor:

@@ -39,7 +39,7 @@ from ..core.allocator import keep_freed_memory
 from ..core.errors import ModelError
 from ..kron.layers import kron_linear
 from . import fused, kernels, pack
-from .attention import wire_binary_attention_
+from .attention import wire_binary_attention_, wire_sign_bytes_
 from .layers import FULL, QuantEmbedding, QuantLinear
 
 MODES = ("packed", "dequantized")
@@ -348,6 +348,7 @@ def after_load(model: nn.Module) -> int:
     binary = any(isinstance(m, PackedLinear) and m.kernel is not None and m.kernel.kind == "binary"
                  for m in model.modules())
     wire_binary_attention_(model, on=binary)  # both attention matmuls on the binary kernel too
+    wire_sign_bytes_(model)  # ... reading Q, K, V as sign bytes straight from their projections
     if any(isinstance(m, PackedLinear) and m.kernel is not None for m in model.modules()):
         keep_freed_memory()
     return pairs

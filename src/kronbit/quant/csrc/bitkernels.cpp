@@ -11,6 +11,7 @@
 #include <atomic>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "bitkernels.h"
@@ -323,6 +324,29 @@ torch::Tensor binary_linear_pm(torch::Tensor x, torch::Tensor beta, torch::Tenso
   return out;
 }
 
+// The same layer writing one byte per output, the binarizer's sign (1 = +pm, 0 = -pm), for the
+// one-pass attention to read: a quarter of the float output's memory traffic, both ways.
+torch::Tensor binary_linear_signs(torch::Tensor x, torch::Tensor beta, torch::Tensor w, int64_t O, torch::Tensor lo,
+                                  torch::Tensor hi, int64_t path) {
+  auto act = pack_signs(x, beta, path);
+  const int64_t K = x.size(1);
+  check_act(act, K, 0);
+  for (const auto* t : {&lo, &hi})
+    TORCH_CHECK(t->scalar_type() == torch::kInt32 && t->is_contiguous() && t->numel() == O,
+                "lo / hi must be (out_features,) int32");
+  const int p = resolve(path, true);
+  const int64_t T = act.size(0), KW = act.size(1);
+  const auto* ap = reinterpret_cast<const uint64_t*>(act.data_ptr<int64_t>());
+  auto off = binary_offsets(ap, T, KW, K, 0);
+  auto out = torch::empty({T, O}, x.options().dtype(torch::kUInt8));
+  Epi e{off.data(), -2, nullptr, nullptr, nullptr, nullptr, O};
+  e.lo = lo.data_ptr<int32_t>();
+  e.hi = hi.data_ptr<int32_t>();
+  e.signs = out.data_ptr<uint8_t>();
+  run_binary(ap, T, KW, 0, w, O, p, e);
+  return out;
+}
+
 // ---- binary attention (BiT's true W1A1) --------------------------------------------------------
 // Both attention matmuls of a head whose inputs are binary: scores = Q K^T with Q, K in {-a, +a}
 // (XOR-popcount over the head dimension) and out = P V with P in {0, a_p} (the unsigned binarizer's
@@ -373,18 +397,20 @@ static bool all_pm_block(const float* x, int64_t n, int64_t K, int64_t ld, float
 // A (batch, heads, seq, head_dim) operand as strides: the projections' outputs arrive as a
 // transposed view of (batch, seq, heads, head_dim), read in place (a contiguous copy of every Q, K
 // and V cost more than the kernels at batch 1). Only head_dim must be contiguous.
-struct Heads {
-  const float* p;
+template <typename T>
+struct HeadsOf {
+  const T* p;
   int64_t B, H, S, D, sb, sh, ss;
-  Heads(const torch::Tensor& t, const char* name) {
-    TORCH_CHECK(t.scalar_type() == torch::kFloat32 && t.device().is_cpu() && t.dim() == 4, name,
-                " must be a (batch, heads, seq, head_dim) float32 CPU tensor");
+  HeadsOf(const torch::Tensor& t, const char* name) {
+    constexpr bool f32 = std::is_same<T, float>::value;
+    TORCH_CHECK(t.scalar_type() == (f32 ? torch::kFloat32 : torch::kUInt8) && t.device().is_cpu() && t.dim() == 4,
+                name, " must be a (batch, heads, seq, head_dim) ", f32 ? "float32" : "uint8", " CPU tensor");
     TORCH_CHECK(t.size(3) <= 1 || t.stride(3) == 1, name, "'s head_dim must be contiguous");
-    p = t.data_ptr<float>();
+    p = t.data_ptr<T>();
     B = t.size(0), H = t.size(1), S = t.size(2), D = t.size(3);
     sb = t.stride(0), sh = t.stride(1), ss = t.stride(2);
   }
-  const float* head(int64_t b, int64_t h) const { return p + b * sb + h * sh; }
+  const T* head(int64_t b, int64_t h) const { return p + b * sb + h * sh; }
   // every element ±a, over all heads in parallel
   bool all_pm(float a) const {
     return at::parallel_reduce(0, B * H, 1, true, [&](int64_t i0, int64_t i1, bool ok) {
@@ -393,6 +419,7 @@ struct Heads {
     }, [](bool u, bool v) { return u && v; });
   }
 };
+using Heads = HeadsOf<float>;
 
 // scores (B, H, S, Skv) float32 = c * (Q_bits . K_bits), the integer dot product of the signs
 // exact, or an empty tensor when Q or K is not binary (every element ±|first|). K may have fewer
@@ -498,18 +525,59 @@ static void transpose64(uint64_t* a) {
     }
 }
 
+// One head row's sign bits (KW words, zero past D): from float ±a (x > 0 -> 1) or from sign bytes
+// (nonzero -> 1, as binary_linear_signs writes them).
+static inline void pack_row(const float* x, int64_t D, int64_t KW, uint64_t* out, bool avx2) {
+  const float zero = 0.f;
+  if (avx2) pack_signs_avx2(x, &zero, false, D, KW, out);
+  else pack_signs_portable(x, &zero, false, D, KW, out);
+}
+
+#if KB_X86
+KB_TARGET(KB_AVX512_BASE)
+static void pack_bytes_avx512(const uint8_t* x, int64_t D, int64_t KW, uint64_t* out) {
+  for (int64_t w = 0; w < KW; ++w) {
+    const int64_t n = std::min<int64_t>(64, D - w * 64);
+    const __mmask64 live = n == 64 ? ~0ull : (1ull << n) - 1;
+    const __m512i b = _mm512_maskz_loadu_epi8(live, x + w * 64);
+    out[w] = _mm512_test_epi8_mask(b, b);
+  }
+}
+#endif
+
+static inline void pack_row(const uint8_t* x, int64_t D, int64_t KW, uint64_t* out, bool vec) {
+#if KB_X86
+  if (vec) { pack_bytes_avx512(x, D, KW, out); return; }
+#endif
+  for (int64_t w = 0; w < KW; ++w) {
+    uint64_t word = 0;
+    for (int64_t k = w * 64; k < std::min<int64_t>(D, w * 64 + 64); ++k) word |= static_cast<uint64_t>(x[k] != 0) << (k & 63);
+    out[w] = word;
+  }
+}
+
+// The words layout ([rows/8][KW][8]) of the rows of a head (K's keys), from each row's sign words.
+template <typename T>
+static void pack_keys_words(const T* x, int64_t rows, int64_t D, int64_t ld, uint64_t* out, bool vec) {
+  const int64_t KW = (D + 63) / 64, nb = (rows + 7) / 8;
+  std::memset(out, 0, sizeof(uint64_t) * nb * KW * 8);
+  uint64_t words[1024];
+  for (int64_t r = 0; r < rows; ++r) {
+    pack_row(x + r * ld, D, KW, words, vec);
+    uint64_t* dst = out + (r / 8) * KW * 8 + (r % 8);
+    for (int64_t w = 0; w < KW; ++w) dst[w * 8] = words[w];
+  }
+}
+
 // V^T in the words layout ([D/8][KW][8], row = feature, bits over the keys) from V's rows: the sign
-// words of every key (packed with the vector sign packing, one contiguous row each) put through
-// 64 x 64 bit transposes, instead of reading V down its columns one float at a time.
-static void pack_columns_words(const float* x, int64_t keys, int64_t D, int64_t ld, uint64_t* out, bool avx2,
+// words of every key (one contiguous row each) put through 64 x 64 bit transposes, instead of
+// reading V down its columns one element at a time.
+template <typename T>
+static void pack_columns_words(const T* x, int64_t keys, int64_t D, int64_t ld, uint64_t* out, bool vec,
                                std::vector<uint64_t>& rows) {
   const int64_t KWd = (D + 63) / 64, KWk = (keys + 63) / 64, nb = (D + 7) / 8;
   rows.assign(KWk * 64 * KWd, 0);
-  const float zero = 0.f;
-  for (int64_t j = 0; j < keys; ++j) {
-    if (avx2) pack_signs_avx2(x + j * ld, &zero, false, D, KWd, rows.data() + j * KWd);
-    else pack_signs_portable(x + j * ld, &zero, false, D, KWd, rows.data() + j * KWd);
-  }
+  for (int64_t j = 0; j < keys; ++j) pack_row(x + j * ld, D, KWd, rows.data() + j * KWd, vec);
   std::memset(out, 0, sizeof(uint64_t) * nb * KWk * 8);
   uint64_t blk[64];
   for (int64_t w = 0; w < KWk; ++w)
@@ -523,9 +591,12 @@ static void pack_columns_words(const float* x, int64_t keys, int64_t D, int64_t 
     }
 }
 
-static inline void prefetch_rows(const float* x, int64_t rows, int64_t K, int64_t ld) {
+static bool all_pm_block(const uint8_t*, int64_t, int64_t, int64_t, float) { return true; }  // sign bytes
+
+template <typename T>
+static inline void prefetch_rows(const T* x, int64_t rows, int64_t K, int64_t ld) {
   for (int64_t r = 0; r < rows; ++r)
-    for (int64_t k = 0; k < K; k += 16) __builtin_prefetch(x + r * ld + k, 0, 1);
+    for (int64_t k = 0; k < K; k += 64 / static_cast<int64_t>(sizeof(T))) __builtin_prefetch(x + r * ld + k, 0, 1);
 }
 
 constexpr double kZScale = 70368744177664.0;  // 2^46: Skv < 2^16 terms of at most 2^46 fit in int64
@@ -600,9 +671,12 @@ static void row_bits_avx512(const RowSoftmax& r, const int32_t* d, const uint8_t
 }
 #endif
 
-torch::Tensor binary_attention_fused(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor valid,
-                                     double c_scores, double alpha, double c_out, int64_t path) {
-  const Heads Q(q, "q"), Kh(k, "k"), V(v, "v");
+template <typename T>
+static torch::Tensor attention_fused(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                     const torch::Tensor& valid, double c_scores, double alpha, double c_out,
+                                     int64_t path) {
+  constexpr bool f32 = std::is_same<T, float>::value;
+  const HeadsOf<T> Q(q, "q"), Kh(k, "k"), V(v, "v");
   const int64_t B = Q.B, H = Q.H, S = Q.S, D = Q.D, Hk = Kh.H, Skv = Kh.S;
   TORCH_CHECK(Kh.B == B && Kh.D == D && Hk > 0 && H % Hk == 0, "k does not match q");
   TORCH_CHECK(V.B == B && V.H == Hk && V.S == Skv && V.D == D, "v does not match k");
@@ -616,13 +690,17 @@ torch::Tensor binary_attention_fused(torch::Tensor q, torch::Tensor k, torch::Te
     for (int64_t b = 0; b < B; ++b) {
       bool any = false;
       for (int64_t j = 0; j < Skv; ++j) any |= vp[b * Skv + j] != 0;
-      if (!any) return torch::empty({0}, q.options());
+      if (!any) return torch::empty({0}, q.options().dtype(torch::kFloat32));
     }
   }
   const int r = resolve(path, true), p = r == AVX512 ? AVX512 : PORTABLE;
-  const bool avx2 = r >= AVX2;
-  const float aq = std::fabs(Q.head(0, 0)[0]), ak = std::fabs(Kh.head(0, 0)[0]), av = std::fabs(V.head(0, 0)[0]);
-  if (!(aq > 0.f && ak > 0.f && av > 0.f)) return torch::empty({0}, q.options());
+  // the vector row packing: avx2 sign packing for floats, the avx512 byte test for sign bytes
+  const bool vec = f32 ? r >= AVX2 : r == AVX512;
+  float aq = 1.f, ak = 1.f, av = 1.f;  // sign bytes: every element is a sign, the scales are the caller's
+  if constexpr (f32) {
+    aq = std::fabs(Q.head(0, 0)[0]), ak = std::fabs(Kh.head(0, 0)[0]), av = std::fabs(V.head(0, 0)[0]);
+    if (!(aq > 0.f && ak > 0.f && av > 0.f)) return torch::empty({0}, q.options().dtype(torch::kFloat32));
+  }
   std::vector<uint64_t> term(D + 2, 0);
   std::vector<double> exact(D + 1);
   for (int64_t i = 0; i <= D; ++i) {
@@ -631,7 +709,7 @@ torch::Tensor binary_attention_fused(torch::Tensor q, torch::Tensor k, torch::Te
   }
   const RowSoftmax rs{term.data(), exact.data(), D, 0.5 * alpha};
   const int64_t KWq = (D + 63) / 64, nbk = (Skv + 7) / 8, KWk = (Skv + 63) / 64, nbv = (D + 7) / 8;
-  auto out = torch::empty({B, S, H, D}, q.options());
+  auto out = torch::empty({B, S, H, D}, q.options().dtype(torch::kFloat32));
   float* op = out.data_ptr<float>();
   std::vector<float> scale(nbv * 8, static_cast<float>(c_out));
   std::atomic<bool> binary{true};
@@ -639,11 +717,10 @@ torch::Tensor binary_attention_fused(torch::Tensor q, torch::Tensor k, torch::Te
     std::vector<uint64_t> qa(S * KWq), kw(nbk * KWq * 8), pa(S * KWk), vw(nbv * KWk * 8);
     std::vector<int32_t> dots(S * Skv), qoff(S, static_cast<int32_t>(D));
     std::vector<uint64_t> vrows;
-    const float zero = 0.f;
     for (int64_t bh = i0; bh < i1 && binary.load(std::memory_order_relaxed); ++bh) {
       const int64_t b = bh / H, h = bh % H, hk = h / (H / Hk);
       const uint8_t* keep = vp ? vp + b * Skv : nullptr;
-      const float* qh = Q.head(b, h);
+      const T* qh = Q.head(b, h);
       if (bh + 1 < i1) {  // the next head's rows, fetched while this head computes: its rows are
         // strided (one head's slice of every token), which the hardware prefetcher follows poorly
         const int64_t nb_ = (bh + 1) / H, nh = (bh + 1) % H, nk = nh / (H / Hk);
@@ -658,11 +735,8 @@ torch::Tensor binary_attention_fused(torch::Tensor q, torch::Tensor k, torch::Te
         binary.store(false, std::memory_order_relaxed);
         break;
       }
-      for (int64_t t = 0; t < S; ++t) {
-        if (avx2) pack_signs_avx2(qh + t * Q.ss, &zero, false, D, KWq, qa.data() + t * KWq);
-        else pack_signs_portable(qh + t * Q.ss, &zero, false, D, KWq, qa.data() + t * KWq);
-      }
-      pack_rows_words(Kh.head(b, hk), Skv, D, Kh.ss, 1, kw.data(), avx2);
+      for (int64_t t = 0; t < S; ++t) pack_row(qh + t * Q.ss, D, KWq, qa.data() + t * KWq, vec);
+      pack_keys_words(Kh.head(b, hk), Skv, D, Kh.ss, kw.data(), vec);
       Epi es{qoff.data(), -2, nullptr, nullptr, nullptr, dots.data(), Skv};
       counts_words(p, qa.data(), S, KWq, kw.data(), 0, nbk, 0, es, Skv);
       for (int64_t t = 0; t < S; ++t) {
@@ -672,13 +746,21 @@ torch::Tensor binary_attention_fused(torch::Tensor q, torch::Tensor k, torch::Te
         row_bits_portable(rs, dots.data() + t * Skv, keep, Skv, pa.data() + t * KWk);
       }
       const auto off = binary_offsets(pa.data(), S, KWk, Skv, 1);  // -popcount(P) per query
-      pack_columns_words(V.head(b, hk), Skv, D, V.ss, vw.data(), avx2, vrows);
+      pack_columns_words(V.head(b, hk), Skv, D, V.ss, vw.data(), vec, vrows);
       Epi e{off.data(), 2, scale.data(), nullptr, op + (b * S * H + h) * D, nullptr, H * D};
       counts_words(p, pa.data(), S, KWk, vw.data(), 0, nbv, 1, e, D);
     }
   });
-  if (!binary.load()) return torch::empty({0}, q.options());
+  if (!binary.load()) return torch::empty({0}, q.options().dtype(torch::kFloat32));
   return out.transpose(1, 2);
+}
+
+// Operands as float ±a (checked, scales read from them and multiplied in by the caller's c's) or
+// as sign bytes from binary_linear_signs (the caller's c's carry the scales).
+torch::Tensor binary_attention_fused(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor valid,
+                                     double c_scores, double alpha, double c_out, int64_t path) {
+  if (q.scalar_type() == torch::kUInt8) return attention_fused<uint8_t>(q, k, v, valid, c_scores, alpha, c_out, path);
+  return attention_fused<float>(q, k, v, valid, c_scores, alpha, c_out, path);
 }
 
 // ---- ternary ----------------------------------------------------------------------------------
@@ -788,6 +870,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("binary_linear_pm", &binary_linear_pm, "W1A1 linear whose signed output binarizer runs in the epilogue (±pm)");
   m.def("binary_levels", &binary_levels, "every value of the W1A1 epilogue, (K + 1, O)");
   m.def("binary_attention_scores", &binary_attention_scores, "c * sign(Q) sign(K)^T per head (empty: not binary)");
+  m.def("binary_linear_signs", &binary_linear_signs, "W1A1 linear + signed binarizer: one sign byte per output");
   m.def("binary_attention_fused", &binary_attention_fused,
         "binary attention with the softmax threshold from score counts (empty: not binary, or a row fully masked)");
   m.def("binary_attention_values", &binary_attention_values, "c * bits(P) sign(V) per head (empty: not binary)");

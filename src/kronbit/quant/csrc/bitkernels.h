@@ -44,6 +44,7 @@ struct Epi {
   int64_t ldb = 0;
   float pm = 0.f;  // nonzero: y[t][o] = +pm where the threshold bit is set, -pm elsewhere (a signed
                    // binarizer's output, pm its scale; lo / hi hold the thresholds, v and bias unused)
+  uint8_t* signs = nullptr;  // (T, ld) or null: one byte per output, the threshold bit (1 = +, 0 = -)
 };
 
 inline bool threshold_bit(const Epi& e, int64_t o, int32_t d) { return d <= e.lo[o] || d >= e.hi[o]; }
@@ -66,6 +67,10 @@ inline void finish(const Epi& e, int64_t t, int64_t o0, int64_t n, const int32_t
     } else {
       for (int64_t i = 0; i < n; ++i) y[i] = static_cast<float>(off + mul * acc[i]) * v[i];
     }
+  }
+  if (e.signs) {
+    uint8_t* row = e.signs + t * e.ld + o0;
+    for (int64_t i = 0; i < n; ++i) row[i] = threshold_bit(e, o0 + i, off + mul * acc[i]) ? 1 : 0;
   }
   if (e.bits) {
     uint8_t* row = e.bits + t * e.ldb;
@@ -118,6 +123,11 @@ inline void finish16_avx512(const Epi& e, int64_t t, int64_t o0, __m512i acc) {
                         _mm512_cmpge_epi32_mask(d, _mm512_loadu_si512(e.hi + o0));
     const uint16_t m16 = static_cast<uint16_t>(m);
     std::memcpy(e.bits + t * e.ldb + o0 / 8, &m16, sizeof(m16));
+  }
+  if (e.signs) {
+    const __mmask16 m = _mm512_cmple_epi32_mask(d, _mm512_loadu_si512(e.lo + o0)) |
+                        _mm512_cmpge_epi32_mask(d, _mm512_loadu_si512(e.hi + o0));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(e.signs + t * e.ld + o0), _mm_maskz_set1_epi8(m, 1));
   }
   if (e.y && e.pm != 0.f) {
     const __mmask16 m = _mm512_cmple_epi32_mask(d, _mm512_loadu_si512(e.lo + o0)) |
