@@ -247,7 +247,10 @@ void binary_counts_avx2(const uint16_t* offs, int64_t tile0, int64_t tile1, int6
 template <int NT, int NV, int MODE>
 KB_TARGET(KB_AVX512_POPCNT)
 static void binary_tile_avx512(const uint64_t* act, int64_t t, int64_t KW, const uint64_t* w, int64_t b,
-                               const Epi& e, int64_t O) {
+                               const Epi& epi, int64_t O) {
+  // A local copy: the epilogue's stores go through byte pointers, which may alias the caller's
+  // Epi, so with a reference the compiler reloads every field after every store.
+  const Epi e = epi;
   __m512i acc[NT][NV];
   for (int i = 0; i < NT; ++i)
     for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_setzero_si512();
@@ -264,20 +267,32 @@ static void binary_tile_avx512(const uint64_t* act, int64_t t, int64_t KW, const
   }
   alignas(32) int32_t cnt[8];
   const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-  for (int i = 0; i < NT; ++i)
-    for (int v = 0; v < NV; ++v) {
+  // Pairs of blocks (16 outputs) through the vector epilogue, a lone or partial block through the
+  // scalar one. Compile-time loops, unrolled, so the accumulators are read from their registers
+  // (a runtime index into acc[i][v] makes the compiler store all of them to the stack first).
+  const bool full = (b + NV) * 8 <= O;
+#pragma GCC unroll 8
+  for (int i = 0; i < NT; ++i) {
+#pragma GCC unroll 8
+    for (int v = 0; v + 1 < NV; v += 2) {
       const int64_t o0 = (b + v) * 8;
-      if (v + 1 < NV && !e.d && o0 + 16 <= O) {  // two full blocks: the vector epilogue on 16 outputs
+      if (full || o0 + 16 <= O) {
         // the counts fit in 32 bits (K < 65536), so the low halves of the two vectors' 64-bit lanes,
         // picked by one VPERMT2D, are the 16 counts in order (two VPMOVQD and an insert otherwise)
-        const __m512i c16 = _mm512_permutex2var_epi32(acc[i][v], even, acc[i][v + 1]);
-        finish16_avx512(e, t + i, o0, c16);
-        ++v;
+        finish16_avx512(e, t + i, o0, _mm512_permutex2var_epi32(acc[i][v], even, acc[i][v + 1]));
         continue;
       }
-      _mm256_store_si256(reinterpret_cast<__m256i*>(cnt), _mm512_cvtepi64_epi32(acc[i][v]));
+      for (int h = 0; h < 2 && o0 + 8 * h < O; ++h) {
+        _mm256_store_si256(reinterpret_cast<__m256i*>(cnt), _mm512_cvtepi64_epi32(acc[i][v + h]));
+        finish(e, t + i, o0 + 8 * h, std::min<int64_t>(8, O - o0 - 8 * h), cnt);
+      }
+    }
+    if (NV % 2) {
+      const int64_t o0 = (b + NV - 1) * 8;
+      _mm256_store_si256(reinterpret_cast<__m256i*>(cnt), _mm512_cvtepi64_epi32(acc[i][NV - 1]));
       finish(e, t + i, o0, std::min<int64_t>(8, O - o0), cnt);
     }
+  }
 }
 
 template <int NV, int MODE>

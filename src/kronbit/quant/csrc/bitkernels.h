@@ -117,7 +117,12 @@ inline void bits64_avx2(const Epi& e, int64_t t, int64_t o0, const uint16_t* acc
 #define KB_AVX512_BASE "avx512f,avx512bw,avx512vl,avx512dq"
 KB_TARGET(KB_AVX512_BASE)
 inline void finish16_avx512(const Epi& e, int64_t t, int64_t o0, __m512i acc) {
-  const __m512i d = _mm512_add_epi32(_mm512_set1_epi32(e.off[t]), _mm512_mullo_epi32(_mm512_set1_epi32(e.mul), acc));
+  // mul is -2 (XOR) or 2 (AND) in every kernel: a shift and an add or subtract, not a VPMULLD
+  const __m512i off = _mm512_set1_epi32(e.off[t]), twice = _mm512_slli_epi32(acc, 1);
+  const __m512i d = e.mul == -2 ? _mm512_sub_epi32(off, twice)
+                    : e.mul == 2 ? _mm512_add_epi32(off, twice)
+                                 : _mm512_add_epi32(off, _mm512_mullo_epi32(_mm512_set1_epi32(e.mul), acc));
+  if (e.d) _mm512_storeu_si512(e.d + t * e.ld + o0, d);
   if (e.bits) {  // o0 is a multiple of 8: two whole bytes of the token's row
     const __mmask16 m = _mm512_cmple_epi32_mask(d, _mm512_loadu_si512(e.lo + o0)) |
                         _mm512_cmpge_epi32_mask(d, _mm512_loadu_si512(e.hi + o0));

@@ -247,7 +247,7 @@ static void ternary_tile_avx512(const int8_t* act, int64_t t, int64_t KP, const 
   alignas(64) int32_t cnt[16];
   for (int i = 0; i < NT; ++i)
     for (int v = 0; v < NV; ++v) {
-      if (!e.d && 2 * v + 1 < nb && (b + 2 * v) * 8 + 16 <= O) {  // 16 real outputs: the vector epilogue
+      if (2 * v + 1 < nb && (b + 2 * v) * 8 + 16 <= O) {  // 16 real outputs: the vector epilogue
         finish16_avx512(e, t + i, (b + 2 * v) * 8, acc[i][v]);
         continue;
       }
