@@ -302,7 +302,9 @@ def test_model_dependent_config_errors(make_gpt2, kwargs, expected):
     ({"compression": 2, "min_speedup": 0.9}, "min_speedup must be ≥ 1"),
     ({"a_shape": [2, 2, 2]}, "a_shape must be two positive integers"),
     ({"compression": 2, "tie_head": True}, "tie_head applies only with embeddings"),
-    ({"compression": 2, "version": 2}, "version 2 is not supported"),
+    ({"compression": 2, "version": 3}, "version 3 is not supported"),
+    ({"compression": 2, "shape_speed": "guess"}, "shape_speed: 'guess' is not one of flops, measured"),
+    ({"compression": 2, "shape_speed": "measured", "version": 1}, "shape_speed needs KroneckerConfig version 2"),
 ])
 def test_config_validation(data, expected):
     assert expected in one_line_error(lambda: KroneckerConfig.from_dict(data))
@@ -311,4 +313,6 @@ def test_config_validation(data, expected):
 def test_config_round_trips_through_dict():
     cfg = KroneckerConfig(**KNGPT2)
     assert KroneckerConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
-    assert cfg.version == 1
+    assert cfg.version == 2
+    old = KroneckerConfig.from_dict({**cfg.to_dict(), "version": 1})  # a version-1 config still reads
+    assert old.version == 1 and old.shape_speed == "flops"

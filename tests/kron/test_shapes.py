@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from torch import nn
@@ -88,3 +90,64 @@ def test_per_layer_selection_on_a_model():
     budget = choose_shapes(model, max_params=1100)
     assert all(c.params <= 1100 for c in budget.values())
     assert set(picks["0"].to_dict()) >= {"a_shape", "b_shape", "params", "speedup", "error", "order"}
+
+
+def test_measured_speed_reorders_near_best_shapes_and_is_cached(tmp_path, monkeypatch):
+    """shape_speed: measured ranks the shapes near the best error by a timed speed-up (here a fake
+    timer that makes the FLOP-slower of two equal-error shapes the faster); each shape is timed once
+    per machine and read from the cache after, and a reload from the frozen config times nothing."""
+    from kronbit.kron import KroneckerConfig, kroneckerize_
+    from kronbit.kron import timing
+    from kronbit.kron.shapes import rank_shapes
+
+    monkeypatch.setenv(timing.CACHE_ENV, str(tmp_path / "cache"))
+    torch.manual_seed(0)
+    w = torch.randn(24, 16)  # random: many shapes within the error tolerance of the best
+    by_flops = rank_shapes(w, compression=2, error_tolerance=1.0)
+    assert len(by_flops) > 1
+    slowest = by_flops[-1].shape  # the FLOP ranking's last near-best shape
+    calls = []
+
+    def fake_timer(m, n, a, b, rank, dtype):
+        calls.append((a, b))
+        return 5.0 if (a, b) == (slowest.a_shape, slowest.b_shape) else 1.1
+    cache = timing.TimingCache(timer=fake_timer)
+    speed = (lambda c: cache.speedup(24, 16, c.shape.a_shape, c.shape.b_shape, c.rank, "float32"))
+    ranked = rank_shapes(w, compression=2, error_tolerance=1.0, speed=speed)
+    assert ranked[0].shape == slowest and ranked[0].measured_speedup == 5.0
+    assert len(calls) == len(ranked)
+    again = timing.TimingCache(timer=fake_timer)  # a new process: read from the file
+    rank_shapes(w, compression=2, error_tolerance=1.0,
+                speed=lambda c: again.speedup(24, 16, c.shape.a_shape, c.shape.b_shape, c.rank, "float32"))
+    assert len(calls) == len(ranked)
+    assert all(timing.machine_key() in k for k in json.loads(timing.cache_path().read_text()))
+
+    # through the config: the pick is frozen into layer_shapes, and a rebuild times nothing
+    monkeypatch.setattr(timing, "time_speedup", fake_timer)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 24))
+    cfg = KroneckerConfig(target_modules=["0"], compression=2, shape_speed="measured")
+    monkeypatch.setattr("kronbit.kron.api.TimingCache", lambda: timing.TimingCache(timer=fake_timer))
+    report = kroneckerize_(model, cfg)
+    frozen = report.config
+    n = len(calls)
+    kroneckerize_(torch.nn.Sequential(torch.nn.Linear(16, 24)), frozen)
+    assert len(calls) == n and frozen.layer_shapes["0"][:4] == [*model[0].a_shape, *model[0].b_shape]
+
+
+def test_an_unreadable_timing_cache_is_set_aside_with_one_warning(tmp_path, monkeypatch):
+    from kronbit.kron import timing
+
+    monkeypatch.setenv(timing.CACHE_ENV, str(tmp_path))
+    timing.cache_path().write_text("{not json")
+    cache = timing.TimingCache(timer=lambda *a: 2.0)
+    with pytest.warns(UserWarning, match="timing cache .* is unreadable"):
+        assert cache.speedup(8, 8, (2, 2), (4, 4), 1, "float32") == 2.0
+    assert (tmp_path / "kron_timing.unreadable").is_file()
+    assert list(json.loads(timing.cache_path().read_text()).values()) == [2.0]
+
+
+def test_the_real_timer_measures_a_speedup():
+    from kronbit.kron import timing
+
+    s = timing.time_speedup(64, 64, (8, 8), (8, 8), 1, "float32")
+    assert 0 < s < 1e4

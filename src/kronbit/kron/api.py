@@ -37,8 +37,10 @@ from ..core.transforms import forget_transforms, record_transform
 from .layers import KroneckerEmbedding, KroneckerLinear, KroneckerTiedHead, kron_flops
 from .nkp import divisors, relative_error, resolve_rank, resolve_shapes
 from .shapes import choose_shape
+from .timing import TimingCache, default_dtype
 
-CONFIG_VERSION = 1
+CONFIG_VERSION = 2  # 2 added shape_speed
+SHAPE_SPEEDS = ("flops", "measured")
 
 # The transformer block a module belongs to: "...h.3..." (GPT-2), "...layers.3..." (Llama, BERT's
 # "layer.3"), "...blocks.3..." (nanoGPT-style).
@@ -61,6 +63,9 @@ class KroneckerConfig(Config):
     b_shape: list[int] | None = None     # explicit B (m2, n2) for every targeted layer
     compression: float | None = None     # else: shape chooser; dense params / Kronecker params ≥ this
     min_speedup: float = 1.25            # chooser: minimum ideal FLOP speed-up over dense
+    # chooser: rank the shapes near the best error by FLOPs, or by forward + backward time measured
+    # on this machine (``timing``: cached per machine; the pick is frozen into layer_shapes)
+    shape_speed: str = "flops"
     # Only these transformer blocks (0-based indices as in module names: "odd" = h.1, h.3, ...).
     # Modules outside any numbered block are not filtered by this.
     layers: list[int] | str | None = None
@@ -73,9 +78,13 @@ class KroneckerConfig(Config):
     version: int = CONFIG_VERSION
 
     def validate(self) -> None:
-        if self.version != CONFIG_VERSION:
+        if self.version not in (1, CONFIG_VERSION):
             raise ConfigError(f"KroneckerConfig.version {self.version} is not supported (this kronbit reads "
-                              f"{CONFIG_VERSION})")
+                              f"1 and {CONFIG_VERSION})")
+        if self.shape_speed not in SHAPE_SPEEDS:
+            raise ConfigError(f"shape_speed: {self.shape_speed!r} is not one of {', '.join(SHAPE_SPEEDS)}")
+        if self.version == 1 and self.shape_speed != "flops":
+            raise ConfigError("shape_speed needs KroneckerConfig version 2 (omit version, or set 2)")
         if not (self.rank == "full" or (isinstance(self.rank, int) and not isinstance(self.rank, bool)
                                         and self.rank >= 1)):
             raise ConfigError(f"rank must be an integer ≥ 1 or 'full', got {self.rank!r}")
@@ -226,6 +235,7 @@ def _plan_linears(model: nn.Module, config: KroneckerConfig, filter_fn: FilterFn
         raise ConfigError(f"layer_shapes names {unknown[0]!r}, which is not a targeted linear layer; targeted: "
                           f"{', '.join(sorted(names)[:6])}{', ...' if len(names) > 6 else ''}")
     plans = []
+    timings: TimingCache | None = None  # one cache file read per call, only if a shape is timed
     for name, module in found:
         W, _, _ = linear_weight(module)
         m, n = W.shape
@@ -242,7 +252,13 @@ def _plan_linears(model: nn.Module, config: KroneckerConfig, filter_fn: FilterFn
             raise ConfigError(f"{where}: no factor shapes for it: not in layer_shapes, and neither a_shape/b_shape "
                               "nor compression is set")
         else:
-            pick = choose_shape(W.detach(), rank, config.compression, min_speedup=config.min_speedup, where=where)
+            speed = None
+            if config.shape_speed == "measured":
+                timings = timings or TimingCache()
+                speed = (lambda c, m=m, n=n: timings.speedup(m, n, c.shape.a_shape, c.shape.b_shape, c.rank,
+                                                             default_dtype()))
+            pick = choose_shape(W.detach(), rank, config.compression, min_speedup=config.min_speedup, where=where,
+                                speed=speed)
             a, b = pick.shape.a_shape, pick.shape.b_shape
         plans.append(_LinearPlan(name, a, b, resolve_rank(rank, (m, n), a, b, where)))
     return plans

@@ -13,7 +13,8 @@ must
 
 Candidates are then ranked by the reconstruction error of the layer's actual weight (the nearest
 Kronecker product, computed from the singular values of R(W)), and among those within
-``error_tolerance`` of the best error, by estimated speed.
+``error_tolerance`` of the best error, by speed: the FLOP estimate, or a time measured on this
+machine (``timing``; ``KroneckerConfig.shape_speed: measured``).
 
 Cost control: the error needs one SVD per candidate. Shapes far below the budget are almost
 always worse (fewer parameters, less capacity), so only the ``max_evaluated`` candidates with the
@@ -24,7 +25,7 @@ whose rearranged matrix has a short side, so their SVDs are cheap.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
@@ -83,6 +84,7 @@ class Candidate:
     speedup: float           # ideal FLOP speed-up over dense
     order: str
     error: float | None = None   # relative Frobenius error of the nearest Kronecker sum
+    measured_speedup: float | None = None  # dense time / Kronecker time on this machine (``timing``), if timed
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -132,9 +134,11 @@ def candidates(m: int, n: int, rank: int = 1, compression: float | None = None, 
 
 def rank_shapes(weight: torch.Tensor, rank: int = 1, compression: float | None = None,
                 max_params: int | None = None, min_speedup: float = 1.25, max_evaluated: int = 12,
-                error_tolerance: float = 0.01) -> list[Candidate]:
+                error_tolerance: float = 0.01, speed: Callable[[Candidate], float] | None = None) -> list[Candidate]:
     """Evaluated candidates for ``weight`` (out, in), best first: lowest reconstruction error, and
-    among those within ``error_tolerance`` of the best, the highest estimated speed-up."""
+    among those within ``error_tolerance`` of the best, the highest speed-up: estimated from
+    FLOPs, or, with ``speed`` (candidate -> measured speed-up, ``timing.TimingCache``), measured
+    on this machine. Only the near-best candidates are timed."""
     m, n = weight.shape
     cands = candidates(m, n, rank, compression, max_params, min_speedup)[:max_evaluated]
     for c in cands:
@@ -142,16 +146,23 @@ def rank_shapes(weight: torch.Tensor, rank: int = 1, compression: float | None =
     if not cands:
         return []
     best = min(c.error for c in cands)
-    near = sorted((c for c in cands if c.error <= best + error_tolerance), key=lambda c: (-c.speedup, c.error))
+    near = [c for c in cands if c.error <= best + error_tolerance]
+    if speed is not None and len(near) > 1:
+        for c in near:
+            c.measured_speedup = float(speed(c))
+        near.sort(key=lambda c: (-c.measured_speedup, c.error))
+    else:
+        near.sort(key=lambda c: (-c.speedup, c.error))
     rest = sorted((c for c in cands if c.error > best + error_tolerance), key=lambda c: c.error)
     return near + rest
 
 
 def choose_shape(weight: torch.Tensor, rank: int = 1, compression: float | None = None,
                  max_params: int | None = None, min_speedup: float = 1.25, max_evaluated: int = 12,
-                 error_tolerance: float = 0.01, where: str = "") -> Candidate:
+                 error_tolerance: float = 0.01, where: str = "",
+                 speed: Callable[[Candidate], float] | None = None) -> Candidate:
     """The best candidate for one layer; ConfigError in one line when nothing fits."""
-    ranked = rank_shapes(weight, rank, compression, max_params, min_speedup, max_evaluated, error_tolerance)
+    ranked = rank_shapes(weight, rank, compression, max_params, min_speedup, max_evaluated, error_tolerance, speed)
     if ranked:
         return ranked[0]
     m, n = weight.shape
