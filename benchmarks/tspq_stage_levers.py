@@ -86,6 +86,8 @@ VARIANTS: dict[str, dict[str, tuple[dict, list[str]]]] = {
         # it as the first of the row's stages; the curve and score are the W1A1 stage's.
         "W1A2 stage first (2 epochs, min-max 2-bit)": ({"before": [W1A2]}, []),
         "W1A2 stage first (2 epochs, elastic 2-bit)": ({"before": [W1A2]}, ["quant.act_quantizer=elastic"]),
+        # ... and BiT's multi-distillation: the W1A1 stage distils the W1A2 student, not the teacher
+        "W1A2 stage first, W1A1 distils it (min-max 2-bit)": ({"before": [W1A2], "distill_from": "previous"}, []),
     },
 }
 

@@ -51,6 +51,9 @@ def _with(**stage_b):
     ({**BASE, "trian": {}}, "unknown key 'trian'; did you mean 'train'"),
     (_with(kd={"hiden": 1}), "unknown key 'hiden'; did you mean 'hidden'"),
     ({**BASE, "quant": {"w_bits": 4}}, "set w_bits / a_bits per stage"),
+    (_with(distill_from="c"), "stage 'b': distill_from 'c' names no earlier stage; choose one of: teacher, previous, a"),
+    ({"name": "t", "stages": [{"name": "a", "distill_from": "previous"}]},
+     "stage 'a': distill_from 'previous' needs an earlier stage"),
 ])
 def test_bad_recipes(data, message):
     with pytest.raises(ConfigError, match=message):
@@ -118,3 +121,38 @@ def test_tiny_staged_run_end_to_end_and_resume(tmp_path, capsys, tiny_bert):
     # Without --resume or --overwrite the run directory is protected.
     assert main(args) == 2
     assert "output directory is not empty" in capsys.readouterr().err
+
+
+def test_a_stage_distils_an_earlier_stage_student(tmp_path, capsys, tiny_bert):
+    """distill_from (BiT's multi-distillation): the W1A1 stage's KD targets come from the W1A2
+    stage's student, loaded as it finished, not from the full-precision teacher."""
+    from kronbit.distill.trainer import DistillationTrainer
+
+    data = write_tiny_sst2(tmp_path / "glue")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "name": "tiny", "train": {"bf16": False, "batch_size": 16, "learning_rate": 1e-3},
+        "teacher": {"bf16": False, "batch_size": 16, "learning_rate": 3e-3, "epochs": 2},
+        "kd": {"logits": 1, "hidden": 1, "layer_map": "identity"},
+        "quant": {"attention": "binary", "ffn_act_quantizer": "elastic_unsigned"},
+        "stages": [{"name": "w1", "w_bits": 1, "init_from": "teacher"},
+                   {"name": "w1a2", "w_bits": 1, "a_bits": 2},
+                   {"name": "w1a1", "w_bits": 1, "a_bits": 1, "distill_from": "previous"}]}))
+    seen = []
+    original = DistillationTrainer.__init__
+
+    def spy(self, *a, teacher=None, **k):
+        seen.append(teacher)
+        original(self, *a, teacher=teacher, **k)
+    out = tmp_path / "run"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(DistillationTrainer, "__init__", spy)
+        assert main(["run", str(recipe), "--model", str(tiny_bert), "--task", "sst2", "--data-dir", str(data),
+                     "--output-dir", str(out), "--max-steps", "3"]) == 0
+    rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["stages"]
+    assert [r.get("distill_from", "teacher") for r in rows] == ["teacher", "teacher", "w1a2"]
+    assert [r["attention"] for r in rows] == ["full", "full", "binary"]  # k-bit stage: attention full
+    from kronbit.quant.api import quantized_modules
+    w1a2_teacher = seen[-1]
+    bits = {m.a_bits for _, m in quantized_modules(w1a2_teacher) if m.takes_activations}
+    assert bits == {2} and not w1a2_teacher.training  # the W1A2 student, in eval mode

@@ -33,7 +33,7 @@ from ..distill.mapping import kept_layer_map
 from ..distill.trainer import DistillationTrainer
 from ..formats.compressed import compressed_dir, save_compressed
 from ..formats.load import load_model
-from ..formats.meta import read_meta
+from ..formats.meta import KRONBIT_META, read_meta
 from ..models.encoders import load_classifier, load_tokenizer
 from ..models.resolve import resolve_model
 from ..quant import SCALE_PARAM_SUFFIXES, quantize_, set_bits_
@@ -43,7 +43,8 @@ from ..workflows.console import attach_console, say
 from ..workflows.finetune import FinetuneConfig, finetune
 from ..workflows.training import build_callbacks, glue_compute_metrics, selected_metrics, training_arguments
 from .recipe import Recipe, RunMethod, TrainSettings, register_run_method
-from .stages import (cap_steps, check_max_steps, drop_checkpoints, resolve_student, resume_point, run_stages)
+from .stages import (cap_steps, check_max_steps, drop_checkpoints, resolve_student, resume_point, run_stages,
+                     stage_dir)
 from .tables import GlueStageTable
 from .teacher_outputs import teacher_cache_for
 
@@ -64,7 +65,9 @@ def describe(recipe: Recipe, index: int) -> str:
     bits = f"W{s.w_bits}, A{s.a_bits}" if s.quantized else "full precision"
     if s.quantized and quant_summary(recipe.quant_config(s))["attention"] == "binary":
         bits += ", binary attention"
-    return f"{s.name} ({bits}{', augmented data' if s.augment else ''}), from {recipe.resolve_init(index)}"
+    kd = recipe.resolve_distill(index)
+    return (f"{s.name} ({bits}{', augmented data' if s.augment else ''}), from {recipe.resolve_init(index)}"
+            + (f", distilling {kd}" if kd != "teacher" else ""))
 
 
 def run(recipe: Recipe, *, model: str, task: str | None, data_dir: str, output_dir: str,
@@ -160,7 +163,7 @@ def run_stage(recipe: Recipe, index: int, *, init_dir: Path, teacher_dir: Path, 
     kept = read_meta(init_dir).get("kept_layers")
     kd = recipe.kd_config(stage)
     kd = kd.replace(layer_map=kept_layer_map(kd.layer_map, kept))
-    teacher = load_classifier(teacher_dir)
+    teacher, kd_dir = _kd_teacher(recipe, index, teacher_dir, run_out, task)
     train_ds = _train_set(recipe, index, train_ex, task, tokenizer, settings, teacher_dir, run_out)
     dev_ds = sorted_by_length(tokenize(dev_ex, tokenizer, task, settings.max_seq_length))
     args = training_arguments(settings, stage_out, len(train_ds), metric_for_best_model=task.primary_metric,
@@ -170,7 +173,7 @@ def run_stage(recipe: Recipe, index: int, *, init_dir: Path, teacher_dir: Path, 
         data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=glue_compute_metrics(task),
         callbacks=build_callbacks(stage_out), teacher=teacher, kd=kd, regression=task.is_regression,
         lr_multipliers=_scale_multipliers(settings.scale_lr_multiplier))
-    trainer.teacher_cache = teacher_cache_for(teacher_caches, teacher_dir, trainer.teacher, train_ds,
+    trainer.teacher_cache = teacher_cache_for(teacher_caches, kd_dir, trainer.teacher, train_ds,
                                               trainer.data_collator, kd, settings)
     attach_console(trainer, stage.name)
     trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
@@ -185,11 +188,24 @@ def run_stage(recipe: Recipe, index: int, *, init_dir: Path, teacher_dir: Path, 
     distributed.on_main(_save_stage, trainer.model, tokenizer, stage_out, meta, recorded_transforms(trainer.model))
     size = estimate_size(trainer.model)
     return {"stage": stage.name, "w_bits": stage.w_bits, "a_bits": stage.a_bits, "attention": size["attention"],
-            "augment": stage.augment,
+            "augment": stage.augment, **({"distill_from": recipe.resolve_distill(index)} if kd_dir != teacher_dir else {}),
             **{m: metrics[m] for m in task.metrics}, "primary_metric": task.primary_metric,
             "size_mb": round(size["total_bytes"] / 1e6, 3), "size_note": size["note"],
             "train_examples": len(train_ds), "steps": trainer.state.global_step,
             "wall_time_s": round(time.time() - start, 1)}
+
+
+def _kd_teacher(recipe: Recipe, index: int, teacher_dir: Path, run_out: Path, task):
+    """The model stage ``index`` distils (``distill_from``) and its directory: the fine-tuned
+    teacher, or an earlier stage's student as it finished (quantized as it was trained)."""
+    source = recipe.resolve_distill(index)
+    if source == "teacher":
+        return load_classifier(teacher_dir), teacher_dir
+    kd_dir = stage_dir(run_out, recipe.index_of(source), source) / "model"
+    if not (kd_dir / KRONBIT_META).is_file():
+        raise ConfigError(f"stage '{recipe.stages[index].name}': distill_from '{source}' has no finished model "
+                          f"in {kd_dir.parent} (it runs earlier in the same run)")
+    return load_model(kd_dir, task).eval(), kd_dir
 
 
 def _save_stage(model, tokenizer, stage_out: Path, meta: dict[str, Any], transforms: list) -> None:

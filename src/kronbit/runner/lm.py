@@ -56,6 +56,9 @@ def validate(recipe: Recipe) -> None:
                               "use a tspq recipe")
         if s.augment:
             raise ConfigError(f"stage '{s.name}': augment applies to GLUE stages only")
+        if s.distill_from != "teacher":
+            raise ConfigError(f"stage '{s.name}': distill_from applies to GLUE stages only (language-model "
+                              "stages distil the teacher)")
         if s.kron is not None and s.layerdrop is not None:
             raise ConfigError(f"stage '{s.name}': choose kron or layerdrop, not both")
 

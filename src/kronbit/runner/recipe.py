@@ -62,6 +62,10 @@ class TrainSettings(TrainingOptions):
 class StageConfig(Config):
     name: str
     init_from: str = "previous"      # teacher | previous | student | the name of an earlier stage
+    # Whose outputs the stage distils: the full-precision teacher, or an earlier stage's student
+    # (previous | its name): BiT's multi-distillation, where a W1A2 student teaches the W1A1 one
+    # (a closer teacher than full precision for a binary-activation student to imitate).
+    distill_from: str = "teacher"
     w_bits: int = FULL               # 32 = full-precision weights
     a_bits: int = FULL               # 32 = full-precision activations
     augment: bool = False            # train on the augmented training set
@@ -156,6 +160,13 @@ class Recipe(Config):
             choices = ", ".join([*RESERVED, *seen])
             raise ConfigError(f"stage '{s.name}': init_from '{s.init_from}' names no earlier stage; "
                               f"choose one of: {choices}")
+        if s.distill_from not in ("teacher", "previous") and s.distill_from not in seen:
+            choices = ", ".join(["teacher", "previous", *seen])
+            raise ConfigError(f"stage '{s.name}': distill_from '{s.distill_from}' names no earlier stage; "
+                              f"choose one of: {choices}")
+        if s.distill_from == "previous" and not seen:
+            raise ConfigError(f"stage '{s.name}': distill_from 'previous' needs an earlier stage; the first "
+                              "stage distils from the teacher")
 
     # What one stage runs with: the shared sections merged with the stage's own values.
     def quant_config(self, stage: StageConfig) -> QuantConfig:
@@ -193,6 +204,11 @@ class Recipe(Config):
         if s.init_from == "previous":
             return "teacher" if index == 0 else self.stages[index - 1].name
         return s.init_from
+
+    def resolve_distill(self, index: int) -> str:
+        """'teacher', or the name of the earlier stage whose student stage ``index`` distils."""
+        s = self.stages[index]
+        return self.stages[index - 1].name if s.distill_from == "previous" else s.distill_from
 
     def index_of(self, name: str) -> int:
         return [s.name for s in self.stages].index(name)
