@@ -109,7 +109,7 @@ def test_stage_lever_rows_each_change_their_stage(stage):
         assert all(b.init_from == ("student" if i == 0 else "previous") for i, b in enumerate(before)), key
         assert all(b.a_bits > s.a_bits for b in before), key  # an intermediate step, not the same stage twice
         assert train.eval_every is not None and train.seed == mod.SEED, key
-        seen.add((train.learning_rate, train.epochs, str(kd), str(recipe.quant), str(before)))
+        seen.add((train.learning_rate, train.epochs, str(kd), str(recipe.quant), str(before), s.distill_from))
         extra = mod.VARIANTS[stage][key.split("/", 2)[2]][1]
         base = load_recipe(path, mod.base_overrides("stsb", stage, extra))
         assert [b.name for b in base.stages] == [x.name for x in shipped.stages[:shipped.stages.index(ship)]]
