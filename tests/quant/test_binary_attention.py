@@ -338,6 +338,15 @@ def test_binary_attention_is_refused_on_kronecker_layers(make_bert):
         quantize_(model, QuantConfig(**W1A1))
 
 
+def _packed_binary(kind, tmp_path):
+    """(a batch, the fake-quant model's logits on it, the packed reload) of a true-W1A1 model."""
+    model = _binary(kind)
+    batch = _batch(5)
+    want = _logits(model, batch)
+    export_packed(model, tmp_path / "p")
+    return batch, want, load_packed(tmp_path / "p")
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_packed_binary_attention_runs_both_matmuls_on_the_kernel(kind, tmp_path, monkeypatch):
     from kronbit.distill.attention import FAST_PATH
@@ -346,11 +355,7 @@ def test_packed_binary_attention_runs_both_matmuls_on_the_kernel(kind, tmp_path,
 
     if kernels.extension() is None:
         pytest.skip("no C++ extension here")
-    model = _binary(kind)
-    batch = _batch(5)
-    want = _logits(model, batch)
-    export_packed(model, tmp_path / "p")
-    back = load_packed(tmp_path / "p")
+    batch, want, back = _packed_binary(kind, tmp_path)
     assert all(FAST_PATH in m.__dict__ for _, m in binary_attention_modules(back))
     calls = {"scores": 0, "values": 0, "fused": 0}
     originals = {name: getattr(kernels, f"attention_{name}") for name in calls}
@@ -525,11 +530,7 @@ def test_sign_bytes_reach_every_attention_path_as_their_values(kind, tmp_path, m
 
     if kernels.extension() is None:
         pytest.skip("no C++ extension here")
-    model = _binary(kind)
-    batch = _batch(5)
-    want = _logits(model, batch)
-    export_packed(model, tmp_path / "p")
-    back = load_packed(tmp_path / "p")
+    batch, want, back = _packed_binary(kind, tmp_path)
     mods = [m for _, m in binary_attention_modules(back)]
     assert all(SIGN_SOURCES in m.__dict__ and SIGN_FLOATS in m.__dict__ for m in mods)
     assert all(p.sign_output.as_bytes for m in mods for p in getattr(m, SIGN_SOURCES))

@@ -300,51 +300,45 @@ torch::Tensor binary_linear_bits(torch::Tensor x, torch::Tensor beta, torch::Ten
 
 // A W1A1 linear whose output goes through a signed binarizer pm·sign(y - beta_out) (BiT's Q, K, V):
 // that sign is a function of D alone, so the epilogue compares D with per-output thresholds (found
-// by the caller from every epilogue value, as for binary_linear_bits) and writes ±pm; the float y,
-// the offset subtraction and the sign never run.
-torch::Tensor binary_linear_pm(torch::Tensor x, torch::Tensor beta, torch::Tensor w, int64_t O, torch::Tensor lo,
-                               torch::Tensor hi, double pm, int64_t path) {
+// by the caller from every epilogue value, as for binary_linear_bits); the float y, the offset
+// subtraction and the sign never run. ``dtype``: float32 (write ±pm) or uint8 (write the sign byte,
+// 1 = +pm, 0 = -pm, for the one-pass attention: a quarter of the float traffic, both ways).
+static torch::Tensor binary_linear_threshold(const torch::Tensor& x, const torch::Tensor& beta, const torch::Tensor& w,
+                                             int64_t O, const torch::Tensor& lo, const torch::Tensor& hi, double pm,
+                                             torch::ScalarType dtype, int64_t path) {
   auto act = pack_signs(x, beta, path);
   const int64_t K = x.size(1);
   check_act(act, K, 0);
   for (const auto* t : {&lo, &hi})
     TORCH_CHECK(t->scalar_type() == torch::kInt32 && t->is_contiguous() && t->numel() == O,
                 "lo / hi must be (out_features,) int32");
-  TORCH_CHECK(pm > 0, "the output scale must be positive");
   const int p = resolve(path, true);
   const int64_t T = act.size(0), KW = act.size(1);
   const auto* ap = reinterpret_cast<const uint64_t*>(act.data_ptr<int64_t>());
   auto off = binary_offsets(ap, T, KW, K, 0);
-  auto out = torch::empty({T, O}, x.options());
-  Epi e{off.data(), -2, nullptr, nullptr, out.data_ptr<float>(), nullptr, O};
+  auto out = torch::empty({T, O}, x.options().dtype(dtype));
+  Epi e{off.data(), -2, nullptr, nullptr, nullptr, nullptr, O};
   e.lo = lo.data_ptr<int32_t>();
   e.hi = hi.data_ptr<int32_t>();
-  e.pm = static_cast<float>(pm);
+  if (dtype == torch::kUInt8) {
+    e.signs = out.data_ptr<uint8_t>();
+  } else {
+    e.y = out.data_ptr<float>();
+    e.pm = static_cast<float>(pm);
+  }
   run_binary(ap, T, KW, 0, w, O, p, e);
   return out;
 }
 
-// The same layer writing one byte per output, the binarizer's sign (1 = +pm, 0 = -pm), for the
-// one-pass attention to read: a quarter of the float output's memory traffic, both ways.
+torch::Tensor binary_linear_pm(torch::Tensor x, torch::Tensor beta, torch::Tensor w, int64_t O, torch::Tensor lo,
+                               torch::Tensor hi, double pm, int64_t path) {
+  TORCH_CHECK(pm > 0, "the output scale must be positive");
+  return binary_linear_threshold(x, beta, w, O, lo, hi, pm, torch::kFloat32, path);
+}
+
 torch::Tensor binary_linear_signs(torch::Tensor x, torch::Tensor beta, torch::Tensor w, int64_t O, torch::Tensor lo,
                                   torch::Tensor hi, int64_t path) {
-  auto act = pack_signs(x, beta, path);
-  const int64_t K = x.size(1);
-  check_act(act, K, 0);
-  for (const auto* t : {&lo, &hi})
-    TORCH_CHECK(t->scalar_type() == torch::kInt32 && t->is_contiguous() && t->numel() == O,
-                "lo / hi must be (out_features,) int32");
-  const int p = resolve(path, true);
-  const int64_t T = act.size(0), KW = act.size(1);
-  const auto* ap = reinterpret_cast<const uint64_t*>(act.data_ptr<int64_t>());
-  auto off = binary_offsets(ap, T, KW, K, 0);
-  auto out = torch::empty({T, O}, x.options().dtype(torch::kUInt8));
-  Epi e{off.data(), -2, nullptr, nullptr, nullptr, nullptr, O};
-  e.lo = lo.data_ptr<int32_t>();
-  e.hi = hi.data_ptr<int32_t>();
-  e.signs = out.data_ptr<uint8_t>();
-  run_binary(ap, T, KW, 0, w, O, p, e);
-  return out;
+  return binary_linear_threshold(x, beta, w, O, lo, hi, 1.0, torch::kUInt8, path);
 }
 
 // ---- binary attention (BiT's true W1A1) --------------------------------------------------------
