@@ -88,6 +88,8 @@ VARIANTS: dict[str, dict[str, tuple[dict, list[str]]]] = {
         "W1A2 stage first (2 epochs, elastic 2-bit)": ({"before": [W1A2]}, ["quant.act_quantizer=elastic"]),
         # ... and BiT's multi-distillation: the W1A1 stage distils the W1A2 student, not the teacher
         "W1A2 stage first, W1A1 distils it (min-max 2-bit)": ({"before": [W1A2], "distill_from": "previous"}, []),
+        "W1A2 stage first, W1A1 distils it (elastic 2-bit)":
+            ({"before": [W1A2], "distill_from": "previous"}, ["quant.act_quantizer=elastic"]),
     },
 }
 
