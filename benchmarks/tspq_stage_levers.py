@@ -182,13 +182,17 @@ def main() -> None:
     spe = _steps_per_epoch(args.task, load_recipe(recipe_file, _common(args.task, args.stage)).train.batch_size)
     for key, rfile, overrides in planned_recipes(args, spe):
         name = key.split("/", 2)[2]
+        out = WORK / "tspq_stage_levers" / args.task / args.stage / slug(name)
         if res.done(key) and not args.redo:
+            row = res.data["rows"][key]
+            if "stage_scores" not in row and (out / "stages.json").is_file():
+                row["stage_scores"] = _stage_scores(json.loads((out / "stages.json").read_text()))
+                res.save(render(res))
             print(f"[skip] {key}")
             continue
         recipe = load_recipe(rfile, overrides)
         extra = VARIANTS[args.stage][name][1]
         bdir = ensure_base(extra)
-        out = WORK / "tspq_stage_levers" / args.task / args.stage / slug(name)
         t0 = time.time()
         table = run_recipe(recipe, model=str(tdir), task=args.task, data_dir=data, output_dir=str(out),
                            max_steps=args.max_steps, resume=out.is_dir() and not args.redo, overwrite=args.redo,
@@ -201,10 +205,16 @@ def main() -> None:
                       "base_score": bases[tuple(extra)], "primary_metric": m, "score": last[m],
                       "score_unit": "fraction (dev, best evaluation)", "teacher_score": table["teacher"].get(m),
                       "steps": last["steps"], "train_examples": last["train_examples"],
+                      "stage_scores": _stage_scores(table),
                       "curve": [{"step": s, "score": v, "eval_loss": loss} for s, v, loss in _curve(stage_dir, m)],
                       "wall_time_s": round(time.time() - t0, 1), "wall_time_unit": "s"})
         res.save(render(res))
     res.save(render(res))
+
+
+def _stage_scores(table: dict) -> dict[str, float]:
+    """Each stage's best dev score in a variant's run (its own stages before the studied one too)."""
+    return {r["stage"]: r[table["primary_metric"]] for r in table["stages"]}
 
 
 def render(res: Results) -> str:
@@ -212,7 +222,8 @@ def render(res: Results) -> str:
     for r in res.data["rows"].values():
         curve = " → ".join(f"{100 * c['score']:.1f}" for c in r["curve"])
         groups.setdefault((r["stage"], r["task"]), []).append(
-            [r["variant"], f"{100 * r['base_score']:.2f}", curve, f"{100 * r['score']:.2f}", r["steps"],
+            [r["variant"] + "".join(f"; {st} stage {100 * v:.1f}" for st, v in list(r.get("stage_scores", {}).items())[:-1]),
+             f"{100 * r['base_score']:.2f}", curve, f"{100 * r['score']:.2f}", r["steps"],
              f"{r['wall_time_s'] / 60:.1f}"])
     floors = res.data.setdefault("majority_class", {"unit": "fraction"})
     floors.update(majority_scores(sorted({t for _, t in groups if t not in floors})))
