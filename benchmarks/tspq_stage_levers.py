@@ -233,7 +233,11 @@ def render(res: Results) -> str:
              "STAGE alone from that base student, full training set, a dev evaluation every 1/"
              f"{EVALS_PER_EPOCH} epoch, changing one thing. Curve: the dev score at each evaluation; best: the "
              "checkpoint the next stage would start from. Base: the dev score the variant starts from (a variant "
-             "that changes a quant option has its own base, quantized with that option from the first stage on). Commands, dates and machine in `tspq_stage_levers.json`. "
+             "that changes a quant option has its own base, quantized with that option from the first stage on). "
+             "A variant named \"... stage first\" trains an intermediate stage between the base and STAGE (its "
+             "best score follows the name; the curve is STAGE's); \"distils it\": STAGE's KD targets come from that "
+             "intermediate student instead of the teacher (`distill_from`, BiT's multi-distillation). Commands, "
+             "dates and machine in `tspq_stage_levers.json`. "
              "Wall minutes are elapsed time on a shared machine, no measure of speed.\n"]
     for (stage, task), rows in groups.items():
         any_row = next(r for r in res.data["rows"].values() if r["task"] == task and r["stage"] == stage)
