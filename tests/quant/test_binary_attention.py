@@ -495,6 +495,12 @@ def test_one_pass_attention_declines_what_it_cannot_do():
     assert key_padding(causal, 2, 6) is False
     assert key_padding(torch.full((2, 1, 1, 6), -0.5), 2, 6) is False  # a bias, not a mask
     assert key_padding(torch.ones(2, 1, 1, 6, dtype=torch.bool), 2, 6) is False
+    # answered once per mask object and version: another mask, or this one changed in place, is new
+    pad2 = pad.clone()
+    pad2[1, ..., 5:] = min32
+    assert key_padding(pad, 2, 6)[1].all() and not key_padding(pad2, 2, 6)[1].all()
+    pad[1, ..., 5:] = min32
+    assert not key_padding(pad, 2, 6)[1].all()
 
 
 def test_sign_byte_operands_equal_float_operands_on_every_path():

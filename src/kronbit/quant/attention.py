@@ -118,17 +118,19 @@ def binary_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.
     kernel, or None to decline (gradients wanted, not float32, operands not binary, quantizer not
     yet initialised): then the float path runs."""
     quantizer = getattr(module, PROB_QUANTIZER, None)
-    if (quantizer is None or not bool(quantizer.initialized)
-            or (torch.is_grad_enabled() and (query.requires_grad or quantizer.alpha.requires_grad))):
+    if quantizer is None or (torch.is_grad_enabled() and (query.requires_grad or quantizer.alpha.requires_grad)):
+        return None
+    scales = _scales(module, quantizer)
+    if scales is None:  # the probability binarizer not yet initialised from data
         return None
     if scaling is None:
         scaling = query.size(-1) ** -0.5
     if query.numel() == 0 or key.numel() == 0:
         return None
-    alpha_p = float(quantizer.alpha.detach().clamp_min(EPS))
+    alpha_p = scales[0]
     keep = key_padding(attention_mask, query.size(0), key.size(2))
     if query.dtype == torch.uint8:  # sign bytes from the projections (``wire_sign_bytes_``)
-        aq, ak, av = sign_scales(module)
+        aq, ak, av = scales[1:]
         if keep is not False:
             out = kernels.attention_fused(query, key, value, keep, aq * ak * scaling, alpha_p, alpha_p * av)
             if out is not None:
@@ -163,6 +165,28 @@ SIGN_SOURCES = "kronbit_sign_sources"  # attention-module attribute: the Q, K, V
 # nothing but views in between (so sign bytes reach it intact), in Hugging Face naming.
 BYTE_SAFE = {"BertSelfAttention", "RobertaSelfAttention", "XLMRobertaSelfAttention", "CamembertSelfAttention",
              "ElectraSelfAttention"}
+
+
+SCALES_CACHE = "_kronbit_attention_scales"  # attention-module attribute: (versions, scales)
+
+
+def _scales(module: nn.Module, quantizer) -> tuple[float, ...] | None:
+    """(α of the probability binarizer, then α of each sign-byte projection) as Python floats, or
+    None before the probability binarizer is initialised; kept until one of them changes, so a call
+    costs no device syncs."""
+    sources = getattr(module, SIGN_SOURCES, ())
+    key = [(t, t._version) for t in (quantizer.alpha, quantizer.initialized,
+                                      *(p.output_quantizer.alpha for p in sources))]
+    cached = module.__dict__.get(SCALES_CACHE)
+    if cached is None or len(cached[0]) != len(key) or not all(
+            a is b and v == w for (a, v), (b, w) in zip(key, cached[0])):
+        value = None
+        if bool(quantizer.initialized):
+            value = (float(quantizer.alpha.detach().clamp_min(EPS)), *sign_scales(module)) if sources else \
+                (float(quantizer.alpha.detach().clamp_min(EPS)),)
+        cached = (key, value)
+        module.__dict__[SCALES_CACHE] = cached
+    return cached[1]
 
 
 def sign_scales(module: nn.Module) -> tuple[float, float, float]:
@@ -207,12 +231,29 @@ def wire_sign_bytes_(model: nn.Module) -> int:
 _MASKED = -1.0e4
 
 
+# (mask, its version, batch, key_len, result): every layer of a forward gets the same mask. One
+# tuple, read and replaced whole, so concurrent forwards never pair one mask with another's answer.
+_LAST_MASK: list = [None]
+
+
 def key_padding(mask: torch.Tensor | None, batch: int, key_len: int) -> torch.Tensor | None | bool:
     """The real keys (batch, key_len) bool of an additive attention mask that only removes padded
     keys (the same for every query and head): None when there is no mask or it removes nothing,
-    False when it is anything else (a causal or biased mask: the general path handles it)."""
+    False when it is anything else (a causal or biased mask: the general path handles it). The
+    last answer is kept for the same mask object at the same version: all the layers of a forward
+    pass receive one mask, and it is checked once (the cache holds the mask, so its identity
+    cannot pass to another tensor)."""
     if mask is None:
         return None
+    last = _LAST_MASK[0]
+    if last is not None and last[0] is mask and last[1:4] == (mask._version, batch, key_len):
+        return last[4]
+    result = _key_padding(mask, batch, key_len)
+    _LAST_MASK[0] = (mask, mask._version, batch, key_len, result)
+    return result
+
+
+def _key_padding(mask: torch.Tensor, batch: int, key_len: int) -> torch.Tensor | None | bool:
     if (not mask.is_floating_point() or mask.dim() != 4 or mask.size(1) != 1 or mask.size(0) not in (1, batch)
             or mask.size(-1) != key_len):
         return False
@@ -225,7 +266,7 @@ def key_padding(mask: torch.Tensor | None, batch: int, key_len: int) -> torch.Te
         return False
     if bool(keep.all()):
         return None
-    return keep.expand(batch, key_len)
+    return keep.expand(batch, key_len).contiguous()
 
 
 def wire_binary_attention_(model: nn.Module, on: bool = True) -> int:

@@ -165,6 +165,8 @@ class BitsFusion:
     consumer: nn.Module
     _key: list = field(default_factory=list, repr=False)  # (tensor, version) the thresholds were found for
     _thresholds: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
+    _plan_key: list = field(default_factory=list, repr=False)
+    _plan_cache: tuple | None = field(default=None, repr=False)
 
     def _inputs(self, producer) -> list[torch.Tensor | None]:
         q, cq = producer.input_quantizer, self.consumer.input_quantizer
@@ -178,21 +180,34 @@ class BitsFusion:
             self._key = key
         return self._thresholds
 
+    def _plan(self, producer) -> tuple | None:
+        """(lo, hi, the producer's input β as float32) while every quantizer is initialised and the
+        bits are of threshold form, else None; kept until one of the tensors it came from changes,
+        so a call costs no device syncs and no copies."""
+        q, cq = producer.input_quantizer, self.consumer.input_quantizer
+        key = _versions([*self._inputs(producer), q.beta, q.initialized, cq.initialized])
+        if not _same(key, self._plan_key):
+            plan = None
+            if bool(q.initialized) and bool(cq.initialized):
+                th = self.thresholds(producer)
+                if th is not None:
+                    plan = (th[0], th[1], q.beta.detach().float().contiguous())
+            self._plan_cache, self._plan_key = plan, key
+        return self._plan_cache
+
     def forward(self, producer, x: torch.Tensor) -> torch.Tensor | None:
         """The consumer's packed input bits from the producer's raw input, or None (unfused)."""
         consumer = self.consumer
         if (x.dtype != torch.float32 or torch.is_autocast_enabled("cpu") or producer.output_quantizer is not None
-                or consumer.kernel is None or consumer.kernel.kind != "binary"
-                or not bool(producer.input_quantizer.initialized) or not bool(consumer.input_quantizer.initialized)):
+                or consumer.kernel is None or consumer.kernel.kind != "binary"):
             return None
         with torch.no_grad():
-            th = self.thresholds(producer)
-            if th is None:
+            plan = self._plan(producer)
+            if plan is None:
                 return None
-            flat = _rows(x, producer.in_features)
-            q, k = producer.input_quantizer, producer.kernel
-            bits = kernels.extension().binary_linear_bits(flat, q.beta.detach().float().contiguous(),
-                                                          producer.packed_weight, k.out_features, th[0], th[1], k.path)
+            k = producer.kernel
+            bits = kernels.extension().binary_linear_bits(_rows(x, producer.in_features), plan[2], producer.packed_weight,
+                                                          k.out_features, plan[0], plan[1], k.path)
         return bits.view(*x.shape[:-1], bits.shape[-1])
 
 
@@ -242,6 +257,8 @@ class SignOutput:
     as_bytes: bool = False
     _key: list = field(default_factory=list, repr=False)
     _thresholds: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
+    _plan_key: list = field(default_factory=list, repr=False)
+    _plan_cache: tuple | None = field(default=None, repr=False)
 
     def thresholds(self, layer) -> tuple[torch.Tensor, torch.Tensor] | None:
         q, oq = layer.input_quantizer, layer.output_quantizer
@@ -253,25 +270,37 @@ class SignOutput:
             self._thresholds, self._key = interval_thresholds(words, k, o), key
         return self._thresholds
 
-    def forward(self, layer, x: torch.Tensor) -> torch.Tensor | None:
-        """±α per output, or None to take the ordinary path."""
+    def _plan(self, layer) -> tuple | None:
+        """(lo, hi, the input β as float32, α) while both binarizers are initialised and the signs are
+        of threshold form, else None; kept until one of the tensors it came from changes."""
         q, oq = layer.input_quantizer, layer.output_quantizer
-        if (x.dtype != torch.float32 or torch.is_autocast_enabled("cpu") or not bool(q.initialized)
-                or not bool(oq.initialized) or (torch.is_grad_enabled() and oq.alpha.requires_grad)):
+        key = _versions((q.alpha, layer.weight_scale, layer.bias, oq.beta, oq.alpha, q.beta, q.initialized,
+                         oq.initialized))
+        if not _same(key, self._plan_key):
+            plan = None
+            if bool(q.initialized) and bool(oq.initialized):
+                th = self.thresholds(layer)
+                if th is not None:
+                    plan = (th[0], th[1], q.beta.detach().float().contiguous(), float(oq.alpha.detach().clamp_min(EPS)))
+            self._plan_cache, self._plan_key = plan, key
+        return self._plan_cache
+
+    def forward(self, layer, x: torch.Tensor) -> torch.Tensor | None:
+        """±α per output (sign bytes with ``as_bytes``), or None to take the ordinary path."""
+        if (x.dtype != torch.float32 or torch.is_autocast_enabled("cpu")
+                or (torch.is_grad_enabled() and layer.output_quantizer.alpha.requires_grad)):
             return None
         with torch.no_grad():
-            th = self.thresholds(layer)
-            if th is None:
+            plan = self._plan(layer)
+            if plan is None:
                 return None
+            lo, hi, beta, alpha = plan
             flat = _rows(x, layer.in_features)
+            ext, k = kernels.extension(), layer.kernel
             if self.as_bytes:
-                y = kernels.extension().binary_linear_signs(flat, q.beta.detach().float().contiguous(),
-                                                            layer.packed_weight, layer.out_features, th[0], th[1],
-                                                            layer.kernel.path)
-                return y.view(*x.shape[:-1], layer.out_features)
-            alpha = float(oq.alpha.detach().clamp_min(EPS))
-            y = kernels.extension().binary_linear_pm(flat, q.beta.detach().float().contiguous(), layer.packed_weight,
-                                                     layer.out_features, th[0], th[1], alpha, layer.kernel.path)
+                y = ext.binary_linear_signs(flat, beta, layer.packed_weight, layer.out_features, lo, hi, k.path)
+            else:
+                y = ext.binary_linear_pm(flat, beta, layer.packed_weight, layer.out_features, lo, hi, alpha, k.path)
         return y.view(*x.shape[:-1], layer.out_features)
 
 

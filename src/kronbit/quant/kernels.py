@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -170,6 +170,7 @@ class Kernel:
     out_features: int
     in_features: int
     unsigned: bool = False  # binary with a {0, α} input binarizer (AND-popcount), not ±α (XOR)
+    _cache: tuple | None = field(default=None, repr=False, compare=False)  # (versions, operands)
 
     @property
     def path_name(self) -> str:
@@ -190,34 +191,52 @@ class Kernel:
             return binary_nibbles_inverse(w, o, k)
         return binary_words_inverse(w, o, k)
 
+    def _operands(self, layer) -> tuple | None:
+        """(input β as float32 or an empty tensor, α as float32, bias) of a binary layer, or None
+        before its input binarizer is initialised from data; kept until one of them changes, so a
+        call costs no device sync and no copies."""
+        q = layer.input_quantizer
+        key = [(t, t._version) for t in (q.alpha, q.beta, q.initialized, layer.bias) if t is not None]
+        cached = self._cache
+        if cached is None or len(cached[0]) != len(key) or not all(
+                a is b and v == w for (a, v), (b, w) in zip(key, cached[0])):
+            ops = None
+            if bool(q.initialized):
+                beta = torch.zeros(0) if q.beta is None else q.beta.detach().float().contiguous().reshape(-1)
+                ops = (beta, q.alpha.detach().float(), None if layer.bias is None else layer.bias.detach())
+            cached = self._cache = (key, ops)
+        return cached[1]
+
     def forward(self, layer, x: torch.Tensor) -> torch.Tensor | None:
         """The layer's output from its raw input (input quantizer included), or None when this
         call must take the ordinary path (an elastic binarizer not yet initialised from data)."""
-        q = layer.input_quantizer
-        if self.kind == "binary" and not bool(q.initialized):
-            return None
         ext = extension()
-        if x.dtype == torch.int64:  # the input's bits, packed by the layer before (quant.fused)
-            y = ext.binary_linear_words(x.reshape(-1, x.shape[-1]), self.in_features, q.alpha.detach().float(),
-                                        layer.packed_weight, self.out_features, layer.weight_scale,
-                                        None if layer.bias is None else layer.bias.detach(), self.path,
-                                        int(self.unsigned))
-            return y.view(*x.shape[:-1], self.out_features)
+        if self.kind == "binary":
+            ops = self._operands(layer)
+            if ops is None:
+                return None
+            beta, alpha, bias = ops
+            w, s = layer.packed_weight, layer.weight_scale
+            if x.dtype == torch.int64:  # the input's bits, packed by the layer before (quant.fused)
+                y = ext.binary_linear_words(x.reshape(-1, x.shape[-1]), self.in_features, alpha, w, self.out_features,
+                                            s, bias, self.path, int(self.unsigned))
+                return y.view(*x.shape[:-1], self.out_features)
+            flat = x.reshape(-1, self.in_features)
+            if flat.dtype != torch.float32 or not flat.is_contiguous():
+                flat = flat.float().contiguous()
+            if self.unsigned:
+                y = ext.binary_linear_unsigned(flat, beta, alpha, w, self.out_features, s, bias, self.path)
+            else:
+                y = ext.binary_linear(flat, beta, alpha, w, self.out_features, s, bias, self.path)
+            return y.to(x.dtype).view(*x.shape[:-1], self.out_features)
+        q = layer.input_quantizer
         flat = x.reshape(-1, self.in_features)
         if flat.dtype != torch.float32 or not flat.is_contiguous():
             flat = flat.float().contiguous()
         bias = None if layer.bias is None else layer.bias.detach()
-        w, s = layer.packed_weight, layer.weight_scale
-        if self.kind == "binary" and self.unsigned:
-            beta = torch.zeros(0) if q.beta is None else q.beta.detach().float().contiguous().reshape(-1)
-            y = ext.binary_linear_unsigned(flat, beta, q.alpha.detach().float(), w, self.out_features, s, bias,
-                                           self.path)
-        elif self.kind == "binary":
-            y = ext.binary_linear(flat, q.beta.detach().float().contiguous(), q.alpha.detach().float(), w,
-                                  self.out_features, s, bias, self.path)
-        else:
-            cv = -1.0 if q.clip_val is None else float(q.clip_val)
-            y = ext.ternary_linear(flat, float(q.clip_ratio), cv, w, self.out_features, s, bias, self.path)
+        cv = -1.0 if q.clip_val is None else float(q.clip_val)
+        y = ext.ternary_linear(flat, float(q.clip_ratio), cv, layer.packed_weight, self.out_features,
+                               layer.weight_scale, bias, self.path)
         return y.to(x.dtype).view(*x.shape[:-1], self.out_features)
 
 
