@@ -175,23 +175,21 @@ def _scales(module: nn.Module, quantizer) -> tuple[float, ...] | None:
     None before the probability binarizer is initialised; kept until one of them changes, so a call
     costs no device syncs."""
     sources = getattr(module, SIGN_SOURCES, ())
-    key = [(t, t._version) for t in (quantizer.alpha, quantizer.initialized,
-                                      *(p.output_quantizer.alpha for p in sources))]
+    key = kernels.tensor_versions((quantizer.alpha, quantizer.initialized,
+                                   *(p.output_quantizer.alpha for p in sources)))
     cached = module.__dict__.get(SCALES_CACHE)
-    if cached is None or len(cached[0]) != len(key) or not all(
-            a is b and v == w for (a, v), (b, w) in zip(key, cached[0])):
+    if cached is None or not kernels.same_versions(key, cached[0]):
         value = None
         if bool(quantizer.initialized):
-            value = (float(quantizer.alpha.detach().clamp_min(EPS)), *sign_scales(module)) if sources else \
-                (float(quantizer.alpha.detach().clamp_min(EPS)),)
+            value = (float(quantizer.alpha.detach().clamp_min(EPS)), *sign_scales(module))
         cached = (key, value)
         module.__dict__[SCALES_CACHE] = cached
     return cached[1]
 
 
 def sign_scales(module: nn.Module) -> tuple[float, float, float]:
-    """α of the Q, K, V binarizers whose outputs arrive as sign bytes."""
-    return tuple(float(p.output_quantizer.alpha.detach().clamp_min(EPS)) for p in getattr(module, SIGN_SOURCES))
+    """α of the Q, K, V binarizers whose outputs arrive as sign bytes (none when they do not)."""
+    return tuple(float(p.output_quantizer.alpha.detach().clamp_min(EPS)) for p in getattr(module, SIGN_SOURCES, ()))
 
 
 def signs_to_float(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor):

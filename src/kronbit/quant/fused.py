@@ -134,15 +134,6 @@ class WorkspaceFusion:
         return out
 
 
-def _versions(tensors) -> list:
-    """(tensor, version) of each: cached thresholds are stale once any entry differs."""
-    return [(t, t._version) for t in tensors if t is not None]
-
-
-def _same(key: list, old: list) -> bool:
-    return len(key) == len(old) and all(a is b and v == w for (a, v), (b, w) in zip(key, old))
-
-
 def _rows(x: torch.Tensor, features: int) -> torch.Tensor:
     flat = x.reshape(-1, features)
     return flat if flat.is_contiguous() else flat.contiguous()
@@ -174,8 +165,8 @@ class BitsFusion:
 
     def thresholds(self, producer) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(lo, hi) int32 per output, or None when some output's bits are not of that form."""
-        key = _versions(self._inputs(producer))
-        if not _same(key, self._key):
+        key = kernels.tensor_versions(self._inputs(producer))
+        if not kernels.same_versions(key, self._key):
             self._thresholds = find_thresholds(producer, self.act, self.consumer)
             self._key = key
         return self._thresholds
@@ -185,8 +176,8 @@ class BitsFusion:
         bits are of threshold form, else None; kept until one of the tensors it came from changes,
         so a call costs no device syncs and no copies."""
         q, cq = producer.input_quantizer, self.consumer.input_quantizer
-        key = _versions([*self._inputs(producer), q.beta, q.initialized, cq.initialized])
-        if not _same(key, self._plan_key):
+        key = kernels.tensor_versions([*self._inputs(producer), q.beta, q.initialized, cq.initialized])
+        if not kernels.same_versions(key, self._plan_key):
             plan = None
             if bool(q.initialized) and bool(cq.initialized):
                 th = self.thresholds(producer)
@@ -262,8 +253,8 @@ class SignOutput:
 
     def thresholds(self, layer) -> tuple[torch.Tensor, torch.Tensor] | None:
         q, oq = layer.input_quantizer, layer.output_quantizer
-        key = _versions((q.alpha, layer.weight_scale, layer.bias, oq.beta))
-        if not _same(key, self._key):
+        key = kernels.tensor_versions((q.alpha, layer.weight_scale, layer.bias, oq.beta))
+        if not kernels.same_versions(key, self._key):
             k, o = layer.in_features, layer.out_features
             beta = oq.beta.detach().float().reshape(-1).expand(o).contiguous()
             words = kernels.extension().pack_signs(_levels(layer).contiguous(), beta, layer.kernel.path)
@@ -274,9 +265,9 @@ class SignOutput:
         """(lo, hi, the input β as float32, α) while both binarizers are initialised and the signs are
         of threshold form, else None; kept until one of the tensors it came from changes."""
         q, oq = layer.input_quantizer, layer.output_quantizer
-        key = _versions((q.alpha, layer.weight_scale, layer.bias, oq.beta, oq.alpha, q.beta, q.initialized,
+        key = kernels.tensor_versions((q.alpha, layer.weight_scale, layer.bias, oq.beta, oq.alpha, q.beta, q.initialized,
                          oq.initialized))
-        if not _same(key, self._plan_key):
+        if not kernels.same_versions(key, self._plan_key):
             plan = None
             if bool(q.initialized) and bool(oq.initialized):
                 th = self.thresholds(layer)

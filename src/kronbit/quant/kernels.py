@@ -160,6 +160,16 @@ def ternary_chunks_inverse(w: torch.Tensor, o: int, k: int) -> torch.Tensor:
 # Per-layer plans
 
 
+def tensor_versions(tensors) -> list:
+    """(tensor, version) of each non-None tensor: a cache keyed by it is stale once any entry
+    differs (a tensor replaced, or changed in place)."""
+    return [(t, t._version) for t in tensors if t is not None]
+
+
+def same_versions(key: list, old: list | None) -> bool:
+    return old is not None and len(key) == len(old) and all(a is b and v == w for (a, v), (b, w) in zip(key, old))
+
+
 @dataclass
 class Kernel:
     """How one PackedLinear runs on a kernel: kind ("binary" / "ternary"), the chosen path, and
@@ -196,10 +206,9 @@ class Kernel:
         before its input binarizer is initialised from data; kept until one of them changes, so a
         call costs no device sync and no copies."""
         q = layer.input_quantizer
-        key = [(t, t._version) for t in (q.alpha, q.beta, q.initialized, layer.bias) if t is not None]
+        key = tensor_versions((q.alpha, q.beta, q.initialized, layer.bias))
         cached = self._cache
-        if cached is None or len(cached[0]) != len(key) or not all(
-                a is b and v == w for (a, v), (b, w) in zip(key, cached[0])):
+        if cached is None or not same_versions(key, cached[0]):
             ops = None
             if bool(q.initialized):
                 beta = torch.zeros(0) if q.beta is None else q.beta.detach().float().contiguous().reshape(-1)
