@@ -15,6 +15,9 @@ if kernels.extension() is None:  # pragma: no cover - a machine without a compil
     pytest.skip("the C++ kernels cannot be built here", allow_module_level=True)
 
 BINARY_PATHS = ["portable", "avx2", "avx512"]
+# Every tail of the avx512 tiles (1-5 tokens after tiles of 6) and both of its tiles (the one
+# specialised for one epilogue on full runs of 32 outputs, the general one for the rest).
+TILE_SHAPES = [(11, 130, 96), (10, 64, 32), (9, 70, 40), (8, 64, 30), (12, 700, 70)]
 
 
 def _need(path):
@@ -28,7 +31,7 @@ def _unpack(words, o):
 
 
 @pytest.mark.parametrize("path", BINARY_PATHS)
-@pytest.mark.parametrize("t,k,o", [(1, 64, 8), (7, 200, 72), (13, 768, 136), (6, 300, 64)])
+@pytest.mark.parametrize("t,k,o", [(1, 64, 8), (7, 200, 72), (13, 768, 136), (6, 300, 64)] + TILE_SHAPES)
 def test_bits_epilogue_is_the_threshold_comparison_on_every_path(path, t, k, o):
     _need(path)
     gen = torch.Generator().manual_seed(t + k + o)
@@ -254,7 +257,7 @@ def test_true_w1a1_ffn_fuses_into_the_unsigned_binarizer_bit_for_bit(make_bert, 
 
 
 @pytest.mark.parametrize("path", BINARY_PATHS)
-@pytest.mark.parametrize("t,k,o", [(1, 64, 8), (7, 200, 72), (13, 768, 136)])
+@pytest.mark.parametrize("t,k,o", [(1, 64, 8), (7, 200, 72), (13, 768, 136)] + TILE_SHAPES)
 def test_sign_epilogue_writes_plus_minus_scale_by_the_thresholds_on_every_path(path, t, k, o):
     _need(path)
     gen = torch.Generator().manual_seed(t + k + o)
@@ -266,6 +269,8 @@ def test_sign_epilogue_writes_plus_minus_scale_by_the_thresholds_on_every_path(p
     d = (sign_pm1(x - beta) @ w.float().t()).int()
     got = kernels.extension().binary_linear_pm(x, beta, wp, o, lo, hi, 0.37, kernels.PATHS[path])
     assert torch.equal(got, torch.where((d <= lo) | (d >= hi), 0.37, -0.37))
+    signs = kernels.extension().binary_linear_signs(x, beta, wp, o, lo, hi, kernels.PATHS[path])
+    assert signs.dtype == torch.uint8 and torch.equal(signs, ((d <= lo) | (d >= hi)).to(torch.uint8))
 
 
 def _true_w1a1_bert(make_bert, tmp_path):

@@ -25,6 +25,10 @@ if kernels.extension() is None:  # pragma: no cover - a machine without a compil
 BINARY_PATHS = ["portable", "avx2", "avx512"]
 TERNARY_PATHS = ["portable", "avx2", "avxvnni", "avx512"]
 SHAPES = [(1, 64, 8), (7, 200, 72), (13, 768, 136), (6, 3072, 64)]  # (tokens, in, out): tails, flushes
+# The avx512 binary kernel's tiles: 6 tokens by 32 outputs, then one tile of the 1-5 tokens left;
+# full runs of 32 outputs take a kernel specialised for the epilogue, the rest (a lone block, one
+# ending past out_features) the general tile. These shapes reach every one of those.
+TILE_SHAPES = [(11, 130, 96), (10, 64, 32), (9, 70, 40), (8, 64, 30), (12, 700, 70)]
 
 
 def _need(path, kind):
@@ -37,7 +41,7 @@ def _rand_pm1(shape, gen):
 
 
 @pytest.mark.parametrize("path", BINARY_PATHS)
-@pytest.mark.parametrize("t,k,o", SHAPES)
+@pytest.mark.parametrize("t,k,o", SHAPES + TILE_SHAPES)
 def test_binary_gemm_is_the_integer_product_on_every_path(path, t, k, o):
     _need(path, "binary")
     gen = torch.Generator().manual_seed(k + o)

@@ -71,7 +71,13 @@ def available_paths(kind: str = "binary") -> list[str]:
     ext = extension()
     if ext is None:
         return []
-    return [PATH_NAMES[p] for p in ext.available(kind == "binary")]
+    key = (id(ext), kind)
+    if key not in _AVAILABLE:  # asked on every kernel call: the CPU's answer does not change
+        _AVAILABLE[key] = [PATH_NAMES[p] for p in ext.available(kind == "binary")]
+    return list(_AVAILABLE[key])
+
+
+_AVAILABLE: dict[tuple[int, str], list[str]] = {}
 
 
 def resolve_path(path: str | None, kind: str) -> int | None:
@@ -295,6 +301,9 @@ def pack_unsigned(x: torch.Tensor, alpha: float, beta: torch.Tensor | None = Non
     return extension().pack_unsigned(x.float().contiguous(), b, float(alpha), -1 if p is None else p)
 
 
+_NO_SCALES = torch.zeros(0)
+
+
 def binary_gemm(act: torch.Tensor, k: int, weights: torch.Tensor, out_features: int, v: torch.Tensor | None = None,
                 bias: torch.Tensor | None = None, mode: str = "xor", path: str | None = None) -> torch.Tensor:
     """D (int32, when ``v`` is None) or v·D + bias (float32) for packed activation words and
@@ -302,7 +311,7 @@ def binary_gemm(act: torch.Tensor, k: int, weights: torch.Tensor, out_features: 
     p = resolve_path(path, "binary")
     p = -1 if p is None else p
     ret_d = v is None
-    v = torch.zeros(out_features) if v is None else v.float().contiguous()
+    v = _NO_SCALES if v is None else v.float().contiguous()  # D alone: the kernel reads no scales
     return extension().binary_gemm(act, k, {"xor": 0, "and": 1}[mode], weights, out_features, v, bias, p, ret_d)
 
 
@@ -369,5 +378,5 @@ def ternary_gemm(q: torch.Tensor, sq: torch.Tensor, weights: torch.Tensor, out_f
     """D = Σ q·c (int32, when ``v`` is None) or v·D + bias, weights from ``ternary_chunks``."""
     p = resolve_path(path, "ternary")
     ret_d = v is None
-    v = torch.zeros(out_features) if v is None else v.float().contiguous()
+    v = _NO_SCALES if v is None else v.float().contiguous()  # D alone: the kernel reads no scales
     return extension().ternary_gemm(q, sq, weights, out_features, v, bias, -1 if p is None else p, ret_d)

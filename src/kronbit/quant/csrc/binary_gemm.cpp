@@ -4,6 +4,8 @@
 //  * portable: 64-bit words, __builtin_popcountll.
 //  * avx512 (VPOPCNTDQ): 8 weight rows per zmm (one 64-bit word of each), the token's word
 //    broadcast, XOR/AND, VPOPCNTQ, VPADDQ: 6 tokens x 32 rows of accumulators in registers.
+//    A full tile whose epilogue writes one kind of output (D, floats, ±scale, sign bytes, bits)
+//    runs a copy specialised for it; partial tiles and mixed outputs run the general one.
 //  * avx2: no vector popcount, so a nibble lookup (VPSHUFB, 32 lookups per instruction). The
 //    lookup table is chosen by the token's nibble: table_a[n] = popcount(n XOR a) (or AND), one of
 //    16 fixed tables, so the XOR is folded into the table (as T-MAC folds activations into its
@@ -304,20 +306,149 @@ static void binary_rows_avx512(const uint64_t* act, int64_t t0, int64_t t1, int6
   for (; t < t1; ++t) binary_tile_avx512<1, NV, MODE>(act, t, KW, w, b, e, O);
 }
 
-template <int MODE>
+// What a call's epilogue writes, when it writes one thing only: a full tile then runs a kernel
+// specialised for it. The general tile above tests every output kind for every 16 outputs, and its
+// partial-tile branches index the accumulators at run time, which makes the compiler keep them all
+// on the stack: at K = 768 (12 words a tile) that fixed cost took about a third of the time.
+enum EpiKind : int { EK_GENERAL = 0, EK_D, EK_Y, EK_PM, EK_SIGNS, EK_BITS };
+constexpr int kFastTokens = kAvx512TileTokens, kFastBlocks = kAvx512TileBlocks;
+
+inline int epi_kind(const Epi& e, int mode) {
+  if (e.mul != (mode == 0 ? -2 : 2)) return EK_GENERAL;
+  const int outputs = (e.d != nullptr) + (e.y != nullptr) + (e.signs != nullptr) + (e.bits != nullptr);
+  if (outputs != 1) return EK_GENERAL;
+  if (e.d) return EK_D;
+  if (e.y) return e.pm != 0.f ? EK_PM : EK_Y;
+  return e.signs ? EK_SIGNS : EK_BITS;
+}
+
+// A full tile (NT tokens x NV blocks of 8 rows, NV even) whose epilogue writes one kind of output.
+// The accumulators start from the first word's counts (no zeroing), every loop has a compile-time
+// trip count except the one over the words, so the accumulators stay in registers throughout; the
+// epilogue does what finish16_avx512 does for that kind, in the same operations, so its results
+// are bit-identical to the general tile's.
+template <int NT, int NV, int MODE, int EK>
+KB_TARGET(KB_AVX512_POPCNT)
+static void binary_tile_fast_avx512(const uint64_t* act, int64_t t, int64_t KW, const uint64_t* w, int64_t b,
+                                    const Epi& e) {
+  static_assert(NV % 2 == 0, "the epilogue takes blocks in pairs");
+  __m512i acc[NT][NV];
+  const uint64_t* wb = w + b * KW * 8;  // block b + v starts v * KW * 8 words further
+  const uint64_t* ab = act + t * KW;
+  {
+    __m512i wv[NV];
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) wv[v] = _mm512_loadu_si512(wb + v * KW * 8);
+#pragma GCC unroll 8
+    for (int i = 0; i < NT; ++i) {
+      const __m512i a = _mm512_set1_epi64(static_cast<long long>(ab[i * KW]));
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v)
+        acc[i][v] = _mm512_popcnt_epi64(MODE == 0 ? _mm512_xor_si512(a, wv[v]) : _mm512_and_si512(a, wv[v]));
+    }
+  }
+  for (int64_t k = 1; k < KW; ++k) {
+    __m512i wv[NV];
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) wv[v] = _mm512_loadu_si512(wb + (v * KW + k) * 8);
+#pragma GCC unroll 8
+    for (int i = 0; i < NT; ++i) {
+      const __m512i a = _mm512_set1_epi64(static_cast<long long>(ab[i * KW + k]));
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) {
+        const __m512i x = MODE == 0 ? _mm512_xor_si512(a, wv[v]) : _mm512_and_si512(a, wv[v]);
+        acc[i][v] = _mm512_add_epi64(acc[i][v], _mm512_popcnt_epi64(x));
+      }
+    }
+  }
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const int64_t o_tile = b * 8;
+#pragma GCC unroll 8
+  for (int i = 0; i < NT; ++i) {
+    const __m512i off = _mm512_set1_epi32(e.off[t + i]);
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; v += 2) {
+      const int64_t o0 = o_tile + v * 8;
+      const __m512i twice = _mm512_slli_epi32(_mm512_permutex2var_epi32(acc[i][v], even, acc[i][v + 1]), 1);
+      const __m512i d = MODE == 0 ? _mm512_sub_epi32(off, twice) : _mm512_add_epi32(off, twice);
+      if constexpr (EK == EK_D) {
+        _mm512_storeu_si512(e.d + (t + i) * e.ld + o0, d);
+      } else if constexpr (EK == EK_Y) {
+        __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(d), _mm512_loadu_ps(e.v + o0));
+        if (e.bias) y = _mm512_add_ps(y, _mm512_loadu_ps(e.bias + o0));
+        _mm512_storeu_ps(e.y + (t + i) * e.ld + o0, y);
+      } else {
+        const __mmask16 m = _mm512_cmple_epi32_mask(d, _mm512_loadu_si512(e.lo + o0)) |
+                            _mm512_cmpge_epi32_mask(d, _mm512_loadu_si512(e.hi + o0));
+        if constexpr (EK == EK_PM) {
+          _mm512_storeu_ps(e.y + (t + i) * e.ld + o0,
+                           _mm512_mask_blend_ps(m, _mm512_set1_ps(-e.pm), _mm512_set1_ps(e.pm)));
+        } else if constexpr (EK == EK_SIGNS) {
+          _mm_storeu_si128(reinterpret_cast<__m128i*>(e.signs + (t + i) * e.ld + o0), _mm_maskz_set1_epi8(m, 1));
+        } else {
+          const uint16_t m16 = static_cast<uint16_t>(m);
+          std::memcpy(e.bits + (t + i) * e.ldb + o0 / 8, &m16, sizeof(m16));
+        }
+      }
+    }
+  }
+}
+
+// The tile left at the end of a row of tiles: N tokens, N < kFastTokens.
+template <int N, int NV, int MODE, int EK>
+KB_TARGET(KB_AVX512_POPCNT)
+static void binary_tail_fast_avx512(int64_t n, const uint64_t* act, int64_t t, int64_t KW, const uint64_t* w,
+                                    int64_t b, const Epi& e) {
+  if constexpr (N > 0) {
+    if (n == N) binary_tile_fast_avx512<N, NV, MODE, EK>(act, t, KW, w, b, e);
+    else binary_tail_fast_avx512<N - 1, NV, MODE, EK>(n, act, t, KW, w, b, e);
+  }
+}
+
+// Tokens [t0, t1) against NV blocks from b: tiles of kFastTokens tokens, then one tile of the rest.
+template <int NV, int MODE, int EK>
+KB_TARGET(KB_AVX512_POPCNT)
+static void binary_rows_fast_avx512(const uint64_t* act, int64_t t0, int64_t t1, int64_t KW, const uint64_t* w,
+                                    int64_t b, const Epi& e) {
+  int64_t t = t0;
+  for (; t + kFastTokens <= t1; t += kFastTokens)
+    binary_tile_fast_avx512<kFastTokens, NV, MODE, EK>(act, t, KW, w, b, e);
+  binary_tail_fast_avx512<kFastTokens - 1, NV, MODE, EK>(t1 - t, act, t, KW, w, b, e);
+}
+
+// Runs of kFastBlocks blocks that end inside O take the specialised tile when the epilogue allows
+// it; the rest (a lone block, a partial one, mixed outputs) the general one.
+template <int MODE, int EK>
 KB_TARGET(KB_AVX512_POPCNT)
 static void binary_blocks_avx512(const uint64_t* act, int64_t t0, int64_t t1, int64_t KW, const uint64_t* w,
                                  int64_t b0, int64_t b1, const Epi& e, int64_t O) {
   int64_t b = b0;
+  if (EK != EK_GENERAL)
+    for (; b + kFastBlocks <= b1 && (b + kFastBlocks) * 8 <= O; b += kFastBlocks)
+      binary_rows_fast_avx512<kFastBlocks, MODE, EK>(act, t0, t1, KW, w, b, e);
   for (; b + 4 <= b1; b += 4) binary_rows_avx512<4, MODE>(act, t0, t1, KW, w, b, e, O);
   for (; b < b1; ++b) binary_rows_avx512<1, MODE>(act, t0, t1, KW, w, b, e, O);
+}
+
+template <int MODE>
+KB_TARGET(KB_AVX512_POPCNT)
+static void binary_kinds_avx512(const uint64_t* act, int64_t t0, int64_t t1, int64_t KW, const uint64_t* w,
+                                int64_t b0, int64_t b1, const Epi& e, int64_t O) {
+  switch (epi_kind(e, MODE)) {
+    case EK_D: binary_blocks_avx512<MODE, EK_D>(act, t0, t1, KW, w, b0, b1, e, O); break;
+    case EK_Y: binary_blocks_avx512<MODE, EK_Y>(act, t0, t1, KW, w, b0, b1, e, O); break;
+    case EK_PM: binary_blocks_avx512<MODE, EK_PM>(act, t0, t1, KW, w, b0, b1, e, O); break;
+    case EK_SIGNS: binary_blocks_avx512<MODE, EK_SIGNS>(act, t0, t1, KW, w, b0, b1, e, O); break;
+    case EK_BITS: binary_blocks_avx512<MODE, EK_BITS>(act, t0, t1, KW, w, b0, b1, e, O); break;
+    default: binary_blocks_avx512<MODE, EK_GENERAL>(act, t0, t1, KW, w, b0, b1, e, O); break;
+  }
 }
 
 KB_TARGET(KB_AVX512_POPCNT)
 void binary_counts_avx512(const uint64_t* act, int64_t t0, int64_t t1, int64_t KW, const uint64_t* w,
                           int64_t b0, int64_t b1, int mode, const Epi& e, int64_t O) {
-  if (mode == 0) binary_blocks_avx512<0>(act, t0, t1, KW, w, b0, b1, e, O);
-  else binary_blocks_avx512<1>(act, t0, t1, KW, w, b0, b1, e, O);
+  if (mode == 0) binary_kinds_avx512<0>(act, t0, t1, KW, w, b0, b1, e, O);
+  else binary_kinds_avx512<1>(act, t0, t1, KW, w, b0, b1, e, O);
 }
 
 #else  // not x86: the vector paths are never selected (cpu_has says no); these keep the linker happy

@@ -171,9 +171,9 @@ void run_binary(const uint64_t* act, int64_t T, int64_t KW, int mode, const torc
   TORCH_CHECK(w.scalar_type() == torch::kInt64 && w.numel() == (O + 7) / 8 * KW * 8,
               "weights are not in the words layout for this shape");
   const auto* wp = reinterpret_cast<const uint64_t*>(w.data_ptr<int64_t>());
-  const int64_t units = (O + 31) / 32;  // 4 blocks of 8 rows: the avx512 tile
+  const int64_t units = (O + 8 * kAvx512TileBlocks - 1) / (8 * kAvx512TileBlocks);  // the avx512 tile's rows
   at::parallel_for(0, units, 1, [&](int64_t u0, int64_t u1) {
-    const int64_t b0 = u0 * 4, b1 = std::min((O + 7) / 8, u1 * 4);
+    const int64_t b0 = u0 * kAvx512TileBlocks, b1 = std::min((O + 7) / 8, u1 * kAvx512TileBlocks);
     for (int64_t t = 0; t < T; t += kTokenChunk) {
       const int64_t t1 = std::min(T, t + kTokenChunk);
       counts_words(p, act, t1, KW, wp, b0, b1, mode, e, O, t);
@@ -205,7 +205,7 @@ torch::Tensor binary_gemm(torch::Tensor act, int64_t K, int64_t mode, torch::Ten
                           c10::optional<torch::Tensor> bias, int64_t path, bool return_d) {
   check_act(act, K, mode);
   check_f32(v, "v");
-  TORCH_CHECK(v.numel() == O, "v must have out_features elements");
+  TORCH_CHECK(v.numel() == O || (return_d && v.numel() == 0), "v must have out_features elements");
   const int p = resolve(path, true);
   const int64_t T = act.size(0), KW = act.size(1);
   const auto* ap = reinterpret_cast<const uint64_t*>(act.data_ptr<int64_t>());
@@ -798,7 +798,7 @@ torch::Tensor ternary_gemm_into(torch::Tensor q, torch::Tensor sq, torch::Tensor
   TORCH_CHECK(w.scalar_type() == torch::kUInt8 && w.numel() == (O + 7) / 8 * (KP / 16) * 32,
               "weights are not in the 2-bit chunk layout for this shape");
   check_f32(v, "v");
-  TORCH_CHECK(v.numel() == O, "v must have out_features elements");
+  TORCH_CHECK(v.numel() == O || (return_d && v.numel() == 0), "v must have out_features elements");
   const int p = resolve(path, false);
   std::vector<int32_t> off(T);
   const int32_t* sp = sq.data_ptr<int32_t>();

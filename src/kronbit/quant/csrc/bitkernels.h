@@ -158,6 +158,8 @@ inline void finish16_avx512(const Epi& e, int64_t t, int64_t o0, __m512i acc) {
 // offs[tile][g][i] = 512 * mode + 32 * nibble g of token kTileTokens * tile + i (tokens past T
 // padded with table 0, their counts dropped); it covers tiles [tile0, tile1).
 constexpr int kTileTokens = 6;
+// The avx512 binary tile: 6 tokens x 4 blocks of 8 rows, 24 zmm accumulators (7 tokens spill).
+constexpr int kAvx512TileTokens = 6, kAvx512TileBlocks = 4;
 void binary_counts_portable(const uint64_t* act, int64_t t0, int64_t t1, int64_t KW, const uint64_t* w,
                             int64_t b0, int64_t b1, int mode, const Epi& e, int64_t O);
 void binary_counts_avx2(const uint16_t* offs, int64_t tile0, int64_t tile1, int64_t T, int64_t KW, const uint8_t* w,
