@@ -163,6 +163,25 @@ def test_packed_layer_on_each_path_matches_fake_quant(w_bits, a_bits, kind):
     assert ((outs[0] - want).abs().max() / want.abs().max()) < 1e-6
 
 
+@pytest.mark.parametrize("w_bits,a_bits", [(1, 1), (2, 8)])
+def test_a_layer_built_under_inference_mode_runs_and_sees_in_place_changes(w_bits, a_bits):
+    # Inference tensors have no version counter: the layer's cached operands (scales, offsets)
+    # are rebuilt on every call for them, so a change made in place inside inference mode counts.
+    def close(a, b):
+        return float((a - b).abs().max() / b.abs().max()) < 1e-5
+
+    with torch.inference_mode():
+        q, x = _quant_linear(w_bits, a_bits)
+        m = PackedLinear.from_quant(q)
+        assert m.use_kernel(kernels.best_path("binary" if w_bits == 1 else "ternary"))
+        assert close(m(x), q(x))
+        if w_bits == 1:  # the elastic binarizer's offset, moved in place in both
+            before = m(x)
+            for quantizer in (m.input_quantizer, q.input_quantizer):
+                quantizer.beta.add_(0.3)
+            assert close(m(x), q(x)) and not torch.equal(m(x), before)
+
+
 def test_two_threads_give_the_same_output():
     q, x = _quant_linear(1, 1, k=256, o=520)
     m = PackedLinear.from_quant(q)

@@ -168,12 +168,15 @@ def ternary_chunks_inverse(w: torch.Tensor, o: int, k: int) -> torch.Tensor:
 
 def tensor_versions(tensors) -> list:
     """(tensor, version) of each non-None tensor: a cache keyed by it is stale once any entry
-    differs (a tensor replaced, or changed in place)."""
-    return [(t, t._version) for t in tensors if t is not None]
+    differs (a tensor replaced, or changed in place). A tensor made under torch.inference_mode has
+    no version counter (and may still change in place there): its version is None, never equal to
+    anything, so whatever depends on it is recomputed on every call."""
+    return [(t, None if t.is_inference() else t._version) for t in tensors if t is not None]
 
 
 def same_versions(key: list, old: list | None) -> bool:
-    return old is not None and len(key) == len(old) and all(a is b and v == w for (a, v), (b, w) in zip(key, old))
+    return old is not None and len(key) == len(old) and all(
+        a is b and v is not None and v == w for (a, v), (b, w) in zip(key, old))
 
 
 @dataclass
