@@ -145,10 +145,12 @@ def worker_train(args):
     return res
 
 
-def linear_ms(models: dict, tokens: int, bf16: bool, steps: int) -> tuple[dict, list]:
+def linear_ms(models: dict, tokens: int, bf16: bool, steps: int, decode: bool = False) -> tuple[dict, list]:
     """ms per step of each model's linear maps, fwd+bwd on ``tokens`` rows: one module per shape
     timed alone (median of ``steps`` after a warm-up), times how many the model has; and the
-    per-shape rows (kind, in, out, A, B, ms, MACs per token, count per model)."""
+    per-shape rows (kind, in, out, A, B, ms, MACs per token, count per model). ``decode``: forward
+    only under inference mode, inputs in the weights' dtype, each timing the mean of 50 calls
+    (one call at 1 token is tens of microseconds)."""
     import torch
     from torch import nn
     from kronbit.kron.layers import KroneckerLinear, KroneckerTiedHead
@@ -175,7 +177,18 @@ def linear_ms(models: dict, tokens: int, bf16: bool, steps: int) -> tuple[dict, 
             counts.setdefault(sig, {}).setdefault(name, 0)
             counts[sig][name] += 1
             macs[sig] = structure_macs(mod)
-            if sig not in cache:
+            if sig not in cache and decode:
+                weight = next(iter(mod.parameters()), None)
+                if weight is None:  # a tied head owns no parameter: its embedding's factors
+                    weight = mod.embedding.a
+                x = torch.randn(1, tokens, sig[1], dtype=weight.dtype)
+
+                def f(mod=mod, x=x):
+                    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                        for _ in range(50):
+                            mod(x)
+                cache[sig] = 1e3 * _timed({0: f}, steps, [0])[0] / 50
+            elif sig not in cache:
                 x = torch.randn(tokens, sig[1], requires_grad=True)
 
                 def f(mod=mod, x=x):
@@ -246,7 +259,7 @@ def worker_decode(args):
                 out = m.generate(prompt, max_new_tokens=new, min_new_tokens=new, do_sample=False, use_cache=True)
             assert out.shape[1] == 16 + new
         return f
-    fns = {}
+    fns, per_mode = {}, {}
     for mode in modes:
         for k, m in models.items():
             if mode == "bf16 weights" or args.code == "compiled":
@@ -258,8 +271,19 @@ def worker_decode(args):
                 m.generation_config.cache_implementation = "static"  # fixed shapes: one graph per phase
                 m.forward = torch.compile(m.forward, dynamic=False)
             fns[(k, mode)] = gen(m, mode == "bf16 autocast")
+            per_mode.setdefault(mode, {})[k] = m
     t = _timed(fns, args.steps, list(fns))
-    return {mode: {k: new / v for (k, md), v in t.items() if md == mode} for mode in modes}
+    res = {mode: {k: new / v for (k, md), v in t.items() if md == mode} for mode in modes}
+    if args.code != "compiled":
+        # Where a new token's time goes: every linear map at 1 token, alone (the decode steps' shape)
+        for mode in modes:
+            per_model, per_shape = linear_ms(per_mode[mode], 1, mode == "bf16 autocast", max(args.steps, 5),
+                                             decode=True)
+            res.setdefault("linear_ms", {})[mode] = per_model
+            res.setdefault("linear_shape_ms", {})[mode] = per_shape
+        res["structure"] = {k: structure(m) for k, m in models.items()}
+        res["tokens"] = 1
+    return res
 
 
 def main_src(commit: str) -> Path:
@@ -315,7 +339,40 @@ def render(res: Results) -> str:
                    + "\n")
         if part == "train":
             out.append(_split_section(rows))
+        if part == "decode":
+            out.append(_decode_split_section(rows))
     return "".join(out)
+
+
+def _decode_split_section(rows: dict) -> str:
+    """Per model and dtype: ms per new token, the linear maps' share (each at 1 token, alone) and the
+    rest; for the Kronecker students, the decoding speed-up over the teacher if their Kronecker
+    layers ran at exactly their MAC share of the dense layer's time, and if every linear map were free."""
+    table = []
+    for k in sorted(k for k in rows if k.startswith("decode/") and rows[k].get("linear_shape_ms")):
+        r = rows[k]
+        for mode, tps in r["tokens_per_s"].items():
+            lin = r["linear_ms"][mode]
+            teacher_ms = 1e3 / tps["teacher"]
+            for model, v in tps.items():
+                ms = 1e3 / v
+                b = perfect_kron_bound(r["linear_shape_ms"][mode], tps, 1, model)
+                kron = b is not None and b["saved_ms"] > 0
+                table.append([r["code"], mode, model, f"{ms:.1f}", f"{lin[model]:.1f}", f"{ms - lin[model]:.1f}",
+                              f"{teacher_ms / ms:.2f}",
+                              f"{teacher_ms / b['bound_ms']:.2f}" if kron else "",
+                              f"{teacher_ms / (ms - lin[model]):.2f}" if model != "teacher" else ""])
+    if not table:
+        return ""
+    return ("### Where a new token's time goes\n\n"
+            "ms per new token = 1000 ÷ the row above (the 16-token prompt's prefill included). Linear ms: every "
+            "linear map (LM head included) timed alone at 1 token in the row's dtype, one module per shape times "
+            "the model's count of it. The rest is attention with its cache, norms, rotary, SiLU, residual adds, "
+            "sampling and the Python of 30 (or the kept) blocks; a Kronecker student keeps all 30 blocks, so it "
+            "keeps the teacher's rest. Bounds, as speed-up over the teacher: Kronecker layers at exactly their "
+            "MAC share × the dense layer's time; every linear map free (the rest alone).\n\n"
+            + md_table(["code", "dtype", "model", "ms / new token", "linear ms", "rest ms", "× teacher",
+                        "bound: Kronecker at MAC share", "bound: linears free"], table) + "\n")
 
 
 def perfect_kron_bound(shapes: list, tps: dict, tokens: int, model: str) -> dict | None:
