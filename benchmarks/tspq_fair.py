@@ -221,6 +221,16 @@ def _targets(rows, tasks, teacher, floor) -> str:
             lines.append(f"tspq_{bits} − direct_{bits} on the {len(both)}-task average: "
                          f"{statistics.mean(per_seed):+.2f} {spread} "
                          "(target for W1A1: ≥ +1.0 and larger than the spread)")
+        # While a seed is still running: the same difference on the tasks every seed has finished
+        paired = [t for t in both if all(f"{t}/{c}_{bits}/seed{s}" in rows for s in seeds for c in ("tspq", "direct"))]
+        if len(seeds) > 1 and paired and len(paired) < len(both):
+            diffs = {s: 100 * statistics.mean(rows[f"{t}/tspq_{bits}/seed{s}"]["score"]
+                                              - rows[f"{t}/direct_{bits}/seed{s}"]["score"] for t in paired)
+                     for s in seeds}
+            lines.append(f"tspq_{bits} − direct_{bits} on the tasks both seeds have finished ({', '.join(paired)}): "
+                         + ", ".join(f"seed {s} {d:+.2f}" for s, d in diffs.items())
+                         + f"; mean {statistics.mean(diffs.values()):+.2f} ± "
+                         f"{(max(diffs.values()) - min(diffs.values())) / 2:.2f} (partial: not the target's average)")
     return "Targets, from the rows above:\n\n" + "".join(f"- {ln}\n" for ln in lines) if lines else ""
 
 
@@ -228,8 +238,12 @@ def _budget_lines(rows, tasks) -> str:
     out = []
     for t in tasks:
         ex = sorted({r["train_examples"] for r in rows.values() if r["task"] == t and not r["config"].endswith("_da")})
-        wall = sum(r["wall_time_s"] for r in rows.values() if r["task"] == t) / 60
-        out.append(f"{t}: {'/'.join(map(str, ex))} training examples, {wall:.0f} wall minutes for its rows")
+        per_config = {}
+        for r in rows.values():
+            if r["task"] == t:
+                per_config.setdefault(r["config"], []).append(r["wall_time_s"] / 60)
+        walls = ", ".join(f"{c} {statistics.mean(v):.0f}" for c, v in per_config.items())
+        out.append(f"{t}: {'/'.join(map(str, ex))} training examples; wall minutes per run ({walls})")
     return "\nBudget and cost per task: " + "; ".join(out) + ".\n" if out else ""
 
 
