@@ -600,11 +600,18 @@ struct RowSoftmax {
   const double* exact;   // e^(-2 c k) 2^46 unrounded, for the comparison with alpha Z / 2
   int64_t D;
   double half_alpha;
-  // The smallest d that binarizes to 1 in a row with maximum top and fixed-point sum z.
+  // The smallest d that binarizes to 1 in a row with maximum top and fixed-point sum z. exact[]
+  // falls strictly with k, so the k that pass (exact[k] > alpha z / 2) are a prefix: its length by
+  // bisection (7 probes at D = 64, where a scan took up to 65 and a mispredicted exit per row).
   int32_t threshold(int32_t top, uint64_t z) const {
     const double bound = half_alpha * static_cast<double>(z);
-    int64_t kmax = -1;
-    while (kmax < D && exact[kmax + 1] > bound) ++kmax;
+    int64_t lo = 0, len = D + 1;  // the first k in [0, D] that fails, or D + 1
+    while (len > 0) {
+      const int64_t half = len >> 1;
+      if (exact[lo + half] > bound) lo += half + 1, len -= half + 1;
+      else len = half;
+    }
+    const int64_t kmax = lo - 1;
     return kmax < 0 ? std::numeric_limits<int32_t>::max() : top - static_cast<int32_t>(2 * kmax);
   }
 };
@@ -677,14 +684,16 @@ static torch::Tensor attention_fused(const torch::Tensor& q, const torch::Tensor
   TORCH_CHECK(D > 0 && D < 65536 && Skv > 0 && Skv < 65536, "head_dim and key length must be in [1, 65536)");
   TORCH_CHECK(c_scores > 0 && alpha > 0, "the score scale and alpha must be positive");
   const uint8_t* vp = nullptr;
+  std::vector<char> all_kept(B, 1);
   if (valid.numel()) {
     TORCH_CHECK(valid.scalar_type() == torch::kUInt8 && valid.is_contiguous() && valid.dim() == 2 &&
                 valid.size(0) == B && valid.size(1) == Skv, "valid must be a contiguous (batch, key_len) uint8 tensor");
     vp = valid.data_ptr<uint8_t>();
     for (int64_t b = 0; b < B; ++b) {
-      bool any = false;
-      for (int64_t j = 0; j < Skv; ++j) any |= vp[b * Skv + j] != 0;
+      bool any = false, all = true;
+      for (int64_t j = 0; j < Skv; ++j) any |= vp[b * Skv + j] != 0, all &= vp[b * Skv + j] != 0;
       if (!any) return torch::empty({0}, q.options().dtype(torch::kFloat32));
+      all_kept[b] = all;
     }
   }
   const int r = resolve(path, true), p = r == AVX512 ? AVX512 : PORTABLE;
@@ -713,7 +722,7 @@ static torch::Tensor attention_fused(const torch::Tensor& q, const torch::Tensor
     std::vector<uint64_t> vrows;
     for (int64_t bh = i0; bh < i1 && binary.load(std::memory_order_relaxed); ++bh) {
       const int64_t b = bh / H, h = bh % H, hk = h / (H / Hk);
-      const uint8_t* keep = vp ? vp + b * Skv : nullptr;
+      const uint8_t* keep = vp && !all_kept[b] ? vp + b * Skv : nullptr;  // every key real: no mask to read
       const T* qh = Q.head(b, h);
       if (bh + 1 < i1) {  // the next head's rows, fetched while this head computes: its rows are
         // strided (one head's slice of every token), which the hardware prefetcher follows poorly
