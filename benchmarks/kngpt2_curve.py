@@ -34,9 +34,10 @@ import matplotlib  # noqa: E402
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from common import REPO, RESULTS, WORK, Results, data_root, md_table  # noqa: E402
+from common import REPO, RESULTS, WORK, Results, command, data_root, machine, md_table, now  # noqa: E402
 
 from kronbit.runner import load_recipe, run_recipe  # noqa: E402
+from kronbit.workflows.ppl_curve import read_curve  # noqa: E402
 
 TEACHER = "packaged:smollm2"
 RECIPES = {"kronecker": "kron-pretrain.yaml", "dense_embedding": "kron-pretrain-dense-embedding.yaml",
@@ -55,7 +56,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--marks", nargs="+", type=int, default=MARKS, help="token counts to score perplexity at")
     ap.add_argument("--ppl-tokens", type=int, default=40_000, help="WikiText-2 test tokens scored per point")
     ap.add_argument("--redo", action="store_true")
+    ap.add_argument("--render-only", action="store_true",
+                    help="run nothing: rewrite the page, with the points of unfinished runs read from their directories")
     return ap.parse_args(argv)
+
+
+def refresh_in_progress(res: Results) -> None:
+    """The points an unfinished student's run has written so far (its stage directory's
+    ppl_curve.json), kept apart from the finished rows under ``in_progress``."""
+    running = {}
+    for name in RECIPES:
+        if res.data["rows"].get(name, {}).get("finished"):
+            continue
+        files = sorted((WORK / "kngpt2_curve" / name / "stages").glob("*/ppl_curve.json"))
+        points = read_curve(files[-1].parent) if files else []
+        if points:
+            running[name] = {"student": name, "curve": points, "finished": False, "command": command(),
+                             "date": now(), "machine": machine()}
+    res.data["in_progress"] = running
 
 
 def overrides(args: argparse.Namespace, name: str, kron_params: int | None) -> list[str]:
@@ -77,6 +95,10 @@ def planned_recipes(args: argparse.Namespace, kron_params: int = 1) -> list[tupl
 def main() -> None:
     args = parse_args()
     res = Results("kngpt2_curve", "KnGPT2 students: WikiText-2 test perplexity vs distillation tokens")
+    if args.render_only:
+        refresh_in_progress(res)
+        res.save(render(res))
+        return
     for name, path, _ in planned_recipes(args):
         kron = res.data["rows"].get("kronecker", {}).get("params")
         if name == "layerdrop" and kron is None:
@@ -97,14 +119,20 @@ def main() -> None:
                        "curve": row["ppl_curve"], "ppl_unit": "perplexity, WikiText-2 test",
                        "ppl_tokens": row["ppl_tokens"], "steps": row["steps"], "finished": True,
                        "wall_time_s": round(time.time() - t0, 1), "wall_time_unit": "s (this invocation)"})
+        refresh_in_progress(res)
         res.save(render(res))
+    refresh_in_progress(res)
     res.save(render(res))
 
 
 def render(res: Results) -> str:
-    rows, marks = res.data["rows"], sorted({p["tokens_mark"] for r in res.data["rows"].values() for p in r["curve"]})
+    # finished rows, then the points of runs still going (marked: their later marks are not in yet)
+    rows = {**res.data.get("in_progress", {}), **res.data["rows"]}
+    marks = sorted({p["tokens_mark"] for r in rows.values() for p in r["curve"]})
     ppl = {(n, p["tokens_mark"]): p["ppl"] for n, r in rows.items() for p in r["curve"]}
-    table = [[LABELS[n], r["params"] / 1e6, *[ppl.get((n, m)) for m in marks]] for n, r in rows.items()]
+    table = [[LABELS[n] + ("" if r.get("finished") else " (run in progress)"),
+              r["params"] / 1e6 if r.get("params") else "", *[ppl.get((n, m)) for m in marks]]
+             for n, r in rows.items()]
     t = res.data.get("teacher")
     teacher = f" Teacher (SmolLM2-135M): {t['ppl']:.2f}." if t else ""
     head = ("# KnGPT2 students: WikiText-2 test perplexity vs distillation tokens\n\nProduced by "
@@ -123,6 +151,9 @@ def render(res: Results) -> str:
                                 f"{'below' if g >= 0 else 'above'} layer-drop's")
     if gaps:
         md += f"\nGap to layer-drop (target at the last mark: the best Kronecker student ≥ {TARGET:g}% below):\n\n" + "\n".join(gaps) + "\n"
+    if res.data.get("in_progress"):
+        md += ("\nRows marked in progress come from runs not yet finished (`--render-only` reads the points they "
+               "have written); a resumed run adds the rest.\n")
     _plot(rows, marks)
     return md
 
