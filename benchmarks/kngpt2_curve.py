@@ -14,11 +14,12 @@ runs first.
                                       [--marks 100000 300000 1000000] [--redo]
 
 Cost on 2 CPU cores with bf16 units (the recipes' bf16: auto): ~7 s per 2048-token step for the
-KnGPT2 student with the teacher, so 1M tokens is ~68 min with its three perplexity points, the
-layer-drop student ~6.6 s a step; without bf16 units expect about 2.5x that (kngpt2_speed.md,
-distillation fp32 against bf16). Run it in the background
-under nice, on both threads: split between two one-thread jobs, a step took twice as long. Results: docs/results/kngpt2_curve.{json,md} and kngpt2_curve.png, rewritten as each
-point lands (a student's row is updated from its run directory's ppl_curve.json while it runs).
+KnGPT2 student with the teacher, so 1M tokens is ~68 min with its three perplexity points; the
+layer-drop student ~6.6 s a step. Without bf16 units expect about 2.5x that (kngpt2_speed.md,
+distillation in fp32 against bf16). Run it in the background under nice, on both threads: split
+between two one-thread jobs, a step took twice as long. Results: docs/results/kngpt2_curve.{json,md}
+and kngpt2_curve.png, rewritten as each student finishes; ``--render-only`` adds the points an
+unfinished run has written so far (its stage directory's ppl_curve.json), marked in progress.
 """
 
 from __future__ import annotations
