@@ -49,7 +49,7 @@ from .quantizers import EPS, ElasticUnsignedAct
 MODE_ATTR = "kronbit_attention"  # plain attribute on an attention module: "binary" when marked
 
 
-def _check_attention_path(module: nn.Module, args) -> None:
+def check_attention_path(module: nn.Module, args) -> None:
     """Forward pre-hook: binary probabilities exist only on kronbit's eager attention."""
     if getattr(module, PROB_QUANTIZER, None) is None:
         return
@@ -70,7 +70,7 @@ def mark_binary_attention(model: nn.Module, projection_names: list[str]) -> int:
         parent = modules[pname]
         if getattr(parent, MODE_ATTR, None) != "binary":
             setattr(parent, MODE_ATTR, "binary")
-            parent.register_forward_pre_hook(_check_attention_path)
+            parent.register_forward_pre_hook(check_attention_path)
     return len(parents)
 
 
@@ -167,22 +167,21 @@ BYTE_SAFE = {"BertSelfAttention", "RobertaSelfAttention", "XLMRobertaSelfAttenti
              "ElectraSelfAttention"}
 
 
-SCALES_CACHE = "_kronbit_attention_scales"  # attention-module attribute: (versions, scales)
+SCALES_CACHE = "_kronbit_attention_scales"  # attention-module attribute: (stamp, scales)
 
 
 def _scales(module: nn.Module, quantizer) -> tuple[float, ...] | None:
     """(α of the probability binarizer, then α of each sign-byte projection) as Python floats, or
     None before the probability binarizer is initialised; kept until one of them changes, so a call
     costs no device syncs."""
-    sources = getattr(module, SIGN_SOURCES, ())
-    key = kernels.tensor_versions((quantizer.alpha, quantizer.initialized,
-                                   *(p.output_quantizer.alpha for p in sources)))
     cached = module.__dict__.get(SCALES_CACHE)
-    if cached is None or not kernels.same_versions(key, cached[0]):
+    if cached is None or not kernels.fresh(cached[0]):
+        sources = getattr(module, SIGN_SOURCES, ())
         value = None
         if bool(quantizer.initialized):
             value = (float(quantizer.alpha.detach().clamp_min(EPS)), *sign_scales(module))
-        cached = (key, value)
+        cached = (kernels.stamp((quantizer.alpha, quantizer.initialized,
+                                 *(p.output_quantizer.alpha for p in sources))), value)
         module.__dict__[SCALES_CACHE] = cached
     return cached[1]
 
@@ -240,9 +239,12 @@ def key_padding(mask: torch.Tensor | None, batch: int, key_len: int) -> torch.Te
     False when it is anything else (a causal or biased mask: the general path handles it). The
     last answer is kept for the same mask object at the same version: all the layers of a forward
     pass receive one mask, and it is checked once (the cache holds the mask, so its identity
-    cannot pass to another tensor)."""
+    cannot pass to another tensor). A mask made under torch.inference_mode has no version counter,
+    so it is checked on every call."""
     if mask is None:
         return None
+    if mask.is_inference():  # no version counter to tell an in-place change: checked every time
+        return _key_padding(mask, batch, key_len)
     last = _LAST_MASK[0]
     if last is not None and last[0] is mask and last[1:4] == (mask._version, batch, key_len):
         return last[4]

@@ -154,9 +154,9 @@ class BitsFusion:
 
     act: nn.Module
     consumer: nn.Module
-    _key: list = field(default_factory=list, repr=False)  # (tensor, version) the thresholds were found for
+    _stamp: kernels.Stamp | None = field(default=None, repr=False)  # what the thresholds were found for
     _thresholds: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
-    _plan_key: list = field(default_factory=list, repr=False)
+    _plan_stamp: kernels.Stamp | None = field(default=None, repr=False)
     _plan_cache: tuple | None = field(default=None, repr=False)
 
     def _inputs(self, producer) -> list[torch.Tensor | None]:
@@ -165,25 +165,24 @@ class BitsFusion:
 
     def thresholds(self, producer) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(lo, hi) int32 per output, or None when some output's bits are not of that form."""
-        key = kernels.tensor_versions(self._inputs(producer))
-        if not kernels.same_versions(key, self._key):
+        if not kernels.fresh(self._stamp):
             self._thresholds = find_thresholds(producer, self.act, self.consumer)
-            self._key = key
+            self._stamp = kernels.stamp(self._inputs(producer))
         return self._thresholds
 
     def _plan(self, producer) -> tuple | None:
         """(lo, hi, the producer's input β as float32) while every quantizer is initialised and the
         bits are of threshold form, else None; kept until one of the tensors it came from changes,
         so a call costs no device syncs and no copies."""
-        q, cq = producer.input_quantizer, self.consumer.input_quantizer
-        key = kernels.tensor_versions([*self._inputs(producer), q.beta, q.initialized, cq.initialized])
-        if not kernels.same_versions(key, self._plan_key):
+        if not kernels.fresh(self._plan_stamp):
+            q, cq = producer.input_quantizer, self.consumer.input_quantizer
             plan = None
             if bool(q.initialized) and bool(cq.initialized):
                 th = self.thresholds(producer)
                 if th is not None:
                     plan = (th[0], th[1], q.beta.detach().float().contiguous())
-            self._plan_cache, self._plan_key = plan, key
+            self._plan_cache = plan
+            self._plan_stamp = kernels.stamp([*self._inputs(producer), q.beta, q.initialized, cq.initialized])
         return self._plan_cache
 
     def forward(self, producer, x: torch.Tensor) -> torch.Tensor | None:
@@ -246,34 +245,34 @@ class SignOutput:
     # (1 = +α) instead of ±α floats, a quarter of the memory traffic both ways; that module turns
     # the bytes back into ±α where anything else needs the values.
     as_bytes: bool = False
-    _key: list = field(default_factory=list, repr=False)
+    _stamp: kernels.Stamp | None = field(default=None, repr=False)
     _thresholds: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
-    _plan_key: list = field(default_factory=list, repr=False)
+    _plan_stamp: kernels.Stamp | None = field(default=None, repr=False)
     _plan_cache: tuple | None = field(default=None, repr=False)
 
     def thresholds(self, layer) -> tuple[torch.Tensor, torch.Tensor] | None:
-        q, oq = layer.input_quantizer, layer.output_quantizer
-        key = kernels.tensor_versions((q.alpha, layer.weight_scale, layer.bias, oq.beta))
-        if not kernels.same_versions(key, self._key):
+        if not kernels.fresh(self._stamp):
+            q, oq = layer.input_quantizer, layer.output_quantizer
             k, o = layer.in_features, layer.out_features
             beta = oq.beta.detach().float().reshape(-1).expand(o).contiguous()
             words = kernels.extension().pack_signs(_levels(layer).contiguous(), beta, layer.kernel.path)
-            self._thresholds, self._key = interval_thresholds(words, k, o), key
+            self._thresholds = interval_thresholds(words, k, o)
+            self._stamp = kernels.stamp((q.alpha, layer.weight_scale, layer.bias, oq.beta))
         return self._thresholds
 
     def _plan(self, layer) -> tuple | None:
         """(lo, hi, the input β as float32, α) while both binarizers are initialised and the signs are
         of threshold form, else None; kept until one of the tensors it came from changes."""
-        q, oq = layer.input_quantizer, layer.output_quantizer
-        key = kernels.tensor_versions((q.alpha, layer.weight_scale, layer.bias, oq.beta, oq.alpha, q.beta, q.initialized,
-                         oq.initialized))
-        if not kernels.same_versions(key, self._plan_key):
+        if not kernels.fresh(self._plan_stamp):
+            q, oq = layer.input_quantizer, layer.output_quantizer
             plan = None
             if bool(q.initialized) and bool(oq.initialized):
                 th = self.thresholds(layer)
                 if th is not None:
                     plan = (th[0], th[1], q.beta.detach().float().contiguous(), float(oq.alpha.detach().clamp_min(EPS)))
-            self._plan_cache, self._plan_key = plan, key
+            self._plan_cache = plan
+            self._plan_stamp = kernels.stamp((q.alpha, layer.weight_scale, layer.bias, oq.beta, oq.alpha, q.beta,
+                                              q.initialized, oq.initialized))
         return self._plan_cache
 
     def forward(self, layer, x: torch.Tensor) -> torch.Tensor | None:

@@ -40,6 +40,7 @@ from ..core.errors import ModelError
 from ..kron.layers import kron_linear
 from . import fused, kernels, pack
 from .attention import wire_binary_attention_, wire_sign_bytes_
+from .lean_layer import wire_lean_layers_
 from .layers import FULL, QuantEmbedding, QuantLinear
 
 MODES = ("packed", "dequantized")
@@ -349,6 +350,7 @@ def after_load(model: nn.Module) -> int:
                  for m in model.modules())
     wire_binary_attention_(model, on=binary)  # both attention matmuls on the binary kernel too
     wire_sign_bytes_(model)  # ... reading Q, K, V as sign bytes straight from their projections
+    wire_lean_layers_(model)  # ... and such layers' forward without the Hugging Face plumbing
     if any(isinstance(m, PackedLinear) and m.kernel is not None for m in model.modules()):
         keep_freed_memory()
     return pairs
