@@ -4,6 +4,8 @@ plans that notice a tensor or module assigned after they were built."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -121,3 +123,16 @@ def test_off_the_kernels_no_layer_is_lean(packed):
     assert not any(layer.__dict__.get(MARK) or "forward" in layer.__dict__ for layer in _layers(model))
     select_kernels_(model)
     assert all(layer.__dict__.get(MARK) for layer in _layers(model))
+
+
+@pytest.mark.parametrize("packed", ["bert"], indirect=True)
+def test_a_deep_copy_runs_its_own_modules(packed):
+    _, model = packed
+    batch = _batch(5)
+    want = _logits(model, batch)
+    twin = copy.deepcopy(model)
+    assert all(layer.forward.__self__ is layer for layer in _layers(twin))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)  # the original changes; the copy must not
+    assert torch.equal(_logits(twin, batch), want)
