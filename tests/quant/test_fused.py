@@ -142,11 +142,11 @@ def test_fused_bert_is_bit_identical_to_unfused_on_every_path(make_bert, tmp_pat
     with torch.no_grad():
         got = packed(input_ids=ids).logits
         assert torch.equal(got, _logits_unfused(packed, ids))
-        th = [l.intermediate.dense.fused_next._thresholds for l in layers]
+        th = [l.intermediate.dense.fused_next._th[1] for l in layers]
         assert all(t is not None for t in th)  # really fused, not fallen back
         layers[0].output.dense.input_quantizer.beta.add_(0.01)  # a changed threshold: found again
         moved = packed(input_ids=ids).logits
-        assert layers[0].intermediate.dense.fused_next._thresholds is not th[0]
+        assert layers[0].intermediate.dense.fused_next._th[1] is not th[0]
         assert torch.equal(moved, _logits_unfused(packed, ids))
 
 
@@ -252,7 +252,7 @@ def test_true_w1a1_ffn_fuses_into_the_unsigned_binarizer_bit_for_bit(make_bert, 
         with torch.no_grad():
             got = packed(input_ids=ids).logits
             assert torch.equal(got, _logits_unfused(packed, ids)), path
-            assert all(l.intermediate.dense.fused_next._thresholds is not None for l in layers)
+            assert all(l.intermediate.dense.fused_next._th[1] is not None for l in layers)
         assert ((got - want).abs().max() / want.abs().max()) < 1e-5
 
 
@@ -303,7 +303,7 @@ def test_qkv_signs_in_the_epilogue_are_bit_identical_on_every_path(make_bert, tm
     ids = torch.randint(0, 25, (3, 11), generator=torch.Generator().manual_seed(7))
     with torch.no_grad():
         got = packed(input_ids=ids).logits
-        assert all(m.sign_output._thresholds is not None for m in qkv)  # really in the epilogue
+        assert all(m.sign_output._th[1] is not None for m in qkv)  # really in the epilogue
         assert torch.equal(got, _logits_signs_in_torch(packed, ids))
         # the projections hand the one-pass attention sign bytes; their values are the binarizer's ±α
         assert all(m.sign_output.as_bytes for m in qkv)
@@ -316,8 +316,8 @@ def test_qkv_signs_in_the_epilogue_are_bit_identical_on_every_path(make_bert, tm
         assert torch.equal(qkv[0](x), want)
         qkv[0].sign_output.as_bytes = True
         qkv[0].output_quantizer.beta.add_(0.02)  # a changed offset: the thresholds are found again
-        th = qkv[0].sign_output._thresholds
+        th = qkv[0].sign_output._th[1]
         assert torch.equal(packed(input_ids=ids).logits, _logits_signs_in_torch(packed, ids))
-        assert qkv[0].sign_output._thresholds is not th
+        assert qkv[0].sign_output._th[1] is not th
     select_kernels_(packed, "off")
     assert all(m.sign_output is None for m in qkv)

@@ -177,11 +177,14 @@ def _scales(module: nn.Module, quantizer) -> tuple[float, ...] | None:
     cached = module.__dict__.get(SCALES_CACHE)
     if cached is None or not kernels.fresh(cached[0]):
         sources = getattr(module, SIGN_SOURCES, ())
+        refs = [(module, PROB_QUANTIZER), (quantizer, "alpha"), (quantizer, "initialized"), (module, SIGN_SOURCES)]
+        for p in sources:
+            refs += [(p, "output_quantizer"), (p.output_quantizer, "alpha")]
+        st = kernels.stamp(refs)  # the sign-byte sources too: re-wiring them changes what is returned
         value = None
         if bool(quantizer.initialized):
             value = (float(quantizer.alpha.detach().clamp_min(EPS)), *sign_scales(module))
-        cached = (kernels.stamp((quantizer.alpha, quantizer.initialized,
-                                 *(p.output_quantizer.alpha for p in sources))), value)
+        cached = (st, value)
         module.__dict__[SCALES_CACHE] = cached
     return cached[1]
 

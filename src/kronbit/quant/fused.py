@@ -154,36 +154,40 @@ class BitsFusion:
 
     act: nn.Module
     consumer: nn.Module
-    _stamp: kernels.Stamp | None = field(default=None, repr=False)  # what the thresholds were found for
-    _thresholds: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
-    _plan_stamp: kernels.Stamp | None = field(default=None, repr=False)
-    _plan_cache: tuple | None = field(default=None, repr=False)
+    # (stamp, value) pairs, each stored as one tuple so a concurrent reader never pairs one call's
+    # value with another's stamp
+    _th: tuple = field(default=(None, None), repr=False)  # the thresholds and what they were found from
+    _planned: tuple = field(default=(None, None), repr=False)
 
-    def _inputs(self, producer) -> list[torch.Tensor | None]:
+    def _refs(self, producer) -> list:
         q, cq = producer.input_quantizer, self.consumer.input_quantizer
-        return [q.alpha, producer.weight_scale, producer.bias, cq.beta, cq.alpha]
+        return [(producer, "input_quantizer"), (q, "alpha"), (producer, "weight_scale"), (producer, "bias"),
+                (self.consumer, "input_quantizer"), (cq, "beta"), (cq, "alpha")]
 
     def thresholds(self, producer) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(lo, hi) int32 per output, or None when some output's bits are not of that form."""
-        if not kernels.fresh(self._stamp):
-            self._thresholds = find_thresholds(producer, self.act, self.consumer)
-            self._stamp = kernels.stamp(self._inputs(producer))
-        return self._thresholds
+        st, th = self._th
+        if not kernels.fresh(st):
+            st = kernels.stamp(self._refs(producer))
+            th = find_thresholds(producer, self.act, self.consumer)
+            self._th = (st, th)
+        return th
 
     def _plan(self, producer) -> tuple | None:
         """(lo, hi, the producer's input β as float32) while every quantizer is initialised and the
         bits are of threshold form, else None; kept until one of the tensors it came from changes,
         so a call costs no device syncs and no copies."""
-        if not kernels.fresh(self._plan_stamp):
+        st, plan = self._planned
+        if not kernels.fresh(st):
             q, cq = producer.input_quantizer, self.consumer.input_quantizer
+            st = kernels.stamp([*self._refs(producer), (q, "beta"), (q, "initialized"), (cq, "initialized")])
             plan = None
             if bool(q.initialized) and bool(cq.initialized):
                 th = self.thresholds(producer)
                 if th is not None:
                     plan = (th[0], th[1], q.beta.detach().float().contiguous())
-            self._plan_cache = plan
-            self._plan_stamp = kernels.stamp([*self._inputs(producer), q.beta, q.initialized, cq.initialized])
-        return self._plan_cache
+            self._planned = (st, plan)
+        return plan
 
     def forward(self, producer, x: torch.Tensor) -> torch.Tensor | None:
         """The consumer's packed input bits from the producer's raw input, or None (unfused)."""
@@ -245,35 +249,42 @@ class SignOutput:
     # (1 = +α) instead of ±α floats, a quarter of the memory traffic both ways; that module turns
     # the bytes back into ±α where anything else needs the values.
     as_bytes: bool = False
-    _stamp: kernels.Stamp | None = field(default=None, repr=False)
-    _thresholds: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
-    _plan_stamp: kernels.Stamp | None = field(default=None, repr=False)
-    _plan_cache: tuple | None = field(default=None, repr=False)
+    _th: tuple = field(default=(None, None), repr=False)  # (stamp, thresholds), one tuple as in BitsFusion
+    _planned: tuple = field(default=(None, None), repr=False)
+
+    @staticmethod
+    def _refs(layer) -> list:
+        q, oq = layer.input_quantizer, layer.output_quantizer
+        return [(layer, "input_quantizer"), (layer, "output_quantizer"), (q, "alpha"), (layer, "weight_scale"),
+                (layer, "bias"), (oq, "beta")]
 
     def thresholds(self, layer) -> tuple[torch.Tensor, torch.Tensor] | None:
-        if not kernels.fresh(self._stamp):
-            q, oq = layer.input_quantizer, layer.output_quantizer
+        st, th = self._th
+        if not kernels.fresh(st):
+            st = kernels.stamp(self._refs(layer))
+            oq = layer.output_quantizer
             k, o = layer.in_features, layer.out_features
             beta = oq.beta.detach().float().reshape(-1).expand(o).contiguous()
             words = kernels.extension().pack_signs(_levels(layer).contiguous(), beta, layer.kernel.path)
-            self._thresholds = interval_thresholds(words, k, o)
-            self._stamp = kernels.stamp((q.alpha, layer.weight_scale, layer.bias, oq.beta))
-        return self._thresholds
+            th = interval_thresholds(words, k, o)
+            self._th = (st, th)
+        return th
 
     def _plan(self, layer) -> tuple | None:
         """(lo, hi, the input β as float32, α) while both binarizers are initialised and the signs are
         of threshold form, else None; kept until one of the tensors it came from changes."""
-        if not kernels.fresh(self._plan_stamp):
+        st, plan = self._planned
+        if not kernels.fresh(st):
             q, oq = layer.input_quantizer, layer.output_quantizer
+            st = kernels.stamp([*self._refs(layer), (oq, "alpha"), (q, "beta"), (q, "initialized"),
+                                (oq, "initialized")])
             plan = None
             if bool(q.initialized) and bool(oq.initialized):
                 th = self.thresholds(layer)
                 if th is not None:
                     plan = (th[0], th[1], q.beta.detach().float().contiguous(), float(oq.alpha.detach().clamp_min(EPS)))
-            self._plan_cache = plan
-            self._plan_stamp = kernels.stamp((q.alpha, layer.weight_scale, layer.bias, oq.beta, oq.alpha, q.beta,
-                                              q.initialized, oq.initialized))
-        return self._plan_cache
+            self._planned = (st, plan)
+        return plan
 
     def forward(self, layer, x: torch.Tensor) -> torch.Tensor | None:
         """±α per output (sign bytes with ``as_bytes``), or None to take the ordinary path."""

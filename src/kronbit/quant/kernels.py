@@ -167,54 +167,56 @@ def ternary_chunks_inverse(w: torch.Tensor, o: int, k: int) -> torch.Tensor:
 # Per-layer plans
 
 
-# Registrations anywhere (a parameter, buffer or submodule assigned to any module) since import:
-# a cached plan built before one may hold a tensor that is no longer the module's, so it is rebuilt.
-# Checking the epoch instead of re-reading every tensor through Module.__getattr__ on every call is
-# what keeps a plan's check at well under a microsecond (it runs ~100 times per BERT forward).
-_EPOCH = [0]
-_WATCHING: list = []
+_MISSING = object()
 
 
-def _bump(*_args) -> None:
-    _EPOCH[0] += 1
+def _home(module, name: str) -> dict:
+    """The dict ``module.name`` lives in: its parameters, buffers or submodules, else its __dict__."""
+    d = module.__dict__
+    for key in ("_parameters", "_buffers", "_modules"):
+        sub = d.get(key)
+        if sub is not None and name in sub:
+            return sub
+    return d
 
 
-def _watch_registrations() -> None:
-    if not _WATCHING:
-        mod = torch.nn.modules.module
-        _WATCHING.extend([mod.register_module_parameter_registration_hook(_bump),
-                          mod.register_module_buffer_registration_hook(_bump),
-                          mod.register_module_module_registration_hook(_bump)])
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Stamp:
-    """The tensors a cached plan was built from, the sum of their versions then, and the
-    registration epoch. It is stale once any of them changes in place (version counters only grow,
-    so the sum changes exactly when one does), or anything is (re)assigned to a module."""
+    """What a cached plan was built from: each input as (the dict it was found in, its name, the
+    object found there), and the version counters of the tensors among them. Checking it costs a
+    dict lookup per input and reads no tensor through ``Module.__getattr__``."""
 
-    epoch: int
+    refs: tuple
     tensors: tuple
-    versions: int
+    versions: tuple
 
 
-def stamp(tensors) -> Stamp | None:
-    """A stamp of the non-None ``tensors``, or None when one was made under torch.inference_mode:
-    such a tensor has no version counter (and may still change in place there), so whatever
-    depends on it is rebuilt on every call."""
-    _watch_registrations()
-    ts = tuple(t for t in tensors if t is not None)
-    if any(t.is_inference() for t in ts):
-        return None
-    return Stamp(_EPOCH[0], ts, sum(map(_VERSION, ts)))
+def stamp(refs) -> Stamp | None:
+    """A stamp of ``refs``, (module, attribute name) pairs, taken *before* the plan is built from
+    them (a change made while it is built then shows at the next check). None when one of the
+    tensors was made under torch.inference_mode: it has no version counter (and may still change in
+    place there), so whatever depends on it is rebuilt on every call."""
+    found, tensors = [], []
+    for module, name in refs:
+        d = _home(module, name)
+        value = d.get(name, _MISSING)
+        found.append((d, name, value))
+        if isinstance(value, torch.Tensor):
+            if value.is_inference():
+                return None
+            tensors.append(value)
+    return Stamp(tuple(found), tuple(tensors), tuple(map(_VERSION, tensors)))
 
 
 _VERSION = operator.attrgetter("_version")
 
 
 def fresh(s: Stamp | None) -> bool:
-    """Whether a plan stamped ``s`` may still be used."""
-    return s is not None and s.epoch == _EPOCH[0] and sum(map(_VERSION, s.tensors)) == s.versions
+    """Whether a plan stamped ``s`` may still be used: every input is still the same object in the
+    same place (not re-assigned, deleted, set to None, swapped by ``functional_call`` or ``.to()``),
+    and no tensor among them changed in place."""
+    return (s is not None and all(d.get(n, _MISSING) is v for d, n, v in s.refs)
+            and tuple(map(_VERSION, s.tensors)) == s.versions)
 
 
 @dataclass
@@ -255,11 +257,12 @@ class Kernel:
         cached = self._cache
         if cached is None or not fresh(cached[0]):
             q = layer.input_quantizer
+            st = stamp(((layer, "input_quantizer"), (q, "alpha"), (q, "beta"), (q, "initialized"), (layer, "bias")))
             ops = None
             if bool(q.initialized):
                 beta = torch.zeros(0) if q.beta is None else q.beta.detach().float().contiguous().reshape(-1)
                 ops = (beta, q.alpha.detach().float(), None if layer.bias is None else layer.bias.detach())
-            cached = self._cache = (stamp((q.alpha, q.beta, q.initialized, layer.bias)), ops)
+            cached = self._cache = (st, ops)
         return cached[1]
 
     def forward(self, layer, x: torch.Tensor) -> torch.Tensor | None:
