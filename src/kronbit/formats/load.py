@@ -8,6 +8,7 @@ from pathlib import Path
 
 from torch import nn
 
+from ..data.glue import get_task
 from ..models.encoders import load_classifier
 from ..models.resolve import resolve_model
 from .compressed import compressed_dir, load_compressed
@@ -18,7 +19,10 @@ from .packed import load_packed, packed_dir
 
 def load_model(name_or_path: str | Path, task=None, **kwargs) -> nn.Module:
     """A packed or compressed directory (or a run directory holding one) comes back as it was
-    saved; anything else goes through ``load_classifier`` (``task``: a GlueTask for its head)."""
+    saved; anything else goes through ``load_classifier`` (``task``: a GlueTask or a task name
+    such as "sst2", for its head)."""
+    if isinstance(task, str):
+        task = get_task(task)  # an unknown name is a one-line error naming the known ones
     if packed_dir(name_or_path) is not None:
         return load_packed(name_or_path)
     cdir = compressed_dir(name_or_path)
