@@ -52,6 +52,9 @@ CONFIGS = {  # name -> (recipe, extra overrides)
     # W1A1 both ways): on STS-B's W1A1 stage alone, 29.0 against 52.8 (tspq_stage_levers.md).
     "tspq_w1a1_full_attention": ("binary.yaml", ["quant.attention=full"]),
     "tspq_w1a1_multidistill": ("binary.yaml", _multi_distillation()),
+    # BiT's student activation: ReLU in place of GELU from the first stage on (BiT's training script
+    # sets the student's hidden_act to relu), so the {0, α} binarizer sees non-negative inputs.
+    "tspq_w1a1_relu": ("binary.yaml", ["quant.ffn_activation=relu"]),
     "tspq_w2a8": ("ternary.yaml", []),
     "direct_w1a1": ("direct-binary.yaml", []),
     "direct_w2a8": ("direct-ternary.yaml", []),
@@ -91,6 +94,7 @@ def overrides_for(task: str, name: str, seed: int, da_copies: int) -> list[str]:
 # before they existed: left out of the hash at that value, so adding an option does not make every
 # row stale.
 ADDED_STAGE_DEFAULTS = {"distill_from": "teacher"}
+ADDED_QUANT_DEFAULTS = {"ffn_activation": None}
 
 
 def fingerprint(recipe) -> str:
@@ -98,6 +102,7 @@ def fingerprint(recipe) -> str:
     than today's recipe gives is stale."""
     d = recipe.to_dict()
     d["stages"] = [{k: v for k, v in st.items() if ADDED_STAGE_DEFAULTS.get(k, object()) != v} for st in d["stages"]]
+    d["quant"] = {k: v for k, v in d["quant"].items() if ADDED_QUANT_DEFAULTS.get(k, object()) != v}
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 

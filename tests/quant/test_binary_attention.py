@@ -550,3 +550,37 @@ def test_sign_bytes_reach_every_attention_path_as_their_values(kind, tmp_path, m
     for m in mods:  # no fast path: the float attention, fed the bytes' ±α
         delattr(m, FAST_PATH)
     assert ((_logits(back, batch) - want).abs().max() / want.abs().max()) < 1e-5
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_relu_student_reloads_exactly(kind, tmp_path):
+    """BiT's student activation (quant.ffn_activation: relu): every FFN computes ReLU, the config
+    says so, and the compressed and packed reloads rebuild it and compute the same logits."""
+    teacher = _model(kind)
+    model = _model(kind)
+    quantize_(model, QuantConfig(**W1A1, ffn_activation="relu"))
+    ffns = [layer.intermediate.intermediate_act_fn for layer in getattr(model, kind).encoder.layer]
+    assert all(isinstance(f, torch.nn.ReLU) for f in ffns) and model.config.hidden_act == "relu"
+    assert teacher.config.hidden_act == "gelu"  # a separate model is untouched
+    batch = _batch(6)
+    want = _logits(model, batch)
+    assert not torch.equal(want, _logits(_binary(kind), batch))  # the activation changed the output
+    save_compressed(model, None, tmp_path / "m", {"kind": "compressed"}, recorded_transforms(model))
+    back = load_model(tmp_path / "m")
+    assert back.config.hidden_act == "relu" and torch.equal(_logits(back, batch), want)
+    export_packed(model, tmp_path / "p")
+    assert torch.equal(_logits(load_packed(tmp_path / "p", mode="dequantized"), batch), want)
+    # The binary kernels' epilogue rounds once where the BLAS rounds per partial sum: equal to
+    # float32 rounding (GELU students too: ~1e-9 on these logits for most batches).
+    torch.testing.assert_close(_logits(load_packed(tmp_path / "p", mode="packed"), batch), want, rtol=1e-5, atol=1e-7)
+
+
+def test_ffn_activation_bad_requests():
+    with pytest.raises(ConfigError, match="ffn_activation='gelu' is not supported; choose relu"):
+        QuantConfig(w_bits=1, a_bits=1, ffn_activation="gelu")
+    with pytest.raises(ConfigError, match="need QuantConfig version 2"):
+        QuantConfig(w_bits=1, a_bits=1, ffn_activation="relu", version=1)
+    from transformers import GPT2Config, GPT2LMHeadModel
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=40, n_embd=16, n_layer=1, n_head=2, n_positions=16))
+    with pytest.raises(ConfigError, match="GPT2LMHeadModel has no BERT-style FFN"):
+        quantize_(gpt2, QuantConfig(w_bits=2, ffn_activation="relu"))

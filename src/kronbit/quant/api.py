@@ -12,7 +12,7 @@ Rebuilding: ``quantize_(fresh_model, QuantConfig.from_dict(config.to_dict()))`` 
 included, because every quantizer's parameters and buffers have shapes fixed at construction.
 
 Config versions: 1 is the original set of keys; 2 adds ``attention`` (BiT's binarized attention,
-``quant.attention``) and ``ffn_act_quantizer``. A version-1 config (a kronbit.json written before
+``quant.attention``), ``ffn_act_quantizer``, ``embedding_bits`` and ``ffn_activation``. A version-1 config (a kronbit.json written before
 them) reads with their defaults, i.e. with the meaning it was written with.
 """
 
@@ -83,6 +83,12 @@ class QuantConfig(Config):
     attention: Literal["full", "binary"] = "full"
     ffn_act_quantizer: str | None = None  # the FFN output projection's input quantizer (None: act_quantizer),
     #                                       e.g. elastic_unsigned for BiT's {0, α} on GELU outputs
+    # The FFN's activation in the student (None: the model's own). "relu" is BiT's student: ReLU in
+    # place of GELU, so the intermediate activations are non-negative exactly, as the {0, α}
+    # binarizer assumes. Set from the first quantized stage on, so the weight-only stages adapt the
+    # network to it before the activations are binarized. BERT-style encoders only; it changes the
+    # model's config (hidden_act), so the saved student rebuilds with it.
+    ffn_activation: Literal["relu"] | None = None
     version: int = VERSION
 
     def validate(self) -> None:
@@ -104,9 +110,12 @@ class QuantConfig(Config):
     def _validate_v2(self) -> None:
         """The keys version 2 added: absent (at their defaults) from a version-1 config."""
         if self.version == 1 and (self.attention != "full" or self.ffn_act_quantizer is not None
-                                  or self.embedding_bits is not None):
-            raise ConfigError("attention / ffn_act_quantizer / embedding_bits need QuantConfig version 2 (omit version, "
-                              "or set 2)")
+                                  or self.embedding_bits is not None or self.ffn_activation is not None):
+            raise ConfigError("attention / ffn_act_quantizer / embedding_bits / ffn_activation need QuantConfig "
+                              "version 2 (omit version, or set 2)")
+        if self.ffn_activation not in (None, "relu"):
+            raise ConfigError(f"ffn_activation={self.ffn_activation!r} is not supported; choose relu (BiT's "
+                              "student), or null for the model's own activation")
         if self.embedding_bits is not None:
             if self.embedding_bits not in BITS or self.embedding_bits >= 32:
                 raise ConfigError(f"embedding_bits={self.embedding_bits} is not supported; choose one of "
@@ -138,6 +147,8 @@ def quantize_(model: nn.Module, config: QuantConfig, filter_fn: FilterFn | None 
                           "or dequantize_ first")
 
     binary_attention = config.attention == "binary"
+    if config.ffn_activation is not None:
+        set_ffn_activation_(model, config.ffn_activation)
 
     def build(name: str, module: nn.Module) -> nn.Module:
         if isinstance(module, nn.Embedding):  # an embedding named in target_modules (e.g. positions)
@@ -174,6 +185,24 @@ def quantize_(model: nn.Module, config: QuantConfig, filter_fn: FilterFn | None 
         # Recorded resolved, so a rebuild makes the same modules whatever "auto" means later.
         record_transform(model, "quant", {**config.to_dict(), "quantize_embeddings": embeddings})
     return swapped
+
+
+def set_ffn_activation_(model: nn.Module, activation: str) -> int:
+    """Give every FFN of a BERT-style encoder (``*.intermediate.intermediate_act_fn``) the named
+    activation, and the config too (``hidden_act``), so a model rebuilt from its saved config has
+    it; returns how many FFNs changed. A model without such FFNs is refused."""
+    from transformers.activations import ACT2FN
+
+    ffns = [m for _, m in model.named_modules() if hasattr(m, "intermediate_act_fn")]
+    if not ffns:
+        raise ConfigError(f"ffn_activation: {type(model).__name__} has no BERT-style FFN (intermediate_act_fn); "
+                          "the option is for encoders (BERT, RoBERTa, MiniLM, ...)")
+    config = getattr(model, "config", None)
+    if config is not None:
+        config.hidden_act = activation
+    for m in ffns:
+        m.intermediate_act_fn = ACT2FN[activation]
+    return len(ffns)
 
 
 def _tied_to_head(model: nn.Module) -> bool:
