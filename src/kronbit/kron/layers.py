@@ -20,7 +20,8 @@ The backward pass doubles each term (gradient w.r.t. the input and w.r.t. the fa
 ratio holds for forward+backward. The cheaper order is fixed at construction (``order``).
 
 Each contraction is ONE matrix multiply over all tokens at once (the token axis is folded into the
-free dimension), with a transpose-copy between them (none when B is a single row, m2 = 1). On CPU
+free dimension), with a transpose-copy between them (none when B is a single row, m2 = 1). When A
+is a single row or column (rank 1), its contraction is a broadcast multiply instead of a GEMM. On CPU
 this beat batched small matmuls and einsum in a probe here, because one large GEMM keeps the BLAS
 kernel efficient whatever m1, n1 are. Limits: the FLOP count ignores per-op overhead, so at a single
 token a small layer (576 → 576: ~0.2 ms dense forward+backward) can be slower than dense, since the
@@ -84,6 +85,31 @@ def _kron_linear_one_token(x, a, b, bias, order: Order) -> torch.Tensor:
     return y
 
 
+# A rank-1 layer whose A is a single column or row (n1 = 1 or m1 = 1: KnGPT2's factor-2 shapes
+# [2, 1]⊗B and [1, 2]⊗B) needs one GEMM and one broadcast elementwise op. The general path spends a
+# second GEMM with an inner dimension of 1 or 2 and a transpose-copy around it, which under bf16
+# made a 576→576 [1, 2]⊗[576, 288] layer no faster than dense. Not used when B is the column
+# (n2 = 1): a broadcast over a trailing axis of 2 made the backward slower than the general path.
+VECTOR_A_PATH = True  # module switch so a benchmark (and the tests) can run both paths
+
+
+def _kron_linear_vector_a(x2: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Rank 1 with A (m1 × 1) or (1 × n1), x2 (N, n1·n2) → (N, m1·m2)."""
+    _, m1, n1 = a.shape
+    _, m2, n2 = b.shape
+    N = x2.shape[0]
+    A, B = a.view(m1, n1), b.view(m2, n2)
+    if n1 == 1:
+        # Y[t, i1, i2] = A[i1] · (x_t Bᵀ)[i2]: the GEMM, then every row of A scales it, written in
+        # the output's own layout. The factor takes the GEMM's dtype (bf16 under autocast), as
+        # the general path's second matmul would.
+        t = F.linear(x2, B)                                              # (N, m2)
+        return (t.view(N, 1, m2) * A.to(t.dtype).view(1, m1, 1)).view(N, m1 * m2)
+    # m1 = 1: y_t = (Σ_j1 A[j1] X_t[j1, :]) Bᵀ: mix the n1 blocks of the input, then one GEMM.
+    u = (x2.view(N, n1, n2) * A.to(x2.dtype).view(1, n1, 1)).sum(1)   # (N, n2)
+    return F.linear(u, B)
+
+
 def kron_linear(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None,
                 order: Order = "b_first") -> torch.Tensor:
     """y = x · (Σ_r a_r ⊗ b_r)ᵀ + bias for x (..., n1·n2), a (r, m1, n1), b (r, m2, n2)."""
@@ -92,11 +118,15 @@ def kron_linear(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, bias: torch.T
     lead = x.shape[:-1]
     if x.shape[-1] != n1 * n2:
         raise ValueError(f"input has {x.shape[-1]} features, the Kronecker layer expects {n1 * n2}")
+    if order not in ("b_first", "a_first"):
+        raise ValueError(f"order must be 'b_first' or 'a_first', got {order!r}")
     N = math.prod(lead)
     if r == 1 and N == 1 and ONE_TOKEN_PATH:
         return _kron_linear_one_token(x, a, b, bias, order)
     x2 = x.reshape(N, n1 * n2)
-    if order == "b_first":
+    if r == 1 and (n1 == 1 or m1 == 1) and VECTOR_A_PATH:
+        y = _kron_linear_vector_a(x2, a, b)
+    elif order == "b_first":
         # T[(t, j1), (s, i2)] = Σ_j2 X_t[j1, j2] B_s[i2, j2]: one GEMM over every token and row block.
         t = F.linear(x2.reshape(N * n1, n2), b.reshape(r * m2, n2))
         a2 = a.permute(1, 2, 0).reshape(m1, n1 * r)                     # A'[i1, (j1, s)]
@@ -109,14 +139,12 @@ def kron_linear(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, bias: torch.T
             t = t.view(N, n1 * r, m2).transpose(0, 1).reshape(n1 * r, N * m2)
             y = torch.mm(a2, t)                                         # (m1, N·m2)
             y = y.view(m1, N, m2).transpose(0, 1).reshape(N, m1 * m2)
-    elif order == "a_first":
+    else:  # a_first
         # U[(i1, s), (t, j2)] = Σ_j1 A_s[i1, j1] X_t[j1, j2]: one GEMM after moving j1 to the front.
         xp = x2.view(N, n1, n2).transpose(0, 1).reshape(n1, N * n2)
         u = torch.mm(a.permute(1, 0, 2).reshape(m1 * r, n1), xp)       # (m1·r, N·n2)
         u = u.view(m1, r, N, n2).permute(2, 0, 1, 3).reshape(N * m1, r * n2)
         y = F.linear(u, b.permute(1, 0, 2).reshape(m2, r * n2)).view(N, m1 * m2)
-    else:
-        raise ValueError(f"order must be 'b_first' or 'a_first', got {order!r}")
     if bias is not None:
         y = y + bias.to(y.dtype)  # match F.linear under autocast: the output keeps the GEMM dtype
     return y.view(*lead, m1 * m2)

@@ -40,6 +40,9 @@ CALLS = 4           # calls per timed sample
 WARMUP = 3          # untimed calls first (oneDNN makes its kernels for a new shape on the first calls)
 CACHE_ENV = "KRONBIT_CACHE_DIR"
 CACHE_NAME = "kron_timing.json"
+# Bumped whenever kron_linear's code paths change what a shape costs, so timings made with the old
+# paths are not reused (2: the broadcast path for a row or column A).
+PATHS_VERSION = 2
 
 # (m, n, a_shape, b_shape, rank, dtype) -> measured speed-up; the chooser calls one of these
 Timer = Callable[[int, int, tuple[int, int], tuple[int, int], int, str], float]
@@ -64,7 +67,7 @@ def machine_key() -> str:
                 break
     except OSError:
         pass
-    return f"{cpu} | torch {torch.__version__} | {torch.get_num_threads()} threads"
+    return f"{cpu} | torch {torch.__version__} | {torch.get_num_threads()} threads | kron paths {PATHS_VERSION}"
 
 
 def _median_seconds(fn: Callable[[], None]) -> float:
