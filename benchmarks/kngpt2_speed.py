@@ -10,7 +10,7 @@ student (as benchmarks/kngpt2.py sizes it). Random token ids (speed does not dep
 Parts, each run as child processes so that "before" and "after" are measured in one run:
   * ``train``: fwd+bwd of a model alone (LM loss) at 2 × 256 tokens. Before: glibc's default allocator
     and the general Kronecker contraction for every shape; after: ``kronbit.core.allocator.
-    keep_freed_memory`` and the broadcast path for a row or column A (``kron.layers.VECTOR_A_PATH``).
+    keep_freed_memory`` and the copy-free path for a row or column factor (``kron.layers.VECTOR_FACTOR_PATH``).
   * ``distill``: one ``DistillationTrainer`` step (compute_loss + backward) with the recipes' KD
     (embedding, attention prob_kl, relative hidden MSE, logits, LM loss; eager teacher) at 4 × 256
     tokens. Before: the code of ``--before-commit`` (extracted with ``git archive`` into
@@ -122,7 +122,7 @@ def worker_train(args):
         keep_freed_memory()
     else:
         from kronbit.kron import layers
-        layers.VECTOR_A_PATH = False
+        layers.VECTOR_FACTOR_PATH = False
     models, _ = build([m for m in MODELS if m != "teacher"], attn="eager")
     ids = torch.randint(0, 49152, (2, 256))
     res = {}

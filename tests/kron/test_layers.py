@@ -17,17 +17,18 @@ f64 = torch.float64
 
 SHAPES = [((2, 2), (3, 5), 1), ((4, 1), (2, 6), 2), ((1, 3), (5, 2), 3), ((6, 4), (1, 1), 1), ((3, 2), (2, 3), 6),
           ((3, 4), (1, 3), 2),   # B is a row (m2 = 1), a fast path in b_first
-          ((4, 1), (2, 6), 1), ((1, 3), (5, 2), 1), ((1, 1), (3, 4), 1)]   # rank-1 column / row A: the broadcast path
+          ((4, 1), (2, 6), 1), ((1, 3), (5, 2), 1), ((1, 1), (3, 4), 1),   # rank-1 column / row A
+          ((3, 4), (2, 1), 1), ((3, 4), (1, 1), 1)]   # rank-1 column B: the copy-free vector paths
 
 
 @pytest.mark.parametrize("a_shape,b_shape,rank", SHAPES)
 @pytest.mark.parametrize("order", ["b_first", "a_first"])
 @pytest.mark.parametrize("lead", [(3, 5), (1, 1), (1,)], ids=["15-tokens", "1-token-3d", "1-token"])
-@pytest.mark.parametrize("vector_a", [True, False], ids=["vector-a-path", "general"])
+@pytest.mark.parametrize("vector_a", [True, False], ids=["vector-factor-path", "general"])
 def test_forward_and_backward_equal_dense_kron_layer(a_shape, b_shape, rank, order, lead, vector_a, monkeypatch):
     """Every path of kron_linear (general; rank-1 single token; rank-1 row or column A) against
     the dense A⊗B layer."""
-    monkeypatch.setattr(layers_mod, "VECTOR_A_PATH", vector_a)
+    monkeypatch.setattr(layers_mod, "VECTOR_FACTOR_PATH", vector_a)
     (m1, n1), (m2, n2) = a_shape, b_shape
     layer = KroneckerLinear(n1 * n2, m1 * m2, a_shape, b_shape, rank, order=order, dtype=f64)
     x = torch.randn(*lead, n1 * n2, dtype=f64, requires_grad=True)
@@ -175,16 +176,16 @@ def test_tied_head_reads_embedding_factors():
     assert type(lin) is nn.Linear and lin.weight is dense_emb.weight
 
 
-@pytest.mark.parametrize("a_shape,b_shape", [((2, 1), (6, 16)), ((1, 2), (12, 8))])
-def test_vector_a_path_under_autocast_keeps_the_gemm_dtype(a_shape, b_shape, monkeypatch):
-    """The broadcast path's output is bf16 under autocast, as the general path's, and both paths
+@pytest.mark.parametrize("a_shape,b_shape", [((2, 1), (6, 16)), ((1, 2), (12, 8)), ((6, 16), (2, 1))])
+def test_vector_factor_path_under_autocast_keeps_the_gemm_dtype(a_shape, b_shape, monkeypatch):
+    """The vector-factor path's output is bf16 under autocast, as the general path's, and both paths
     agree to bf16 rounding."""
     torch.manual_seed(0)
     layer = KroneckerLinear(16, 12, a_shape, b_shape)
     x = torch.randn(7, 16)
     out = {}
     for vector_a in (True, False):
-        monkeypatch.setattr(layers_mod, "VECTOR_A_PATH", vector_a)
+        monkeypatch.setattr(layers_mod, "VECTOR_FACTOR_PATH", vector_a)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             out[vector_a] = layer(x)
     assert out[True].dtype == out[False].dtype == torch.bfloat16

@@ -21,7 +21,7 @@ ratio holds for forward+backward. The cheaper order is fixed at construction (``
 
 Each contraction is ONE matrix multiply over all tokens at once (the token axis is folded into the
 free dimension), with a transpose-copy between them (none when B is a single row, m2 = 1). When A
-is a single row or column (rank 1), its contraction is a broadcast multiply instead of a GEMM. On CPU
+is a single row or column, or B a single column (rank 1), there is one GEMM and no copy. On CPU
 this beat batched small matmuls and einsum in a probe here, because one large GEMM keeps the BLAS
 kernel efficient whatever m1, n1 are. Limits: the FLOP count ignores per-op overhead, so at a single
 token a small layer (576 → 576: ~0.2 ms dense forward+backward) can be slower than dense, since the
@@ -85,20 +85,30 @@ def _kron_linear_one_token(x, a, b, bias, order: Order) -> torch.Tensor:
     return y
 
 
-# A rank-1 layer whose A is a single column or row (n1 = 1 or m1 = 1: KnGPT2's factor-2 shapes
-# [2, 1]⊗B and [1, 2]⊗B) needs one GEMM and one broadcast elementwise op. The general path spends a
-# second GEMM with an inner dimension of 1 or 2 and a transpose-copy around it, which under bf16
-# made a 576→576 [1, 2]⊗[576, 288] layer no faster than dense. Not used when B is the column
-# (n2 = 1): a broadcast over a trailing axis of 2 made the backward slower than the general path.
-VECTOR_A_PATH = True  # module switch so a benchmark (and the tests) can run both paths
+# A rank-1 layer with a single-column or single-row factor (KnGPT2's factor-2 shapes [2, 1]⊗B,
+# [1, 2]⊗B and A⊗[2, 1]) needs one full GEMM and one cheap step, with no copies. The general path
+# spends a second GEMM with an inner dimension of 1 or 2 and transpose-copies around the two, which
+# under bf16 made a 576→576 [1, 2]⊗[576, 288] layer no faster than dense (docs/results/
+# kngpt2_speed.md, before and after). B a single row (m2 = 1) has its own copy-free branch below.
+VECTOR_FACTOR_PATH = True  # module switch so a benchmark (and the tests) can run both paths
 
 
-def _kron_linear_vector_a(x2: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Rank 1 with A (m1 × 1) or (1 × n1), x2 (N, n1·n2) → (N, m1·m2)."""
+def _vector_factor(m1: int, n1: int, n2: int) -> bool:
+    return n1 == 1 or m1 == 1 or n2 == 1
+
+
+def _kron_linear_vector_factor(x2: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Rank 1 with A (m1 × 1) or (1 × n1), or B (m2 × 1); x2 (N, n1·n2) → (N, m1·m2)."""
     _, m1, n1 = a.shape
     _, m2, n2 = b.shape
     N = x2.shape[0]
     A, B = a.view(m1, n1), b.view(m2, n2)
+    if n2 == 1 and n1 != 1:
+        # Y[t, i1, i2] = (A x_t)[i1] · B[i2]: the GEMM with A, then the outer product with B as a
+        # GEMM of inner dimension 1 (a broadcast multiply over the trailing axis of m2 = 2 was
+        # slower: its backward reduces over that short axis).
+        v = F.linear(x2, A)                                              # (N, m1)
+        return F.linear(v.reshape(N * m1, 1), B).view(N, m1 * m2)
     if n1 == 1:
         # Y[t, i1, i2] = A[i1] · (x_t Bᵀ)[i2]: the GEMM, then every row of A scales it, written in
         # the output's own layout. The factor takes the GEMM's dtype (bf16 under autocast), as
@@ -124,8 +134,8 @@ def kron_linear(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, bias: torch.T
     if r == 1 and N == 1 and ONE_TOKEN_PATH:
         return _kron_linear_one_token(x, a, b, bias, order)
     x2 = x.reshape(N, n1 * n2)
-    if r == 1 and (n1 == 1 or m1 == 1) and VECTOR_A_PATH:
-        y = _kron_linear_vector_a(x2, a, b)
+    if r == 1 and _vector_factor(m1, n1, n2) and VECTOR_FACTOR_PATH:
+        y = _kron_linear_vector_factor(x2, a, b)
     elif order == "b_first":
         # T[(t, j1), (s, i2)] = Σ_j2 X_t[j1, j2] B_s[i2, j2]: one GEMM over every token and row block.
         t = F.linear(x2.reshape(N * n1, n2), b.reshape(r * m2, n2))

@@ -41,7 +41,7 @@ WARMUP = 3          # untimed calls first (oneDNN makes its kernels for a new sh
 CACHE_ENV = "KRONBIT_CACHE_DIR"
 CACHE_NAME = "kron_timing.json"
 # Bumped whenever kron_linear's code paths change what a shape costs, so timings made with the old
-# paths are not reused (2: the broadcast path for a row or column A).
+# paths are not reused (2: the copy-free path for a row or column factor).
 PATHS_VERSION = 2
 
 # (m, n, a_shape, b_shape, rank, dtype) -> measured speed-up; the chooser calls one of these
