@@ -49,6 +49,9 @@ ATTENTION_INPUTS = ("query", "key", "value", "c_attn", "q_proj", "k_proj", "v_pr
 # Llama mlp.down_proj, whose input is signed).
 FFN_OUTPUTS = r"(.*\.)?(layer\.\d+\.output\.dense|mlp\.c_proj|mlp\.down_proj|ffn\.lin2)"
 VERSION = 2
+# ``ffn_activation`` names -> the module Hugging Face builds for that ``hidden_act`` (its ACT2FN
+# gives torch's own nn.ReLU for "relu"), so a rebuilt model has the same class
+FFN_ACTIVATIONS = {"relu": nn.ReLU}
 
 
 @dataclass
@@ -191,8 +194,6 @@ def set_ffn_activation_(model: nn.Module, activation: str) -> int:
     """Give every FFN of a BERT-style encoder (``*.intermediate.intermediate_act_fn``) the named
     activation, and the config too (``hidden_act``), so a model rebuilt from its saved config has
     it; returns how many FFNs changed. A model without such FFNs is refused."""
-    from transformers.activations import ACT2FN
-
     ffns = [m for _, m in model.named_modules() if hasattr(m, "intermediate_act_fn")]
     if not ffns:
         raise ConfigError(f"ffn_activation: {type(model).__name__} has no BERT-style FFN (intermediate_act_fn); "
@@ -201,7 +202,7 @@ def set_ffn_activation_(model: nn.Module, activation: str) -> int:
     if config is not None:
         config.hidden_act = activation
     for m in ffns:
-        m.intermediate_act_fn = ACT2FN[activation]
+        m.intermediate_act_fn = FFN_ACTIVATIONS[activation]()
     return len(ffns)
 
 
