@@ -71,6 +71,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--redo", action="store_true")
     ap.add_argument("--parts", nargs="+", default=["lm", "glue"], choices=["lm", "glue"])
     ap.add_argument("--glue-tasks", nargs="+", default=list(GLUE_BUDGETS), choices=list(GLUE_BUDGETS))
+    ap.add_argument("--render-only", action="store_true", help="rewrite the page from the JSON, run nothing")
     ap.add_argument("--students", nargs="+", default=list(STUDENTS), choices=list(STUDENTS),
                     help="which students to distil and fine-tune (the layer-drop one needs the Kronecker row "
                          "for its size)")
@@ -106,6 +107,9 @@ def main() -> None:
     args = parse_args()
     res = Results("kngpt2" if args.max_steps is None else "kngpt2_smoke",
                   "KnGPT2 Kronecker student vs layer-drop student at equal size and tokens (SmolLM2-135M teacher)")
+    if args.render_only:
+        res.save(render(res))
+        return
     if "lm" in args.parts:
         lm_part(args, res)
     if "glue" in args.parts:
@@ -233,6 +237,15 @@ def render(res: Results) -> str:
            "Produced by `python benchmarks/kngpt2.py`; budgets, commands, dates and machine in `kngpt2.json`. "
            "Paper (GPT-2 teacher, full pre-training budget): " + "; ".join(f"{k} {v}" for k, v in PAPER.items())
            + ".\n\n" + md_table(["model", "params (M)", "PPL before KD", "PPL after KD", "KD tokens", "wall (min)"], table))
+    dates = {n: rows[n]["date"][:10] for n in STUDENTS if n in rows}
+    if len(set(dates.values())) > 1:
+        out += ("\nThe students were distilled on different days, each with the code of its day: "
+                + ", ".join(f"{n} {d}" for n, d in dates.items()) + ". Same losses, token budget and schedule; the "
+                "throughput work in between (attention maps only where distilled, log-probabilities recorded in the "
+                "attention) changed the rounding, so "
+                "the rows are alike in setup, not bit for bit (the dense-embedding selection reached 136.4 at the "
+                "same budget with the older code, kngpt2_ablation.md). Wall minutes are elapsed time on a shared "
+                "machine, pauses for timed benchmarks included, and no measure of speed (kngpt2_speed.md is).\n")
     for name in ("kronecker", "dense_embedding"):
         if name not in rows or "layerdrop" not in rows:
             continue
