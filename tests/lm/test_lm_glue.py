@@ -65,8 +65,10 @@ def test_kronecker_student_fine_tunes_on_glue(glue_setup, capsys):
     assert ev["task"] == "sst2" and ev["accuracy"] == pytest.approx(row["accuracy"])
 
 
-def test_compressed_lm_loads_as_a_classifier_with_its_backbone(tmp_path):
-    """The pre-trained backbone's tensors arrive in the classifier unchanged; only the head is new."""
+@pytest.mark.parametrize("embeddings", [True, False], ids=["kronecker-embedding", "dense-embedding"])
+def test_compressed_lm_loads_as_a_classifier_with_its_backbone(tmp_path, embeddings):
+    """The pre-trained backbone's tensors arrive in the classifier unchanged; only the head is new
+    (with the embedding decomposed as in KnGPT2, or left dense as the equal-size selection does)."""
     import torch
 
     from kronbit.formats.compressed import load_compressed, save_compressed
@@ -76,7 +78,7 @@ def test_compressed_lm_loads_as_a_classifier_with_its_backbone(tmp_path):
 
     torch.manual_seed(0)
     lm = tiny_llama(vocab_size=64, hidden_size=32, num_hidden_layers=2)
-    kroneckerize_(lm, KroneckerConfig(compression=2, layers="odd", embeddings=True))
+    kroneckerize_(lm, KroneckerConfig(compression=2, layers="odd", embeddings=embeddings))
     save_compressed(lm, None, tmp_path / "lm", {"kind": "student"}, recorded_transforms(lm))
     clf = load_compressed(tmp_path / "lm", get_task("rte"))
     assert type(clf).__name__ == "LlamaForSequenceClassification" and clf.config.num_labels == 2

@@ -13,9 +13,10 @@ from .nkp import max_rank, nearest_kronecker, relative_error
 # The method's one registration. Kronecker layers are stored as their factors in every format (a
 # quantized Kronecker layer is packed by the quant method), so there is no pack step of its own.
 # A language model's transform replayed on its classifier: a classifier has no LM head, so a
-# Kronecker embedding is no longer tied to one.
+# Kronecker embedding is no longer tied to one (a dense embedding had no tie to drop).
 register_transform(TransformMethod(kind="kron", config_cls=KroneckerConfig, apply=kroneckerize_, undo=densify_,
-                                   for_new_head=lambda config: {**config, "tie_head": False},
+                                   for_new_head=lambda config: ({**config, "tie_head": False}
+                                                                if config.get("embeddings") else config),
                                    describe=describe_kron))
 
 __all__ = ["KroneckerConfig", "KroneckerReport", "kroneckerize_", "densify_", "nearest_kronecker",
