@@ -77,7 +77,8 @@ def test_compressed_lm_loads_as_a_classifier_with_its_backbone(tmp_path, embeddi
     from kronbit.core.transforms import recorded_transforms
 
     torch.manual_seed(0)
-    lm = tiny_llama(vocab_size=64, hidden_size=32, num_hidden_layers=2)
+    # tied LM head, as SmolLM2: a dense embedding is then saved once, possibly as lm_head.weight
+    lm = tiny_llama(vocab_size=64, hidden_size=32, num_hidden_layers=2, tie_word_embeddings=True)
     kroneckerize_(lm, KroneckerConfig(compression=2, layers="odd", embeddings=embeddings))
     save_compressed(lm, None, tmp_path / "lm", {"kind": "student"}, recorded_transforms(lm))
     clf = load_compressed(tmp_path / "lm", get_task("rte"))

@@ -18,6 +18,7 @@ from typing import Any
 
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_model
+import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
@@ -74,6 +75,14 @@ def _for_classifier(transform: dict[str, Any]) -> dict[str, Any]:
     return {**transform, "config": change(transform["config"])} if change else transform
 
 
+def _saved_ties(model_dir: Path) -> dict[str, str]:
+    """The tied-weight names of the architecture the checkpoint was saved from (built on the meta
+    device: no memory, no initialisation)."""
+    with torch.device("meta"):
+        saved = build_base(model_dir)
+    return dict(getattr(saved, "all_tied_weights_keys", {}) or {})
+
+
 def load_compressed(model_dir: str | Path, task=None) -> nn.Module:
     """Rebuild a compressed model from its description, then load its tensors. With ``task`` (a
     GlueTask), a checkpoint that is not a classifier for it comes back as one: its backbone
@@ -101,7 +110,9 @@ def load_compressed(model_dir: str | Path, task=None) -> nn.Module:
     # Tied tensors were saved once, under either name (safetensors' de-duplication keeps one of
     # the aliases, e.g. ``lm_head.weight`` rather than the embedding): give the other name the
     # same tensor before a strict load, so neither side of a tie comes back randomly initialised.
-    ties = dict(getattr(model, "all_tied_weights_keys", {}) or {})
+    # Under a new head the saved model's ties count too: a language model tied to its dense input
+    # embedding may have kept only ``lm_head.weight``, which the classifier's body needs.
+    ties = {**(_saved_ties(model_dir) if new_head else {}), **dict(getattr(model, "all_tied_weights_keys", {}) or {})}
     for target, source in ties.items():
         if source in state and target not in state:
             state[target] = state[source]
