@@ -54,6 +54,11 @@ def _with(**stage_b):
     (_with(distill_from="c"), "stage 'b': distill_from 'c' names no earlier stage; choose one of: teacher, previous, a"),
     ({"name": "t", "stages": [{"name": "a", "distill_from": "previous"}]},
      "stage 'a': distill_from 'previous' needs an earlier stage"),
+    (_with(attention="half"), "stage 'b': attention must be 'full' or 'binary', got 'half'"),
+    ({"name": "t", "stages": [{"name": "a", "attention": "full"}]},
+     "stage 'a': attention applies to quantized stages"),
+    ({"name": "t", "method": "kngpt2", "stages": [{"name": "a", "attention": "full"}]},
+     "stage 'a': attention applies to quantized GLUE stages only"),
 ])
 def test_bad_recipes(data, message):
     with pytest.raises(ConfigError, match=message):
@@ -156,3 +161,31 @@ def test_a_stage_distils_an_earlier_stage_student(tmp_path, capsys, tiny_bert):
     w1a2_teacher = seen[-1]
     bits = {m.a_bits for _, m in quantized_modules(w1a2_teacher) if m.takes_activations}
     assert bits == {2} and not w1a2_teacher.training  # the W1A2 student, in eval mode
+
+
+def test_a_stage_can_hold_attention_full_before_binarizing_it(tmp_path, capsys, tiny_bert):
+    """A progressive attention step: a W1A1 stage with full-precision attention matmuls (its own
+    ``attention: full``), then a W1A1 stage with the recipe's binary attention that starts from it
+    and distils it. Each stage's saved student reloads with the attention it trained with."""
+    from kronbit.formats import load_model
+    from kronbit.quant.attention import active_binary_attention
+
+    data = write_tiny_sst2(tmp_path / "glue")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "name": "tiny", "train": {"bf16": False, "batch_size": 16, "learning_rate": 1e-3},
+        "teacher": {"bf16": False, "batch_size": 16, "learning_rate": 3e-3, "epochs": 2},
+        "kd": {"logits": 1, "hidden": 1, "layer_map": "identity"},
+        "quant": {"attention": "binary", "ffn_act_quantizer": "elastic_unsigned"},
+        "stages": [{"name": "w1", "w_bits": 1, "init_from": "teacher"},
+                   {"name": "w1a1full", "w_bits": 1, "a_bits": 1, "attention": "full"},
+                   {"name": "w1a1", "w_bits": 1, "a_bits": 1, "distill_from": "previous"}]}))
+    out = tmp_path / "run"
+    assert main(["run", str(recipe), "--model", str(tiny_bert), "--task", "sst2", "--data-dir", str(data),
+                 "--output-dir", str(out), "--max-steps", "3"]) == 0
+    rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["stages"]
+    assert [r["attention"] for r in rows] == ["full", "full", "binary"]
+    assert [r.get("distill_from", "teacher") for r in rows] == ["teacher", "teacher", "w1a1full"]
+    middle = load_model(out / "stages" / "02-w1a1full" / "model")
+    final = load_model(out / "model")
+    assert active_binary_attention(middle) == 0 and active_binary_attention(final) == 2

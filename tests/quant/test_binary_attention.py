@@ -584,3 +584,70 @@ def test_ffn_activation_bad_requests():
     gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=40, n_embd=16, n_layer=1, n_head=2, n_positions=16))
     with pytest.raises(ConfigError, match="GPT2LMHeadModel has no BERT-style FFN"):
         quantize_(gpt2, QuantConfig(w_bits=2, ffn_activation="relu"))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_set_attention_switches_a_w1a1_model_both_ways(kind, tmp_path):
+    """A progressive schedule's attention step (W1A1 with full-precision attention, then binary):
+    switched off, the model computes exactly what a model quantized with attention: full
+    computes; switched back on, fresh Q/K/V and probability binarizers; the choice is recorded, so
+    a saved model reloads with it."""
+    from kronbit.distill.attention import use_kronbit_attention
+    from kronbit.quant.api import set_attention_
+    model = _binary(kind)
+    full = _model(kind)
+    quantize_(full, QuantConfig(**{**W1A1, "attention": "full"}))
+    full.load_state_dict({k: v for k, v in model.state_dict().items()
+                          if "output_quantizer" not in k and PROB_QUANTIZER not in k})
+    use_kronbit_attention(full)  # the attention path a switched model keeps
+    batch = _batch(2)
+    assert set_attention_(model, "full") == 0
+    assert not binary_attention_modules(model) and attention_mode(model) == "full"
+    assert all(attn.query.output_quantizer is None for attn in (m.attention.self for m in _layers(model)))
+    assert torch.equal(_attention_outputs(model, batch), _attention_outputs(full, batch))
+    assert recorded_transforms(model)[0]["config"]["attention"] == "full"
+    save_compressed(model, None, tmp_path / "full", {"kind": "compressed"}, recorded_transforms(model))
+    back = load_model(tmp_path / "full")
+    assert active_binary_attention(back) == 0  # reloads on the default path; the same arithmetic on ours:
+    assert torch.equal(_attention_outputs(use_kronbit_attention(back), batch), _attention_outputs(full, batch))
+
+    assert set_attention_(back, "binary") == 2  # at one bit: the binarizers act at once
+    attn = binary_attention_modules(back)[0][1]
+    assert isinstance(attn.query.output_quantizer, ElasticAct) and getattr(attn, PROB_QUANTIZER) is not None
+    assert len(attn._forward_pre_hooks) == 1  # the path check is registered once, however often it switches
+    assert back.config._attn_implementation == KRONBIT_ATTENTION
+    _logits(back, _batch())  # the new binarizers initialise from this batch; α as in _binary
+    with torch.no_grad():
+        for _, a in binary_attention_modules(back):
+            getattr(a, PROB_QUANTIZER).alpha.fill_(0.2)
+    # (compared before the classifier: binary activations downstream can absorb the change)
+    assert not torch.allclose(_attention_outputs(back, batch), _attention_outputs(full, batch))
+    assert recorded_transforms(back)[0]["config"]["attention"] == "binary"
+    set_attention_(back, "full")
+    set_attention_(back, "binary")
+    assert len(attn._forward_pre_hooks) == 1
+
+
+def _layers(model):
+    return (model.bert if hasattr(model, "bert") else model.roberta).encoder.layer
+
+
+def _attention_outputs(model, batch) -> torch.Tensor:
+    """Every layer's self-attention output on ``batch``, concatenated."""
+    got = []
+    hooks = [layer.attention.self.register_forward_hook(lambda mod, args, out: got.append(out[0].flatten()))
+             for layer in _layers(model)]
+    try:
+        _logits(model, batch)
+    finally:
+        for h in hooks:
+            h.remove()
+    return torch.cat(got)
+
+
+def test_set_attention_refuses_bad_input():
+    from kronbit.quant.api import set_attention_
+    with pytest.raises(ConfigError, match="attention must be 'full' or 'binary', got 'half'"):
+        set_attention_(_model("bert"), "half")
+    with pytest.raises(ConfigError, match="no quantized Q/K/V projections; call quantize_ first"):
+        set_attention_(_model("bert"), "binary")

@@ -249,6 +249,32 @@ def set_bits_(model: nn.Module, w_bits: int | None, a_bits: int | None) -> list[
     return [n for n, _ in mods]
 
 
+def set_attention_(model: nn.Module, attention: str) -> int:
+    """Switch a quantized model's attention matmuls between full precision ("full") and BiT's
+    binary ones ("binary", in effect at ``a_bits == 1``), in place: a stage's ``attention``
+    override, so a schedule can train W1A1 with full-precision attention before binarizing it.
+    The choice is recorded, so a reloaded model rebuilds with it. Returns the number of attention
+    modules whose binarizers are active."""
+    if attention not in ("full", "binary"):
+        raise ConfigError(f"attention must be 'full' or 'binary', got {attention!r}")
+    projections = [(n, m) for n, m in quantized_modules(model) if n.rsplit(".", 1)[-1] in ATTENTION_INPUTS]
+    if not projections:
+        raise ConfigError("set_attention_: the model has no quantized Q/K/V projections; call quantize_ first")
+    binary = attention == "binary"
+    if binary and any(not isinstance(m, QuantLinear) for _, m in projections):
+        raise ConfigError("attention: binary is not supported on Kronecker layers")
+    for _, m in projections:
+        if isinstance(m, QuantLinear):
+            m.set_binary_output(binary)
+    if binary:
+        mark_binary_attention(model, [n for n, _ in projections])
+    else:
+        clear_binary_attention(model)
+    active = set_attention_bits(model, min(m.a_bits for _, m in projections))
+    update_recorded(model, "quant", attention=attention)
+    return active
+
+
 def dequantize_(model: nn.Module, drop_activation_quantizers: bool = False) -> list[str]:
     """Swap quantized modules back to plain ones (``to_module``) holding the quantized weight
     values, so the converted model computes exactly what the fake-quant model computed — as long

@@ -47,6 +47,7 @@ from . import kernels
 from .quantizers import EPS, ElasticUnsignedAct
 
 MODE_ATTR = "kronbit_attention"  # plain attribute on an attention module: "binary" when marked
+HOOK_ATTR = "kronbit_attention_hooked"  # plain attribute: the path-check hook is registered
 
 
 def check_attention_path(module: nn.Module, args) -> None:
@@ -70,7 +71,9 @@ def mark_binary_attention(model: nn.Module, projection_names: list[str]) -> int:
         parent = modules[pname]
         if getattr(parent, MODE_ATTR, None) != "binary":
             setattr(parent, MODE_ATTR, "binary")
+        if not getattr(parent, HOOK_ATTR, False):  # once, though a schedule may switch it off and on
             parent.register_forward_pre_hook(check_attention_path)
+            setattr(parent, HOOK_ATTR, True)
     return len(parents)
 
 

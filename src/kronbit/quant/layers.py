@@ -201,6 +201,18 @@ class QuantLinear(_Quantized):
         self.weight_quantizer, self.input_quantizer, self.output_quantizer = new_w, new_in, new_out
         self.w_bits, self.a_bits = w_bits, a_bits
 
+    def set_binary_output(self, on: bool) -> None:
+        """Turn BiT's binary output (Q/K/V at ``a_bits == 1``) on or off in place: a progressive
+        schedule trains W1A1 with full-precision attention first, then binarizes it. A new output
+        binarizer starts uninitialised (its scale is set from the next batch)."""
+        if on == self.binary_output:
+            return
+        self.binary_output = on
+        output = self.quantize_output or (on and self.a_bits == 1)
+        if output != (self.output_quantizer is not None):
+            self.output_quantizer = (self._make_act_quantizer(self.a_bits, self.out_features, self.weight.device)
+                                     if output else None)
+
     @property
     def act_quantizer_name(self) -> str | None:
         """The input's activation quantizer ("auto" resolved), or None at full precision."""

@@ -37,7 +37,7 @@ from ..formats.meta import KRONBIT_META, read_meta
 from ..models.encoders import load_classifier, load_tokenizer
 from ..models.resolve import resolve_model
 from ..quant import SCALE_PARAM_SUFFIXES, quantize_, set_bits_
-from ..quant.api import check_quant_options, quant_summary
+from ..quant.api import check_quant_options, quant_summary, set_attention_
 from ..quant.size import estimate_size
 from ..workflows.console import attach_console, say
 from ..workflows.finetune import FinetuneConfig, finetune
@@ -58,6 +58,8 @@ def validate(recipe: Recipe) -> None:
                               "stages); GLUE stages fine-tune a student decomposed by one (init_from: student)")
         if s.quantized:
             recipe.quant_config(s)  # the bits against the chosen quantizers
+        elif s.attention is not None:
+            raise ConfigError(f"stage '{s.name}': attention applies to quantized stages (set w_bits / a_bits)")
 
 
 def describe(recipe: Recipe, index: int) -> str:
@@ -131,6 +133,10 @@ def _student(recipe: Recipe, index: int, init_dir: Path, task):
     if any(t["kind"] == "quant" for t in recorded_transforms(student)):
         # Same model, new bits: the progressive schedule lowers bits on the trained modules. It
         # keeps the options the student was quantized with, so they must be the recipe's.
+        if any(s.attention is not None for s in recipe.stages[:index + 1]):
+            # A schedule that switches attention (full-precision W1A1, then binary): this stage's
+            # attention, its own or the recipe's, set before the options are checked.
+            set_attention_(student, recipe.quant_config(stage).attention)
         check_quant_options(student, recipe.quant_config(stage), f"stage '{stage.name}'")
         set_bits_(student, w_bits=stage.w_bits, a_bits=stage.a_bits)
     elif stage.quantized:  # a full-precision stage (decoder GLUE fine-tuning): nothing to quantize

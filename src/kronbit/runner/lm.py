@@ -56,6 +56,8 @@ def validate(recipe: Recipe) -> None:
                               "use a tspq recipe")
         if s.augment:
             raise ConfigError(f"stage '{s.name}': augment applies to GLUE stages only")
+        if s.attention is not None:
+            raise ConfigError(f"stage '{s.name}': attention applies to quantized GLUE stages only")
         if s.distill_from != "teacher":
             raise ConfigError(f"stage '{s.name}': distill_from applies to GLUE stages only (language-model "
                               "stages distil the teacher)")

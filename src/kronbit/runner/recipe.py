@@ -68,6 +68,9 @@ class StageConfig(Config):
     distill_from: str = "teacher"
     w_bits: int = FULL               # 32 = full-precision weights
     a_bits: int = FULL               # 32 = full-precision activations
+    # The stage's own quant.attention (full | binary; None: the recipe's): a progressive schedule
+    # trains W1A1 with full-precision attention matmuls, then binarizes them in a later stage.
+    attention: str | None = None
     augment: bool = False            # train on the augmented training set
     epochs: float | None = None      # None: the recipe's train.epochs
     learning_rate: float | None = None
@@ -81,6 +84,8 @@ class StageConfig(Config):
             raise ConfigError(f"stage name {self.name!r} must be letters, digits, '-' or '_'")
         if self.name in RESERVED:
             raise ConfigError(f"stage name '{self.name}' is reserved (it is an init_from keyword)")
+        if self.attention not in (None, "full", "binary"):
+            raise ConfigError(f"stage '{self.name}': attention must be 'full' or 'binary', got {self.attention!r}")
 
     @property
     def quantized(self) -> bool:
@@ -172,8 +177,10 @@ class Recipe(Config):
     def quant_config(self, stage: StageConfig) -> QuantConfig:
         where = f"stage '{stage.name}' quant"
         try:
-            return QuantConfig.from_dict({**self.quant.to_dict(), "w_bits": stage.w_bits, "a_bits": stage.a_bits},
-                                         where=where)
+            own = {"w_bits": stage.w_bits, "a_bits": stage.a_bits}
+            if stage.attention is not None:
+                own["attention"] = stage.attention
+            return QuantConfig.from_dict({**self.quant.to_dict(), **own}, where=where)
         except ConfigError as e:
             raise ConfigError(str(e) if str(e).startswith(where) else f"{where}: {e}") from None
 
