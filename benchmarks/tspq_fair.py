@@ -128,6 +128,14 @@ def run_row(res: Results, task: str, name: str, seed: int, da_copies: int, max_s
         print(f"[stale] {key}: trained with an earlier recipe, running it again")
         old = res.data["rows"].pop(key)
         res.data.setdefault("superseded", {})[f"{key}@{old['date']}"] = old
+    twin = next((k for k, r in res.data["rows"].items() if k != key and r["task"] == task and r["seed"] == seed
+                 and r.get("recipe_fingerprint") == fp and "same_run_as" not in r), None)
+    if twin and not redo:  # e.g. a lever config that a recipe file has since adopted: no need to train it twice
+        print(f"[same run] {key}: {twin} trained exactly this recipe; its row is reused")
+        res.data["rows"][key] = {**res.data["rows"][twin], "config": name, "recipe": f"recipes/tspq/{recipe_file}",
+                                 "overrides": overrides, "same_run_as": twin}
+        res.save(render(res))
+        return
     out = WORK / "tspq_fair" / task / name / f"seed{seed}"
     fresh = redo or stale
     table = run_recipe(recipe, model=str(require_teacher(task)), task=task, data_dir=str(data_root() / "glue"),

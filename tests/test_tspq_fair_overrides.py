@@ -40,3 +40,28 @@ def test_every_da_point_loads_against_the_shipped_recipe(copies):
     assert any(s.augment for s in r.stages) == (copies > 0)
     if copies:
         assert r.augment.n_copies == copies
+
+
+def test_a_row_whose_recipe_another_config_already_trained_is_reused_not_retrained(tmp_path, monkeypatch):
+    """When a recipe file adopts a lever config's schedule, its rows resolve to the same recipe as
+    the lever's rows: the finished row is reused (and says so) instead of training it again."""
+    import common
+
+    monkeypatch.setattr(common, "RESULTS", tmp_path)
+    monkeypatch.setattr(tspq_fair, "render", lambda res: "")
+    monkeypatch.setitem(tspq_fair.CONFIGS, "adopted", tspq_fair.CONFIGS["tspq_w1a1_multidistill"])
+    monkeypatch.setattr(tspq_fair, "run_recipe", lambda *a, **k: pytest.fail("trained a row it could reuse"))
+    monkeypatch.setattr(tspq_fair, "require_teacher", lambda task: tmp_path / "teacher")  # none on a fresh machine
+    res = common.Results("fair_test", "test")
+    recipe_file, _ = tspq_fair.CONFIGS["tspq_w1a1_multidistill"]
+    overrides = tspq_fair.overrides_for("stsb", "tspq_w1a1_multidistill", 42, 4)
+    fp = tspq_fair.fingerprint(load_recipe(RECIPES / recipe_file, overrides))
+    res.add("stsb/tspq_w1a1_multidistill/seed42", {"task": "stsb", "config": "tspq_w1a1_multidistill", "seed": 42,
+                                                    "recipe_fingerprint": fp, "score": 0.386})
+    tspq_fair.run_row(res, "stsb", "adopted", 42, 4, None, redo=False)
+    row = res.data["rows"]["stsb/adopted/seed42"]
+    assert row["score"] == 0.386 and row["same_run_as"] == "stsb/tspq_w1a1_multidistill/seed42"
+    assert row["config"] == "adopted" and row["recipe_fingerprint"] == fp
+    # another seed has no finished twin: that one would train
+    with pytest.raises(pytest.fail.Exception, match="trained a row it could reuse"):
+        tspq_fair.run_row(res, "stsb", "adopted", 43, 4, None, redo=False)
