@@ -66,6 +66,18 @@ CONFIGS = {  # name -> (recipe, extra overrides)
     "direct_w1a1": ("direct-binary.yaml", []),
     "direct_w2a8": ("direct-ternary.yaml", []),
 }
+CONFIG_NOTES = {  # one line each under the table
+    "tspq_w1a1": "recipes/tspq/binary.yaml: W2 → W1 → W1A1 (binary attention), each distilling the teacher",
+    "tspq_w1a1_da": "recipes/tspq/binary-da.yaml: as tspq_w1a1, augmented data on the binary stages",
+    "tspq_w1a1_full_attention": "as tspq_w1a1, the attention matmuls full precision (every linear layer W1A1)",
+    "tspq_w1a1_multidistill": "as tspq_w1a1 with a W1A2 stage (elastic 2-bit inputs) before W1A1, which distils it",
+    "tspq_w1a1_attention_step": "as tspq_w1a1_multidistill with a W1A1 stage of full-precision attention between "
+                                "W1A2 and binary attention, each stage distilling the one before",
+    "tspq_w1a1_relu": "as tspq_w1a1 with a ReLU student FFN (BiT's)",
+    "tspq_w2a8": "recipes/tspq/ternary.yaml: W4 → W2 → W2A8",
+    "direct_w1a1": "recipes/tspq/direct-binary.yaml: W1A1 in one stage from the teacher",
+    "direct_w2a8": "recipes/tspq/direct-ternary.yaml: W2A8 in one stage from the teacher",
+}
 SEEDED = ("tspq_w1a1", "tspq_w2a8", "direct_w1a1", "direct_w2a8")  # two seeds each; DA: one
 # Full training sets (SST-2: the 20k examples its teacher saw); pair tasks at 128 tokens, single
 # sentences at 64 (their sentences are short). Epochs are the recipes' own (binary 1+1+4, ternary
@@ -198,6 +210,9 @@ def render(res: Results) -> str:
             f"64 for single sentences, the recipes' epochs; DA rows: {DA_COPIES} augmented copies per example "
             "unless their overrides say otherwise.\n\n")
     md = head + md_table(["config", *tasks, "avg", "% of teacher", "seeds", "papers (orientation)"], table)
+    shown = [row[0] for row in table[2:]]
+    md += ("\navg and % of teacher: over the tasks a row has (a row with fewer tasks is not comparable with a "
+           "five-task one). Configs:\n\n" + "".join(f"- {n}: {CONFIG_NOTES.get(n, '')}\n" for n in shown))
     return md + "\n" + _targets(rows, tasks, teacher, floor) + _budget_lines(rows, tasks) + _superseded(res, stale)
 
 
@@ -222,6 +237,13 @@ def _targets(rows, tasks, teacher, floor) -> str:
     if w1:
         margins = {t: 100 * (statistics.mean(_scores(rows, t, "tspq_w1a1")) - floor[t]) for t in w1}
         low = [f"{t} {m:+.1f}" for t, m in margins.items() if m < 3]
+        if "mrpc" in w1:  # the issue asks for MRPC accuracy as well as F1
+            acc = [r["stages"][-1]["accuracy"] for r in rows.values() if r["task"] == "mrpc" and r["config"] == "tspq_w1a1"]
+            # the majority class on MRPC is 'paraphrase': precision = its share p, recall 1, F1 = 2p/(1+p)
+            floor_acc = floor["mrpc"] / (2 - floor["mrpc"])
+            margin = 100 * (statistics.mean(acc) - floor_acc)
+            if margin < 3:
+                low.append(f"mrpc accuracy {margin:+.1f}")
         lines.append("tspq_w1a1 above the majority floor by ≥ 3 points on every task: "
                      + ("yes" if not low else "no (" + ", ".join(low) + ")"))
     for bits in ("w1a1", "w2a8"):
