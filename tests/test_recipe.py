@@ -128,21 +128,26 @@ def test_tiny_staged_run_end_to_end_and_resume(tmp_path, capsys, tiny_bert):
     assert "output directory is not empty" in capsys.readouterr().err
 
 
-def test_a_stage_distils_an_earlier_stage_student(tmp_path, capsys, tiny_bert):
-    """distill_from (BiT's multi-distillation): the W1A1 stage's KD targets come from the W1A2
-    stage's student, loaded as it finished, not from the full-precision teacher."""
-    from kronbit.distill.trainer import DistillationTrainer
-
-    data = write_tiny_sst2(tmp_path / "glue")
+def _binary_schedule(tmp_path, middle: dict):
+    """A tiny BiT-style recipe: W1, then ``middle``, then binary-attention W1A1 distilling it."""
     recipe = tmp_path / "r.yaml"
     recipe.write_text(yaml.safe_dump({
         "name": "tiny", "train": {"bf16": False, "batch_size": 16, "learning_rate": 1e-3},
         "teacher": {"bf16": False, "batch_size": 16, "learning_rate": 3e-3, "epochs": 2},
         "kd": {"logits": 1, "hidden": 1, "layer_map": "identity"},
         "quant": {"attention": "binary", "ffn_act_quantizer": "elastic_unsigned"},
-        "stages": [{"name": "w1", "w_bits": 1, "init_from": "teacher"},
-                   {"name": "w1a2", "w_bits": 1, "a_bits": 2},
+        "stages": [{"name": "w1", "w_bits": 1, "init_from": "teacher"}, middle,
                    {"name": "w1a1", "w_bits": 1, "a_bits": 1, "distill_from": "previous"}]}))
+    return recipe
+
+
+def test_a_stage_distils_an_earlier_stage_student(tmp_path, capsys, tiny_bert):
+    """distill_from (BiT's multi-distillation): the W1A1 stage's KD targets come from the W1A2
+    stage's student, loaded as it finished, not from the full-precision teacher."""
+    from kronbit.distill.trainer import DistillationTrainer
+
+    data = write_tiny_sst2(tmp_path / "glue")
+    recipe = _binary_schedule(tmp_path, {"name": "w1a2", "w_bits": 1, "a_bits": 2})
     seen = []
     original = DistillationTrainer.__init__
 
@@ -171,15 +176,7 @@ def test_a_stage_can_hold_attention_full_before_binarizing_it(tmp_path, capsys, 
     from kronbit.quant.attention import active_binary_attention
 
     data = write_tiny_sst2(tmp_path / "glue")
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text(yaml.safe_dump({
-        "name": "tiny", "train": {"bf16": False, "batch_size": 16, "learning_rate": 1e-3},
-        "teacher": {"bf16": False, "batch_size": 16, "learning_rate": 3e-3, "epochs": 2},
-        "kd": {"logits": 1, "hidden": 1, "layer_map": "identity"},
-        "quant": {"attention": "binary", "ffn_act_quantizer": "elastic_unsigned"},
-        "stages": [{"name": "w1", "w_bits": 1, "init_from": "teacher"},
-                   {"name": "w1a1full", "w_bits": 1, "a_bits": 1, "attention": "full"},
-                   {"name": "w1a1", "w_bits": 1, "a_bits": 1, "distill_from": "previous"}]}))
+    recipe = _binary_schedule(tmp_path, {"name": "w1a1full", "w_bits": 1, "a_bits": 1, "attention": "full"})
     out = tmp_path / "run"
     assert main(["run", str(recipe), "--model", str(tiny_bert), "--task", "sst2", "--data-dir", str(data),
                  "--output-dir", str(out), "--max-steps", "3"]) == 0
