@@ -31,7 +31,7 @@ from tspq_glue import majority_scores  # noqa: E402
 
 from kronbit.runner import load_recipe, run_recipe  # noqa: E402
 
-def _multi_distillation(attention_step: bool = False) -> list[str]:
+def _multi_distillation(attention_step: bool = False, w1a4: bool = False) -> list[str]:
     """binary.yaml with BiT's multi-distillation before its W1A1 stage: a W1A2 stage (elastic
     2-bit activations, attention full precision there) that the W1A1 stage starts from and
     distils (``distill_from``). On STS-B's W1A1 stage alone: 33.6 against 29.0, one seed
@@ -47,7 +47,12 @@ def _multi_distillation(attention_step: bool = False) -> list[str]:
     # attention W1A1 stage starts from and distils. On STS-B's W1A1 stage alone, binary attention
     # costs 24 points (52.8 full against 29.0, tspq_stage_levers.md).
     w1a1_full = [{**last, "name": "w1a1full", "attention": "full", "epochs": 2, "distill_from": "previous"}]
-    chain = [*early, w1a2, *(w1a1_full if attention_step else []), {**last, "distill_from": "previous"}]
+    # w1a4: BiT's fuller ladder, W1A4 (1 epoch) → W1A2 → W1A1, each rung distilling the one before
+    # (on STS-B the single W1A2 rung falls from 78.8 at W1 to 69.8, and W1A1 distils that).
+    rung = [{**last, "name": "w1a4", "a_bits": 4, "epochs": 1}] if w1a4 else []
+    if w1a4:
+        w1a2 = {**w1a2, "distill_from": "previous"}
+    chain = [*early, *rung, w1a2, *(w1a1_full if attention_step else []), {**last, "distill_from": "previous"}]
     return ["quant.act_quantizer=elastic", f"stages={json.dumps(chain)}"]
 
 
@@ -59,6 +64,7 @@ CONFIGS = {  # name -> (recipe, extra overrides)
     "tspq_w1a1_full_attention": ("binary.yaml", ["quant.attention=full"]),
     "tspq_w1a1_multidistill": ("binary.yaml", _multi_distillation()),
     "tspq_w1a1_attention_step": ("binary.yaml", _multi_distillation(attention_step=True)),
+    "tspq_w1a1_multidistill_w1a4": ("binary.yaml", _multi_distillation(w1a4=True)),
     # BiT's student activation: ReLU in place of GELU from the first stage on (BiT's training script
     # sets the student's hidden_act to relu), so the {0, α} binarizer sees non-negative inputs.
     "tspq_w1a1_relu": ("binary.yaml", ["quant.ffn_activation=relu"]),
@@ -73,6 +79,8 @@ CONFIG_NOTES = {  # one line each under the table
     "tspq_w1a1_multidistill": "as tspq_w1a1 with a W1A2 stage (elastic 2-bit inputs) before W1A1, which distils it",
     "tspq_w1a1_attention_step": "as tspq_w1a1_multidistill with a W1A1 stage of full-precision attention between "
                                 "W1A2 and binary attention, each stage distilling the one before",
+    "tspq_w1a1_multidistill_w1a4": "as tspq_w1a1_multidistill with a W1A4 rung first: W1A4 → W1A2 → W1A1, "
+                                   "each distilling the one before",
     "tspq_w1a1_relu": "as tspq_w1a1 with a ReLU student FFN (BiT's)",
     "tspq_w2a8": "recipes/tspq/ternary.yaml: W4 → W2 → W2A8",
     "direct_w1a1": "recipes/tspq/direct-binary.yaml: W1A1 in one stage from the teacher",
