@@ -42,8 +42,24 @@ def render(res: Results) -> str:
     return ("# Augmented copies per example: TSPQ W1A1 + DA on " + task + " (dev, ×100)\n\n"
             "Produced by `python benchmarks/tspq_da_copies.py`; commands, dates, machine and load in "
             "`tspq_da_copies.json`. 0 copies = the binary recipe without DA on the same examples. Training "
-            "examples: the last stage's (originals + copies).\n\n"
-            + md_table(["copies", "dev score", "train examples", "wall min", "dev after each stage"], table))
+            f"examples: the last stage's (originals + copies), from a {rows[0]['train_examples'] if rows else ''}-example "
+            "subset; one seed, so a step of a point or two is within noise.\n\n"
+            + md_table(["copies", "dev score", "train examples", "wall min", "dev after each stage"], table)
+            + _pick(rows))
+
+
+def _pick(rows: list[dict]) -> str:
+    """The gain of each step of the curve per extra 1000 training examples (the cost of DA grows
+    with them), and the count the DA rows use (``tspq_fair.DA_COPIES``)."""
+    from tspq_fair import DA_COPIES
+    if len(rows) < 2:
+        return ""
+    steps = [f"{a['copies']} → {b['copies']}: {100 * (b['score'] - a['score']):+.1f} points, "
+             f"{100 * (b['score'] - a['score']) / ((b['train_examples'] - a['train_examples']) / 1000):+.2f} per "
+             "1000 more examples" for a, b in zip(rows, rows[1:])]
+    return ("\nEach step of the curve: " + "; ".join(steps) + f". The DA rows of tspq_fair.py use {DA_COPIES} "
+            "copies (`DA_COPIES`): the last step whose gain per added example stays within a factor of about two "
+            "of the step before it; beyond it a copy buys far less than it costs.\n")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
