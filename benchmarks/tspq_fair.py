@@ -31,7 +31,7 @@ from tspq_glue import majority_scores  # noqa: E402
 
 from kronbit.runner import load_recipe, run_recipe  # noqa: E402
 
-def _multi_distillation(attention_step: bool = False, w1a4: bool = False) -> list[str]:
+def _multi_distillation(attention_step: bool = False, w1a4: bool = False, w1a2_lr: float | None = None) -> list[str]:
     """binary.yaml with BiT's multi-distillation before its W1A1 stage: a W1A2 stage (elastic
     2-bit activations, attention full precision there) that the W1A1 stage starts from and
     distils (``distill_from``). On STS-B's W1A1 stage alone: 33.6 against 29.0, one seed
@@ -42,6 +42,8 @@ def _multi_distillation(attention_step: bool = False, w1a4: bool = False) -> lis
               for st in load_recipe(REPO / "recipes" / "tspq" / "binary.yaml").stages]
     *early, last = stages
     w1a2 = {**last, "name": "w1a2", "a_bits": 2, "epochs": 2}
+    if w1a2_lr is not None:  # the W1A2 rung's dev score peaks after its first epoch at 2e-4, then falls
+        w1a2["learning_rate"] = w1a2_lr
     # attention_step: one more rung before binary attention, the TSPQ way: a W1A1 stage with
     # full-precision attention matmuls (2 epochs, distilling the W1A2 student), which the binary-
     # attention W1A1 stage starts from and distils. On STS-B's W1A1 stage alone, binary attention
@@ -65,6 +67,7 @@ CONFIGS = {  # name -> (recipe, extra overrides)
     "tspq_w1a1_multidistill": ("binary.yaml", _multi_distillation()),
     "tspq_w1a1_attention_step": ("binary.yaml", _multi_distillation(attention_step=True)),
     "tspq_w1a1_multidistill_w1a4": ("binary.yaml", _multi_distillation(w1a4=True)),
+    "tspq_w1a1_multidistill_w1a2_lr5e-5": ("binary.yaml", _multi_distillation(w1a2_lr=5e-5)),
     # BiT's student activation: ReLU in place of GELU from the first stage on (BiT's training script
     # sets the student's hidden_act to relu), so the {0, α} binarizer sees non-negative inputs.
     "tspq_w1a1_relu": ("binary.yaml", ["quant.ffn_activation=relu"]),
@@ -81,6 +84,7 @@ CONFIG_NOTES = {  # one line each under the table
                                 "W1A2 and binary attention, each stage distilling the one before",
     "tspq_w1a1_multidistill_w1a4": "as tspq_w1a1_multidistill with a W1A4 rung first: W1A4 → W1A2 → W1A1, "
                                    "each distilling the one before",
+    "tspq_w1a1_multidistill_w1a2_lr5e-5": "as tspq_w1a1_multidistill, the W1A2 stage at 5e-5 (not 2e-4)",
     "tspq_w1a1_relu": "as tspq_w1a1 with a ReLU student FFN (BiT's)",
     "tspq_w2a8": "recipes/tspq/ternary.yaml: W4 → W2 → W2A8",
     "direct_w1a1": "recipes/tspq/direct-binary.yaml: W1A1 in one stage from the teacher",
