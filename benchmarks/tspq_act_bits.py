@@ -1,0 +1,110 @@
+"""What quantizing the activations costs before any training: a finished TSPQ run's binary-weight
+student (its w1 stage) evaluated with k-bit activations (the recipe's quantizers, their scales
+set from one calibration batch of training examples), beside what that run's activation stages
+reached after training. A trained stage below its untrained start means the stage's training
+made it worse (e.g. a learning rate that flips too many binary weights).
+
+    python benchmarks/tspq_fair.py --configs tspq_w1a1_multidistill --seeds 42 --tasks stsb   # first
+    python benchmarks/tspq_act_bits.py [--task stsb] [--config tspq_w1a1_multidistill] [--seed 42]
+
+Results in docs/results/tspq_act_bits.{json,md}; forward passes only (a minute or two a task).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import WORK, Results, data_root, md_table  # noqa: E402
+
+BITS = (32, 8, 4, 2, 1)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--task", default="stsb")
+    ap.add_argument("--config", default="tspq_w1a1_multidistill", help="a tspq_fair.py config with a w1 stage")
+    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--calibration", type=int, default=64, help="training examples in the calibration batch")
+    return ap.parse_args(argv)
+
+
+def run_dir(args: argparse.Namespace) -> Path:
+    return WORK / "tspq_fair" / args.task / args.config / f"seed{args.seed}"
+
+
+def untrained_scores(w1_model: Path, task_name: str, calibration: int) -> dict[int, dict]:
+    """Dev metrics of the W1 student at each activation bit-width, no training."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from kronbit.data.glue import get_task, load_split
+    from kronbit.formats import load_model
+    from kronbit.quant import set_bits_
+    from kronbit.workflows.evaluate import score
+
+    task = get_task(task_name)
+    tok = AutoTokenizer.from_pretrained(w1_model)
+    data = data_root() / "glue"
+    dev, train = load_split(task, data, "dev"), load_split(task, data, "train")[:calibration]
+    settings = {"batch_size": calibration, "max_seq_length": 128, "bf16": True}
+    out = {}
+    for bits in BITS:
+        torch.manual_seed(0)
+        model = load_model(w1_model, task).eval()
+        if bits < 32:
+            set_bits_(model, 1, bits)
+            score(model, tok, task, train, settings)  # one batch: the elastic scales initialise from it
+        out[bits] = score(model, tok, task, dev, settings, desc=f"a{bits}")
+    return out
+
+
+def trained_scores(rdir: Path) -> dict[int, tuple[str, float]]:
+    """The run's stages with binary weights: activation bits -> (stage, best dev score)."""
+    table = json.loads((rdir / "stages.json").read_text())
+    m = table["primary_metric"]
+    return {s["a_bits"]: (s["stage"], s[m]) for s in table["stages"] if s["w_bits"] == 1}
+
+
+def render(res: Results) -> str:
+    lines = []
+    for row in res.data["rows"].values():
+        for bits in BITS:
+            stage, got = row["trained"].get(str(bits), ("", None))
+            lines.append([row["task"], row["config"], row["seed"], bits, f"{100 * row['untrained'][str(bits)]:.1f}",
+                          f"{100 * got:.1f}" if got is not None else "", stage])
+    return ("# Activation bits before and after training (binary weights; dev, primary metric ×100)\n\n"
+            "Produced by `python benchmarks/tspq_act_bits.py`; commands, dates and machine in `tspq_act_bits.json`. "
+            "Untrained: the run's W1 student (binary weights, full-precision activations) with its linear layers' "
+            "inputs at k bits (1 bit: binary attention too, as the recipe has it), the quantizers' scales set "
+            "from one batch of training examples, no training. Trained: the best dev evaluation of the run's "
+            "stage at those bits (32: the W1 stage itself).\n\n"
+            + md_table(["task", "config", "seed", "activation bits", "untrained", "trained", "stage"], lines))
+
+
+def main() -> None:
+    args = parse_args()
+    rdir = run_dir(args)
+    w1 = next(iter(sorted(rdir.glob("stages/*-w1/model"))), None)
+    if w1 is None or not (rdir / "stages.json").is_file():
+        sys.exit(f"no finished run at {rdir}; run `python benchmarks/tspq_fair.py --configs {args.config} "
+                 f"--seeds {args.seed} --tasks {args.task}` first")
+    res = Results("tspq_act_bits", "Activation bits before and after training (binary weights)")
+    untrained = untrained_scores(w1, args.task, args.calibration)
+    trained = trained_scores(rdir)
+    metric = json.loads((rdir / "stages.json").read_text())["primary_metric"]
+    res.add(f"{args.task}/{args.config}/seed{args.seed}",
+            {"task": args.task, "config": args.config, "seed": args.seed, "primary_metric": metric,
+             "untrained": {str(b): v[metric] for b, v in untrained.items()},
+             "trained": {str(b): list(v) for b, v in trained.items()}, "calibration_examples": args.calibration,
+             "unit": "fraction (dev)"})
+    res.save(render(res))
+    print(render(res))
+
+
+if __name__ == "__main__":
+    main()
