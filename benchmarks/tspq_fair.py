@@ -68,6 +68,7 @@ CONFIGS = {  # name -> (recipe, extra overrides)
     "tspq_w1a1_attention_step": ("binary.yaml", _multi_distillation(attention_step=True)),
     "tspq_w1a1_multidistill_w1a4": ("binary.yaml", _multi_distillation(w1a4=True)),
     "tspq_w1a1_multidistill_w1a2_lr5e-5": ("binary.yaml", _multi_distillation(w1a2_lr=5e-5)),
+    "tspq_w1a1_multidistill_w1a2_lr5e-4": ("binary.yaml", _multi_distillation(w1a2_lr=5e-4)),
     # BiT's student activation: ReLU in place of GELU from the first stage on (BiT's training script
     # sets the student's hidden_act to relu), so the {0, α} binarizer sees non-negative inputs.
     "tspq_w1a1_relu": ("binary.yaml", ["quant.ffn_activation=relu"]),
@@ -85,6 +86,7 @@ CONFIG_NOTES = {  # one line each under the table
     "tspq_w1a1_multidistill_w1a4": "as tspq_w1a1_multidistill with a W1A4 rung first: W1A4 → W1A2 → W1A1, "
                                    "each distilling the one before",
     "tspq_w1a1_multidistill_w1a2_lr5e-5": "as tspq_w1a1_multidistill, the W1A2 stage at 5e-5 (not 2e-4)",
+    "tspq_w1a1_multidistill_w1a2_lr5e-4": "as tspq_w1a1_multidistill, the W1A2 stage at 5e-4 (not 2e-4)",
     "tspq_w1a1_relu": "as tspq_w1a1 with a ReLU student FFN (BiT's)",
     "tspq_w2a8": "recipes/tspq/ternary.yaml: W4 → W2 → W2A8",
     "direct_w1a1": "recipes/tspq/direct-binary.yaml: W1A1 in one stage from the teacher",
