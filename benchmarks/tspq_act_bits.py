@@ -20,6 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import WORK, Results, data_root, md_table  # noqa: E402
+from tspq_fair import BUDGETS  # noqa: E402
 
 BITS = (32, 8, 4, 2, 1)
 
@@ -51,7 +52,8 @@ def untrained_scores(w1_model: Path, task_name: str, calibration: int) -> dict[i
     tok = AutoTokenizer.from_pretrained(w1_model)
     data = data_root() / "glue"
     dev, train = load_split(task, data, "dev"), load_split(task, data, "train")[:calibration]
-    settings = {"batch_size": calibration, "max_seq_length": 128, "bf16": True}
+    # the length the run trained and evaluated with (tspq_fair.py's budget for the task)
+    settings = {"batch_size": calibration, "max_seq_length": BUDGETS[task_name]["train.max_seq_length"], "bf16": True}
     out = {}
     for bits in BITS:
         torch.manual_seed(0)
@@ -63,9 +65,9 @@ def untrained_scores(w1_model: Path, task_name: str, calibration: int) -> dict[i
     return out
 
 
-def trained_scores(rdir: Path) -> dict[int, tuple[str, float]]:
-    """The run's stages with binary weights: activation bits -> (stage, best dev score)."""
-    table = json.loads((rdir / "stages.json").read_text())
+def trained_scores(table: dict) -> dict[int, tuple[str, float]]:
+    """A run's stage table (stages.json), its stages with binary weights: activation bits ->
+    (stage, best dev score)."""
     m = table["primary_metric"]
     return {s["a_bits"]: (s["stage"], s[m]) for s in table["stages"] if s["w_bits"] == 1}
 
@@ -95,8 +97,8 @@ def main() -> None:
                  f"--seeds {args.seed} --tasks {args.task}` first")
     res = Results("tspq_act_bits", "Activation bits before and after training (binary weights)")
     untrained = untrained_scores(w1, args.task, args.calibration)
-    trained = trained_scores(rdir)
-    metric = json.loads((rdir / "stages.json").read_text())["primary_metric"]
+    table = json.loads((rdir / "stages.json").read_text())
+    trained, metric = trained_scores(table), table["primary_metric"]
     res.add(f"{args.task}/{args.config}/seed{args.seed}",
             {"task": args.task, "config": args.config, "seed": args.seed, "primary_metric": metric,
              "untrained": {str(b): v[metric] for b, v in untrained.items()},

@@ -287,6 +287,21 @@ def _targets(rows, tasks, teacher, floor) -> str:
                          + ", ".join(f"seed {s} {d:+.2f}" for s, d in diffs.items())
                          + f"; mean {statistics.mean(diffs.values()):+.2f} ± "
                          f"{(max(diffs.values()) - min(diffs.values())) / 2:.2f} (partial: not the target's average)")
+    # Every W1A1 config per seed over all the tasks, and its difference to direct binarization
+    tavg = statistics.mean(teacher[t] for t in tasks)
+    for name in [c for c in CONFIGS if c.startswith("tspq_w1a1")]:
+        per_seed = []
+        for s in sorted({r["seed"] for r in rows.values() if r["config"] == name}):
+            got = [rows.get(f"{t}/{name}/seed{s}", {}).get("score") for t in tasks]
+            direct = [rows.get(f"{t}/direct_w1a1/seed{s}", {}).get("score") for t in tasks]
+            if None in got:
+                continue
+            cell = f"seed {s} {100 * statistics.mean(got) / tavg:.1f}%"
+            if None not in direct:
+                cell += f" ({100 * (statistics.mean(got) - statistics.mean(direct)):+.2f} points against direct_w1a1)"
+            per_seed.append(cell)
+        if per_seed:
+            lines.append(f"{name} on all {len(tasks)} tasks, % of the teacher per seed: " + "; ".join(per_seed))
     return "Targets, from the rows above:\n\n" + "".join(f"- {ln}\n" for ln in lines) if lines else ""
 
 

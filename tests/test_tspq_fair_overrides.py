@@ -78,9 +78,9 @@ def test_act_bits_needs_a_finished_run_and_reads_its_binary_stages(tmp_path, mon
                                          "tspq_w1a1_multidistill --seeds 42 --tasks rte` first"):
         tspq_act_bits.main()
     assert not (tmp_path / "tspq_fair").exists()  # nothing written for a missing run
-    (tmp_path / "stages.json").write_text(json.dumps({"primary_metric": "accuracy", "stages": [
+    table = {"primary_metric": "accuracy", "stages": [
         {"stage": "w2", "w_bits": 2, "a_bits": 32, "accuracy": 0.6},
         {"stage": "w1", "w_bits": 1, "a_bits": 32, "accuracy": 0.58},
         {"stage": "w1a2", "w_bits": 1, "a_bits": 2, "accuracy": 0.55},
-        {"stage": "w1a1", "w_bits": 1, "a_bits": 1, "accuracy": 0.53}]}))
-    assert tspq_act_bits.trained_scores(tmp_path) == {32: ("w1", 0.58), 2: ("w1a2", 0.55), 1: ("w1a1", 0.53)}
+        {"stage": "w1a1", "w_bits": 1, "a_bits": 1, "accuracy": 0.53}]}
+    assert tspq_act_bits.trained_scores(json.loads(json.dumps(table))) == {32: ("w1", 0.58), 2: ("w1a2", 0.55), 1: ("w1a1", 0.53)}

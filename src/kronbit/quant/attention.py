@@ -69,8 +69,7 @@ def mark_binary_attention(model: nn.Module, projection_names: list[str]) -> int:
     parents = {name.rsplit(".", 1)[0] for name in projection_names if "." in name}
     for pname in sorted(parents):
         parent = modules[pname]
-        if getattr(parent, MODE_ATTR, None) != "binary":
-            setattr(parent, MODE_ATTR, "binary")
+        setattr(parent, MODE_ATTR, "binary")
         if not getattr(parent, HOOK_ATTR, False):  # once, though a schedule may switch it off and on
             parent.register_forward_pre_hook(check_attention_path)
             setattr(parent, HOOK_ATTR, True)

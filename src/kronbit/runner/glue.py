@@ -133,11 +133,12 @@ def _student(recipe: Recipe, index: int, init_dir: Path, task):
     if any(t["kind"] == "quant" for t in recorded_transforms(student)):
         # Same model, new bits: the progressive schedule lowers bits on the trained modules. It
         # keeps the options the student was quantized with, so they must be the recipe's.
+        config = recipe.quant_config(stage)
         if any(s.attention is not None for s in recipe.stages[:index + 1]):
             # A schedule that switches attention (full-precision W1A1, then binary): this stage's
             # attention, its own or the recipe's, set before the options are checked.
-            set_attention_(student, recipe.quant_config(stage).attention)
-        check_quant_options(student, recipe.quant_config(stage), f"stage '{stage.name}'")
+            set_attention_(student, config.attention)
+        check_quant_options(student, config, f"stage '{stage.name}'")
         set_bits_(student, w_bits=stage.w_bits, a_bits=stage.a_bits)
     elif stage.quantized:  # a full-precision stage (decoder GLUE fine-tuning): nothing to quantize
         quantize_(student, recipe.quant_config(stage))
