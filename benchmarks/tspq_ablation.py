@@ -1,4 +1,4 @@
-"""Ablation of the TSPQ binary-activation stage (W1 → W1A1): which distillation losses and learning
+"""Ablation of the TSPQ binary-activation stage (the W1A1 stage): which distillation losses and learning
 rate recover most of the accuracy binarizing the activations costs.
 
 Each variant trains only the ``w1a1`` stage of recipes/tspq/binary.yaml, starting from the finished

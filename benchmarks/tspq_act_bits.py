@@ -4,8 +4,8 @@ set from one calibration batch of training examples), beside what that run's act
 reached after training. A trained stage below its untrained start means the stage's training
 made it worse (e.g. a learning rate that flips too many binary weights).
 
-    python benchmarks/tspq_fair.py --configs tspq_w1a1_multidistill --seeds 42 --tasks stsb   # first
-    python benchmarks/tspq_act_bits.py [--task stsb] [--config tspq_w1a1_multidistill] [--seed 42]
+    python benchmarks/tspq_fair.py --configs tspq_w1a1 --seeds 42 --tasks stsb   # first
+    python benchmarks/tspq_act_bits.py [--task stsb] [--config tspq_w1a1] [--seed 42]
 
 Results in docs/results/tspq_act_bits.{json,md}; forward passes only (a minute or two a task).
 """
@@ -28,7 +28,7 @@ BITS = (32, 8, 4, 2, 1)
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--task", default="stsb")
-    ap.add_argument("--config", default="tspq_w1a1_multidistill", help="a tspq_fair.py config with a w1 stage")
+    ap.add_argument("--config", default="tspq_w1a1", help="a tspq_fair.py config with a w1 stage")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--calibration", type=int, default=64, help="training examples in the calibration batch")
     return ap.parse_args(argv)

@@ -45,6 +45,9 @@ def render(res: Results) -> str:
             f"examples: the last stage's (originals + copies), from a {rows[0]['train_examples'] if rows else ''}-example "
             "subset; one seed, so a step of a point or two is within noise.\n\n"
             + md_table(["copies", "dev score", "train examples", "wall min", "dev after each stage"], table)
+            + ("\nThe points ran before the binary recipes took their W1A2 stage (the stage column shows each "
+               "point's schedule); a rerun skips finished points, so `--copies` with new counts adds points of "
+               "today's schedule beside them.\n" if any(len(r["stages"]) == 3 for r in rows) else "")
             + _pick(rows))
 
 

@@ -48,7 +48,10 @@ SHIPPED = {
     "w1a1": {"name": "w1a1", "w_bits": 1, "a_bits": 1, "epochs": 4, "learning_rate": 2.0e-4, "kd": {"attention": 0}},
 }
 W1A2 = {"name": "w1a2", "w_bits": 1, "a_bits": 2, "epochs": 2, "learning_rate": 2.0e-4, "kd": {"attention": 0}}
-STUDY_QUANT = {"w1": ["quant.mean_centering=true", "quant.embedding_bits=null"], "w1a1": []}
+# The w1a1 study ran before the recipe adopted its W1A2 rung (a lever found here): its base stays
+# the W1 student and its 2-bit variants keep the min-max quantizer they name.
+STUDY_QUANT = {"w1": ["quant.mean_centering=true", "quant.embedding_bits=null"], "w1a1": ["quant.act_quantizer=auto"]}
+BASE_BEFORE = {"w1": "w1", "w1a1": "w1a2"}  # the base student: the shipped stages before this one
 # stage -> variant -> (what changes in the stage, top-level overrides). The first is the shipped stage.
 VARIANTS: dict[str, dict[str, tuple[dict, list[str]]]] = {
     "w1": {
@@ -140,7 +143,8 @@ def base_overrides(task: str, stage: str, extra: list[str] = ()) -> list[str]:
     first stage on."""
     recipe = load_recipe(REPO / "recipes" / "tspq" / RECIPE)
     names = [s.name for s in recipe.stages]
-    keep = [{k: v for k, v in asdict(s).items() if v is not None} for s in recipe.stages[:names.index(stage)]]
+    keep = [{k: v for k, v in asdict(s).items() if v is not None}
+            for s in recipe.stages[:names.index(BASE_BEFORE[stage])]]
     return _common(task, stage) + list(extra) + [f"stages={_flow(keep)}"]
 
 

@@ -30,7 +30,9 @@ def test_w1a1_recipes_binarize_attention_only_where_a_bits_is_1(name):
     assert any(a == 1 for a, _ in summaries)
     for a_bits, q in summaries:
         assert q["attention"] == ("binary" if a_bits == 1 else "full")
-        assert q["ffn_act_quantizer"] == ("elastic_unsigned" if a_bits == 1 else None)
+        # BiT's {0, α} family on the non-negative GELU outputs wherever activations are quantized
+        # (the W1A2 rung's 2-bit levels too)
+        assert q["ffn_act_quantizer"] == ("elastic_unsigned" if a_bits < 32 else None)
 
 
 def test_ternary_recipes_keep_full_precision_attention():
@@ -49,7 +51,7 @@ def test_binary_recipe_runs_end_to_end_with_binary_attention(tmp_path, capsys, t
     assert main(args) == 0
     rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["stages"]
     assert [(r["stage"], r["a_bits"], r["attention"]) for r in rows] == [
-        ("w2", 32, "full"), ("w1", 32, "full"), ("w1a1", 1, "binary")]
+        ("w2", 32, "full"), ("w1", 32, "full"), ("w1a2", 2, "full"), ("w1a1", 1, "binary")]
     assert "| w1a1 | 1 | 1 | binary |" in (out / "stages.md").read_text()
     cfg = json.loads((out / "model" / "kronbit.json").read_text())["transforms"][0]["config"]
     assert (cfg["a_bits"], cfg["attention"], cfg["ffn_act_quantizer"]) == (1, "binary", "elastic_unsigned")
@@ -85,4 +87,4 @@ def test_binary_recipe_runs_end_to_end_with_binary_attention(tmp_path, capsys, t
     i = recipe.index_of("w1a1")
     with pytest.raises(ConfigError, match=r"stage 'w1a1': the student was quantized with other options than the "
                                           r"recipe's \(ffn_act_quantizer: 'elastic_unsigned' → None\)"):
-        _student(recipe, i, stage_dir(out, i - 1, "w1") / "model", get_task("sst2"))
+        _student(recipe, i, stage_dir(out, i - 1, recipe.stages[i - 1].name) / "model", get_task("sst2"))

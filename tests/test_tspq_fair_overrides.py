@@ -49,18 +49,18 @@ def test_a_row_whose_recipe_another_config_already_trained_is_reused_not_retrain
 
     monkeypatch.setattr(common, "RESULTS", tmp_path)
     monkeypatch.setattr(tspq_fair, "render", lambda res: "")
-    monkeypatch.setitem(tspq_fair.CONFIGS, "adopted", tspq_fair.CONFIGS["tspq_w1a1_multidistill"])
+    monkeypatch.setitem(tspq_fair.CONFIGS, "adopted", tspq_fair.CONFIGS["tspq_w1a1_w1a4"])
     monkeypatch.setattr(tspq_fair, "run_recipe", lambda *a, **k: pytest.fail("trained a row it could reuse"))
     monkeypatch.setattr(tspq_fair, "require_teacher", lambda task: tmp_path / "teacher")  # none on a fresh machine
     res = common.Results("fair_test", "test")
-    recipe_file, _ = tspq_fair.CONFIGS["tspq_w1a1_multidistill"]
-    overrides = tspq_fair.overrides_for("stsb", "tspq_w1a1_multidistill", 42, 4)
+    recipe_file, _ = tspq_fair.CONFIGS["tspq_w1a1_w1a4"]
+    overrides = tspq_fair.overrides_for("stsb", "tspq_w1a1_w1a4", 42, 4)
     fp = tspq_fair.fingerprint(load_recipe(RECIPES / recipe_file, overrides))
-    res.add("stsb/tspq_w1a1_multidistill/seed42", {"task": "stsb", "config": "tspq_w1a1_multidistill", "seed": 42,
+    res.add("stsb/tspq_w1a1_w1a4/seed42", {"task": "stsb", "config": "tspq_w1a1_w1a4", "seed": 42,
                                                     "recipe_fingerprint": fp, "score": 0.386})
     tspq_fair.run_row(res, "stsb", "adopted", 42, 4, None, redo=False)
     row = res.data["rows"]["stsb/adopted/seed42"]
-    assert row["score"] == 0.386 and row["same_run_as"] == "stsb/tspq_w1a1_multidistill/seed42"
+    assert row["score"] == 0.386 and row["same_run_as"] == "stsb/tspq_w1a1_w1a4/seed42"
     assert row["config"] == "adopted" and row["recipe_fingerprint"] == fp
     # another seed has no finished twin: that one would train
     with pytest.raises(pytest.fail.Exception, match="trained a row it could reuse"):
@@ -75,7 +75,7 @@ def test_act_bits_needs_a_finished_run_and_reads_its_binary_stages(tmp_path, mon
     monkeypatch.setattr(tspq_act_bits, "WORK", tmp_path)
     monkeypatch.setattr(sys, "argv", ["tspq_act_bits.py", "--task", "rte"])
     with pytest.raises(SystemExit, match="no finished run at .*; run `python benchmarks/tspq_fair.py --configs "
-                                         "tspq_w1a1_multidistill --seeds 42 --tasks rte` first"):
+                                         "tspq_w1a1 --seeds 42 --tasks rte` first"):
         tspq_act_bits.main()
     assert not (tmp_path / "tspq_fair").exists()  # nothing written for a missing run
     table = {"primary_metric": "accuracy", "stages": [
