@@ -32,6 +32,17 @@ def test_every_fair_row_loads_against_the_shipped_recipe(task, name):
         assert r.augment.n_copies == 4 and any(s.augment for s in r.stages)
 
 
+@pytest.mark.parametrize("name", [c for c in tspq_fair.CONFIGS if c.startswith("tspq_w2a8_")])
+def test_each_ternary_lever_changes_one_setting_of_one_stage(name):
+    from dataclasses import asdict
+
+    base = [asdict(s) for s in load_recipe(RECIPES / "ternary.yaml").stages]
+    lever = [asdict(s) for s in load_recipe(RECIPES / tspq_fair.CONFIGS[name][0], tspq_fair.CONFIGS[name][1]).stages]
+    assert [s["name"] for s in lever] == [s["name"] for s in base]
+    changed = [(b["name"], k) for b, v in zip(base, lever) for k in b if b[k] != v[k]]
+    assert len(changed) == 1, changed
+
+
 @pytest.mark.parametrize("copies", [0, 1, 4, 8])
 def test_every_da_point_loads_against_the_shipped_recipe(copies):
     recipe_file, overrides = tspq_da_copies.overrides_for(copies, 800, 128)
