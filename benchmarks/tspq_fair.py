@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import shutil
 import statistics
 import sys
 from dataclasses import asdict
@@ -31,6 +32,7 @@ from teacher_glue import require_teacher  # noqa: E402
 from tspq_glue import majority_scores  # noqa: E402
 
 from kronbit.runner import load_recipe, run_recipe  # noqa: E402
+from kronbit.runner.stages import stage_dir  # noqa: E402
 
 def _recipe_stages(recipe_file: str) -> list[dict]:
     """A shipped recipe's stages as override dicts."""
@@ -171,13 +173,51 @@ ADDED_STAGE_DEFAULTS = {"distill_from": "teacher", "attention": None}
 ADDED_QUANT_DEFAULTS = {"ffn_activation": None}
 
 
-def fingerprint(recipe) -> str:
+def fingerprint(recipe, stages: int | None = None) -> str:
     """The resolved recipe (file and overrides) as a short hash: a row trained with other settings
-    than today's recipe gives is stale."""
+    than today's recipe gives is stale. ``stages``: the recipe cut after that many stages (what
+    those stages train with: every setting but the later stages)."""
     d = recipe.to_dict()
-    d["stages"] = [{k: v for k, v in st.items() if ADDED_STAGE_DEFAULTS.get(k, object()) != v} for st in d["stages"]]
+    d["stages"] = [{k: v for k, v in st.items() if ADDED_STAGE_DEFAULTS.get(k, object()) != v}
+                   for st in d["stages"][:stages]]
     d["quant"] = {k: v for k, v in d["quant"].items() if ADDED_QUANT_DEFAULTS.get(k, object()) != v}
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def run_dir_of(row: dict) -> Path:
+    """Where a row trained (rows renamed since keep their first config's directory)."""
+    if "run_dir" in row:
+        return REPO / row["run_dir"]
+    return WORK / "tspq_fair" / row["task"] / row.get("renamed_from", row["config"]) / f"seed{row['seed']}"
+
+
+def reuse_stages(res: Results, recipe, task: str, seed: int, out: Path) -> dict | None:
+    """Before a new run: copy the finished leading stages of another row's run (same task and
+    seed) that trained them with exactly this recipe's settings (``fingerprint`` cut after those
+    stages: same data, seed, quant, KD and train sections), so lever rows that differ only in a
+    late stage do not retrain the early ones. The run then resumes after them. Returns
+    {"from": row key, "stages": n} or None."""
+    n = len(recipe.stages)
+    best = None
+    for key, row in res.data["rows"].items():
+        if row["task"] != task or row["seed"] != seed or "same_run_as" in row or not is_current(row):
+            continue
+        src = run_dir_of(row)
+        other = load_recipe(REPO / row["recipe"], row["overrides"])
+        k = 0
+        while (k < min(n - 1, len(other.stages)) and fingerprint(recipe, k + 1) == fingerprint(other, k + 1)
+               and (stage_dir(src, k, other.stages[k].name) / "result.json").is_file()):
+            k += 1
+        if k and (best is None or k > best[1]):
+            best = (key, k, src)
+    if best is None:
+        return None
+    key, k, src = best
+    for i in range(k):
+        name = recipe.stages[i].name
+        shutil.copytree(stage_dir(src, i, name), stage_dir(out, i, name),
+                        ignore=shutil.ignore_patterns("checkpoints"))
+    return {"from": key, "stages": k}
 
 
 def run_row(res: Results, task: str, name: str, seed: int, da_copies: int, max_steps: int | None,
@@ -205,6 +245,11 @@ def run_row(res: Results, task: str, name: str, seed: int, da_copies: int, max_s
         return
     out = WORK / "tspq_fair" / task / name / f"seed{seed}"
     fresh = redo or stale
+    reused = None
+    if not fresh and not out.is_dir() and max_steps is None:
+        reused = reuse_stages(res, recipe, task, seed, out)
+        if reused:
+            print(f"[reuse] {key}: its first {reused['stages']} stage(s) as trained by {reused['from']}")
     table = run_recipe(recipe, model=str(require_teacher(task)), task=task, data_dir=str(data_root() / "glue"),
                        output_dir=str(out), max_steps=max_steps, resume=out.is_dir() and not fresh,
                        overwrite=fresh, recipe_source=f"recipes/tspq/{recipe_file}")
@@ -212,6 +257,7 @@ def run_row(res: Results, task: str, name: str, seed: int, da_copies: int, max_s
     res.add(key, {"task": task, "config": name, "seed": seed, "recipe": f"recipes/tspq/{recipe_file}",
                   "overrides": overrides, "recipe_fingerprint": fp, "primary_metric": m, "score": last[m], "score_unit": "fraction",
                   "teacher_score": table["teacher"].get(m), "size_mb": last["size_mb"],
+                  "run_dir": str(out.relative_to(REPO)), **({"stages_reused_from": reused} if reused else {}),
                   "size_unit": "MB (estimated packed)", "train_examples": last["train_examples"],
                   "stages": table["stages"], "wall_time_s": round(sum(s["wall_time_s"] for s in table["stages"]), 1),
                   "wall_time_unit": "s"})

@@ -107,3 +107,38 @@ def test_act_bits_needs_a_finished_run_and_reads_its_binary_stages(tmp_path, mon
         {"stage": "w2a8", "w_bits": 2, "a_bits": 8, "pearson": 0.76}]}
     assert tspq_act_bits.student_stage(ternary)["stage"] == "w2"  # the last weight-only stage
     assert tspq_act_bits.trained_scores(ternary) == {32: ("w2", 0.80), 8: ("w2a8", 0.76)}
+
+
+def test_a_lever_row_starts_from_the_stages_another_row_trained_with_the_same_settings(tmp_path, monkeypatch):
+    """The W2A8-stage levers share the W4 and W2 stages of tspq_w2a8_w2_2ep: a new lever run copies
+    those finished stages (and only those) from that row's run directory, then resumes after them."""
+    import common
+
+    monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
+    (tmp_path / "results").mkdir()
+    res = common.Results("fair_test", "test")
+
+    def row(config, seed=42):
+        overrides = tspq_fair.overrides_for("stsb", config, seed, 4)
+        recipe = load_recipe(RECIPES / tspq_fair.CONFIGS[config][0], overrides)
+        return recipe, {"task": "stsb", "config": config, "seed": seed, "recipe": f"recipes/tspq/{tspq_fair.CONFIGS[config][0]}",
+                        "overrides": overrides, "recipe_fingerprint": tspq_fair.fingerprint(recipe),
+                        "run_dir": str(tmp_path / "runs" / config)}
+
+    base_recipe, base = row("tspq_w2a8_w2_2ep")
+    for i, st in enumerate(base_recipe.stages):  # a finished run: every stage's result and model
+        d = tspq_fair.stage_dir(tmp_path / "runs" / "tspq_w2a8_w2_2ep", i, st.name)
+        (d / "model").mkdir(parents=True)
+        (d / "result.json").write_text("{}")
+        (d / "checkpoints").mkdir()
+    res.data["rows"]["stsb/tspq_w2a8_w2_2ep/seed42"] = base
+    lever, _ = row("tspq_w2a8_a8_lr2e-5")
+    out = tmp_path / "new"
+    got = tspq_fair.reuse_stages(res, lever, "stsb", 42, out)
+    assert got == {"from": "stsb/tspq_w2a8_w2_2ep/seed42", "stages": 2}  # w4 and w2; the changed w2a8 trains
+    assert sorted(p.name for p in (out / "stages").iterdir()) == ["01-w4", "02-w2"]
+    assert not (out / "stages" / "01-w4" / "checkpoints").exists()
+    # the shipped recipe's W2 stage is longer: only W4 is shared
+    assert tspq_fair.reuse_stages(res, row("tspq_w2a8")[0], "stsb", 42, tmp_path / "new2")["stages"] == 1
+    # another seed shares nothing
+    assert tspq_fair.reuse_stages(res, row("tspq_w2a8_a8_lr2e-5", 43)[0], "stsb", 43, tmp_path / "new3") is None
