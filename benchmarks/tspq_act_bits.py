@@ -20,8 +20,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import common  # noqa: E402
 from common import WORK, Results, data_root, md_table  # noqa: E402
-from tspq_fair import BUDGETS  # noqa: E402
+from tspq_fair import BUDGETS, run_dir_of  # noqa: E402
 
 BITS = (32, 8, 4, 2, 1)
 
@@ -39,6 +40,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def run_dir(args: argparse.Namespace) -> Path:
+    """The row's run directory as tspq_fair.json records it (a renamed config keeps the directory
+    it trained in), else where tspq_fair.py would put it."""
+    fair = common.RESULTS / "tspq_fair.json"
+    row = json.loads(fair.read_text())["rows"].get(f"{args.task}/{args.config}/seed{args.seed}") if fair.is_file() else None
+    if row is not None and "same_run_as" not in row:
+        return run_dir_of(row)
     return WORK / "tspq_fair" / args.task / args.config / f"seed{args.seed}"
 
 
