@@ -243,7 +243,8 @@ def run_row(res: Results, task: str, name: str, seed: int, da_copies: int, max_s
                                  "overrides": overrides, "same_run_as": twin}
         res.save(render(res))
         return
-    out = WORK / "tspq_fair" / task / name / f"seed{seed}"
+    # a smoke run (--max-steps) keeps its capped stages apart from the real rows' run directories
+    out = WORK / ("tspq_fair" if max_steps is None else "tspq_fair_smoke") / task / name / f"seed{seed}"
     fresh = redo or stale
     reused = None
     if not fresh and not out.is_dir() and max_steps is None:
