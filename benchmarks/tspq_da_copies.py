@@ -45,10 +45,18 @@ def render(res: Results) -> str:
             f"examples: the last stage's (originals + copies), from a {rows[0]['train_examples'] if rows else ''}-example "
             "subset; one seed, so a step of a point or two is within noise.\n\n"
             + md_table(["copies", "dev score", "train examples", "wall min", "dev after each stage"], table)
-            + ("\nThe points ran before the binary recipes took their W1A2 stage (the stage column shows each "
-               "point's schedule); a rerun skips finished points, so `--copies` with new counts adds points of "
-               "today's schedule beside them.\n" if any(len(r["stages"]) == 3 for r in rows) else "")
+            + ("\nSome points ran with an earlier schedule than the binary recipes have today (the stage column "
+               "shows each point's); a rerun skips finished points, so `--copies` with new counts adds points of "
+               "today's schedule beside them.\n" if any(_schedule(r) != _schedule_today() for r in rows) else "")
             + _pick(rows))
+
+
+def _schedule(row: dict) -> list[str]:
+    return [s["stage"] for s in row["stages"]]
+
+
+def _schedule_today() -> list[str]:
+    return [s.name for s in load_recipe(REPO / "recipes" / "tspq" / "binary.yaml").stages]
 
 
 def _pick(rows: list[dict]) -> str:
