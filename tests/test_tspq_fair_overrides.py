@@ -142,3 +142,43 @@ def test_a_lever_row_starts_from_the_stages_another_row_trained_with_the_same_se
     assert tspq_fair.reuse_stages(res, row("tspq_w2a8")[0], "stsb", 42, tmp_path / "new2")["stages"] == 1
     # another seed shares nothing
     assert tspq_fair.reuse_stages(res, row("tspq_w2a8_a8_lr2e-5", 43)[0], "stsb", 43, tmp_path / "new3") is None
+
+
+def test_pairs_are_also_compared_on_each_rows_last_epoch(tmp_path, monkeypatch):
+    """A row's score is its last stage's best evaluation; the curve of that stage (read from the run
+    directory, also for rows that ran before it was recorded) gives the TSPQ − direct difference
+    with no pick on the dev set."""
+    import json
+
+    import common
+
+    def run(name, *stages):  # stages: the per-epoch dev scores of each stage, in order
+        for i, curve in enumerate(stages):
+            d = tmp_path / name / "stages" / f"{i + 1:02d}-s{i}" / "metrics"
+            d.mkdir(parents=True)
+            for step, v in enumerate(curve, 1):
+                (d / f"eval-step{step:06d}.json").write_text(json.dumps({"step": step, "eval_pearson": v}))
+        return str(tmp_path / name)
+
+    assert tspq_fair.final_stage_curve(tmp_path / "gone", "pearson") is None
+    monkeypatch.setattr(common, "RESULTS", tmp_path)
+    res = common.Results("fair_test", "test")
+    rows = {"stsb/tspq_w2a8/seed42": run("t42", [0.9, 0.8], [0.70]),
+            "stsb/direct_w2a8/seed42": run("d42", [0.60, 0.75, 0.65]),
+            "stsb/tspq_w2a8/seed43": run("t43", [0.9], [0.72]),
+            "stsb/direct_w2a8/seed43": run("d43", [0.70, 0.74, 0.66])}
+    for key, run_dir in rows.items():
+        task, config, seed = key.split("/")
+        curve = tspq_fair.final_stage_curve(Path(run_dir), "pearson")
+        res.data["rows"][key] = {"task": task, "config": config, "seed": int(seed[4:]), "score": max(curve),
+                                 "primary_metric": "pearson", "run_dir": run_dir}
+    res.data["rows"]["stsb/adopted/seed42"] = {**res.data["rows"]["stsb/tspq_w2a8/seed42"], "config": "adopted",
+                                               "same_run_as": "stsb/tspq_w2a8/seed42"}
+    assert tspq_fair.backfill_curves(res) == 5 and tspq_fair.backfill_curves(res) == 0
+    got = res.data["rows"]
+    assert got["stsb/tspq_w2a8/seed42"]["final_stage_curve"] == [0.70]  # the last stage only
+    assert got["stsb/adopted/seed42"]["final_stage_curve"] == [0.70]    # from its twin's run
+    lines = tspq_fair._targets(got, ["stsb"], {"stsb": 0.86}, {"stsb": 0.0})
+    # best epoch: 0.70 − 0.75 and 0.72 − 0.74 → −3.5 ± 1.5; last epoch: 0.70 − 0.65, 0.72 − 0.66 → +5.5 ± 0.5
+    assert "tspq_w2a8 − direct_w2a8 on the 1-task average (6 epochs each): -3.50 ± 1.50" in lines
+    assert "each row's last epoch instead of its best" in lines and ": +5.50 ± 0.50" in lines
