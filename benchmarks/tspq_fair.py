@@ -132,7 +132,7 @@ CONFIG_NOTES = {  # one line each under the table
     "direct_w2a8": "recipes/tspq/direct-ternary.yaml: W2A8 in one stage from the teacher, 6 epochs (tspq_w2a8's total)",
     "direct_w2a8_4ep": "as direct_w2a8, 4 epochs (tspq_w2a8_w2_2ep's total)",
 }
-SEEDED = ("tspq_w1a1", "tspq_w2a8", "direct_w1a1", "direct_w2a8")  # two seeds each; DA: one
+SEEDED = ("tspq_w1a1", "tspq_w1a1_full_attention", "tspq_w2a8", "direct_w1a1", "direct_w2a8")  # two seeds each; DA: one
 # Full training sets (SST-2: the 20k examples its teacher saw); pair tasks at 128 tokens, single
 # sentences at 64 (their sentences are short). Epochs are the recipes' own (binary 1+1+4, ternary
 # 1+2+1), long enough that each stage's dev curve flattens at these sizes (see the stage plots).
@@ -156,7 +156,8 @@ PAIRS = [("tspq_w1a1", "direct_w1a1", "10 against 8 epochs"),
          ("tspq_w1a1_no_w1a2", "direct_w1a1", "8 epochs each"),
          ("tspq_w2a8", "direct_w2a8", "6 epochs each"),
          ("tspq_w2a8_w2_2ep", "direct_w2a8_4ep", "4 epochs each")]
-TARGETS = {"tspq_w1a1": 82.0, "tspq_w1a1_da": 87.0, "tspq_w2a8": 97.0}  # % of the teacher average
+# % of the teacher average; W1A1 is reported both ways (binary and full-precision attention matmuls)
+TARGETS = {"tspq_w1a1": 82.0, "tspq_w1a1_full_attention": 82.0, "tspq_w1a1_da": 87.0, "tspq_w2a8": 97.0}
 
 
 def overrides_for(task: str, name: str, seed: int, da_copies: int) -> list[str]:
@@ -383,18 +384,20 @@ def _targets(rows, tasks, teacher, floor) -> str:
         if done:
             pct = 100 * sum(statistics.mean(_scores(rows, t, name)) for t in done) / sum(teacher[t] for t in done)
             lines.append(f"{name} keeps {pct:.1f}% of the teacher's average (target ≥ {goal:g}%; {', '.join(done)})")
-    w1 = [t for t in tasks if _scores(rows, t, "tspq_w1a1")]
-    if w1:
-        margins = {t: 100 * (statistics.mean(_scores(rows, t, "tspq_w1a1")) - floor[t]) for t in w1}
+    for name in ("tspq_w1a1", "tspq_w1a1_full_attention"):
+        w1 = [t for t in tasks if _scores(rows, t, name)]
+        if not w1:
+            continue
+        margins = {t: 100 * (statistics.mean(_scores(rows, t, name)) - floor[t]) for t in w1}
         low = [f"{t} {m:+.1f}" for t, m in margins.items() if m < 3]
         if "mrpc" in w1:  # the issue asks for MRPC accuracy as well as F1
-            acc = [r["stages"][-1]["accuracy"] for r in rows.values() if r["task"] == "mrpc" and r["config"] == "tspq_w1a1"]
+            acc = [r["stages"][-1]["accuracy"] for r in rows.values() if r["task"] == "mrpc" and r["config"] == name]
             # the majority class on MRPC is 'paraphrase': precision = its share p, recall 1, F1 = 2p/(1+p)
             floor_acc = floor["mrpc"] / (2 - floor["mrpc"])
             margin = 100 * (statistics.mean(acc) - floor_acc)
             if margin < 3:
                 low.append(f"mrpc accuracy {margin:+.1f}")
-        lines.append("tspq_w1a1 above the majority floor by ≥ 3 points on every task: "
+        lines.append(f"{name} above the majority floor by ≥ 3 points on every task: "
                      + ("yes" if not low else "no (" + ", ".join(low) + ")"))
     for tspq, direct, note in PAIRS:
         both = [t for t in tasks if _scores(rows, t, tspq) and _scores(rows, t, direct)]
