@@ -8,7 +8,7 @@ cheap step and its backward cost about as much as the GEMM at 512 tokens (docs/r
 kngpt2_speed.md), so if any lever is left in the layer itself, it is there.
 
 This script times, per shape, forward + backward on 512 tokens (the distillation step's 2 × 256),
-interleaved round by round in one process:
+interleaved round by round in one process (kron_speed.py's harness):
 
 - dense: the nn.Linear the layer replaces;
 - autograd: ``kron_linear`` as the library runs it;
@@ -30,22 +30,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import RESULTS, Results, md_table  # noqa: E402
+from kron_speed import make_call, measure  # noqa: E402
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
 
 from kronbit.kron.layers import kron_linear  # noqa: E402
 
 TOKENS = 512
-CALLS = 4      # fwd+bwd calls per timed sample
+MIN_TIME = 0.01  # seconds per timed sample (several fwd+bwd calls)
+WARMUP = 3       # untimed calls first (oneDNN builds its kernels on the first calls)
 THREADS = 2
 
 
@@ -146,47 +147,36 @@ def shapes_from_speed_results() -> list[dict]:
     return out
 
 
-def _fwd_bwd(fn, x, params, g, bf16):
-    def step():
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            y = fn()
-        torch.autograd.grad(y, [x, *params], g.to(y.dtype))
-    return step
+class _Factors(nn.Module):
+    """A rank-1 Kronecker layer's two factors run through ``fn`` (the library's path or the custom one)."""
+
+    def __init__(self, a: torch.Tensor, b: torch.Tensor, fn):
+        super().__init__()
+        self.a, self.b, self.fn = nn.Parameter(a), nn.Parameter(b), fn
+
+    def forward(self, x):
+        return self.fn(x, self.a, self.b)
 
 
 def time_shape(shape: dict, bf16: bool, rounds: int) -> dict:
     torch.manual_seed(0)
     (m1, n1), (m2, n2) = shape["a"], shape["b"]
-    a = torch.randn(1, m1, n1, requires_grad=True)
-    b = torch.randn(1, m2, n2, requires_grad=True) / n2 ** 0.5
-    dense = torch.nn.Linear(shape["in"], shape["out"], bias=False)
+    a, b = torch.randn(1, m1, n1), torch.randn(1, m2, n2) / n2 ** 0.5
+    layers = {"dense": nn.Linear(shape["in"], shape["out"], bias=False),
+              "autograd": _Factors(a, b, kron_linear), "custom": _Factors(a, b, custom_kron_linear)}
     x = torch.randn(TOKENS, shape["in"], requires_grad=True)
-    g = torch.randn(TOKENS, shape["out"])
-    variants = {
-        "dense": _fwd_bwd(lambda: dense(x), x, [dense.weight], g, bf16),
-        "autograd": _fwd_bwd(lambda: kron_linear(x, a, b), x, [a, b], g, bf16),
-        "custom": _fwd_bwd(lambda: custom_kron_linear(x, a, b), x, [a, b], g, bf16),
-    }
     # same outputs and gradients (the library path is the reference)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        y1, y2 = kron_linear(x, a, b), custom_kron_linear(x, a, b)
-    r1 = [y1, *torch.autograd.grad(y1, [x, a, b], g.to(y1.dtype))]
-    r2 = [y2, *torch.autograd.grad(y2, [x, a, b], g.to(y2.dtype))]
-    rel = max(float((p.detach().float() - q.detach().float()).abs().max() / p.detach().float().abs().max())
-              for p, q in zip(r1, r2))
-    for fn in variants.values():  # warm-up: oneDNN builds its kernels on the first calls
-        for _ in range(3):
-            fn()
-    times = {k: [] for k in variants}
-    for _ in range(rounds):
-        for k, fn in variants.items():
-            t0 = time.perf_counter()
-            for _ in range(CALLS):
-                fn()
-            times[k].append((time.perf_counter() - t0) / CALLS * 1e3)
-    ms = {k: statistics.median(v) for k, v in times.items()}
-    ratio = statistics.median(c / a_ for c, a_ in zip(times["custom"], times["autograd"]))
-    return {**shape, "dtype": "bf16" if bf16 else "fp32", "ms": ms, "custom_over_autograd": ratio,
+    g = torch.randn(TOKENS, shape["out"])
+    got = []
+    for name in ("autograd", "custom"):
+        layer = layers[name]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            y = layer(x)
+        got.append([y.detach(), *torch.autograd.grad(y, [x, layer.a, layer.b], g.to(y.dtype))])
+    rel = max(float((p.float() - q.float()).abs().max() / p.float().abs().max()) for p, q in zip(*got))
+    sec = measure({k: make_call(layer, x, bf16) for k, layer in layers.items()}, rounds, MIN_TIME, WARMUP)
+    ms = {k: v * 1e3 for k, v in sec.items()}
+    return {**shape, "dtype": "bf16" if bf16 else "fp32", "ms": ms, "custom_over_autograd": ms["custom"] / ms["autograd"],
             "max_rel_diff": rel}
 
 
@@ -208,7 +198,7 @@ def render(res: Results) -> str:
     md = ("# A custom autograd function for the Kronecker layers (KnGPT2 shapes, CPU)\n\n"
           "Produced by `python benchmarks/kron_custom_autograd.py`; command, date, machine and load in "
           "`kron_custom_autograd.json`. Forward + backward on 512 tokens, ms, median of interleaved rounds "
-          f"(dense, autograd, custom in turn); ratio: median of the per-round custom ÷ autograd. "
+          f"(dense, autograd, custom in turn); ratio: custom ÷ autograd of those medians. "
           f"Machine: {meta.get('note', 'no note')}.\n\n"
           + md_table(["dtype", "layer", "A⊗B", "count", "dense ms", "autograd ms", "custom ms",
                       "custom ÷ autograd", "max rel. diff"], rows)
