@@ -128,12 +128,16 @@ def test_a_lever_row_starts_from_the_stages_another_row_trained_with_the_same_se
                         "overrides": overrides, "recipe_fingerprint": tspq_fair.fingerprint(recipe),
                         "run_dir": str(tmp_path / "runs" / config)}
 
+    import json
+
     base_recipe, base = row("tspq_w2a8_w2_2ep")
+    base["primary_metric"], base["stages"] = "pearson", []
     for i, st in enumerate(base_recipe.stages):  # a finished run: every stage's result and model
         d = tspq_fair.stage_dir(tmp_path / "runs" / "tspq_w2a8_w2_2ep", i, st.name)
         (d / "model").mkdir(parents=True)
-        (d / "result.json").write_text("{}")
+        (d / "result.json").write_text(json.dumps({"stage": st.name, "pearson": 0.8 + i / 100}))
         (d / "checkpoints").mkdir()
+        base["stages"].append({"stage": st.name, "pearson": 0.8 + i / 100})
     res.data["rows"]["stsb/tspq_w2a8_w2_2ep/seed42"] = base
     lever, _ = row("tspq_w2a8_a8_lr2e-5")
     out = tmp_path / "new"
@@ -145,6 +149,10 @@ def test_a_lever_row_starts_from_the_stages_another_row_trained_with_the_same_se
     assert tspq_fair.reuse_stages(res, row("tspq_w2a8")[0], "stsb", 42, tmp_path / "new2")["stages"] == 1
     # another seed shares nothing
     assert tspq_fair.reuse_stages(res, row("tspq_w2a8_a8_lr2e-5", 43)[0], "stsb", 43, tmp_path / "new3") is None
+    # a directory since overwritten by another run (a renamed row's): its W2 stage is not the row's
+    w2 = tspq_fair.stage_dir(tmp_path / "runs" / "tspq_w2a8_w2_2ep", 1, "w2") / "result.json"
+    w2.write_text(json.dumps({"stage": "w2", "pearson": 0.7}))
+    assert tspq_fair.reuse_stages(res, lever, "stsb", 42, tmp_path / "new4")["stages"] == 1
 
 
 def test_pairs_are_also_compared_on_each_rows_last_epoch(tmp_path, monkeypatch):
@@ -185,3 +193,49 @@ def test_pairs_are_also_compared_on_each_rows_last_epoch(tmp_path, monkeypatch):
     # best epoch: 0.70 − 0.75 and 0.72 − 0.74 → −3.5 ± 1.5; last epoch: 0.70 − 0.65, 0.72 − 0.66 → +5.5 ± 0.5
     assert "tspq_w2a8 − direct_w2a8 on the 1-task average (6 epochs each): -3.50 ± 1.50" in lines
     assert "each row's last epoch instead of its best" in lines and ": +5.50 ± 0.50" in lines
+    # a curve that is not the row's own (its score is none of the curve's points) is dropped
+    got["stsb/tspq_w2a8/seed43"]["final_stage_curve"] = [0.5, 0.6]
+    assert tspq_fair.curve_of(got["stsb/tspq_w2a8/seed43"]) is None
+    assert tspq_fair.backfill_curves(res) == 1 and got["stsb/tspq_w2a8/seed43"]["final_stage_curve"] == [0.72]
+    res.data["rows"]["stsb/tspq_w2a8/seed43"]["run_dir"] = str(tmp_path / "gone")  # and no directory to read again
+    got["stsb/tspq_w2a8/seed43"]["final_stage_curve"] = [0.5, 0.6]
+    assert tspq_fair.backfill_curves(res) == 1 and "final_stage_curve" not in got["stsb/tspq_w2a8/seed43"]
+    assert "each row's last epoch" not in tspq_fair._targets(got, ["stsb"], {"stsb": 0.86}, {"stsb": 0.0})
+
+
+def test_a_floor_miss_is_read_against_the_teacher_and_the_best_row(tmp_path, monkeypatch):
+    """MRPC's majority class scores F1 81.2 against a teacher's 85.7: the line under a miss gives
+    the bar as a share of the teacher's score (F1 and accuracy), the best row on the task and the
+    best binary-weight stage with full-precision activations."""
+    import json
+
+    (tmp_path / "teacher_glue.json").write_text(json.dumps({"rows": {"mrpc": {"metrics": {"accuracy": 0.8}}}}))
+    monkeypatch.setattr(tspq_fair, "RESULTS", tmp_path)
+
+    def row(config, seed, *stages):  # stages: (w_bits, a_bits, f1, accuracy)
+        st = [{"w_bits": w, "a_bits": a, "f1": f, "accuracy": acc} for w, a, f, acc in stages]
+        return {"task": "mrpc", "config": config, "seed": seed, "primary_metric": "f1", "score": st[-1]["f1"],
+                "stages": st}
+
+    rows = {"a": row("tspq_w1a1", 42, (2, 32, 0.83, 0.75), (1, 32, 0.82, 0.74), (1, 1, 0.80, 0.69)),
+            "b": row("tspq_w1a1", 43, (2, 32, 0.83, 0.75), (1, 32, 0.81, 0.73), (1, 1, 0.82, 0.70)),
+            "c": row("direct_w2a8", 42, (2, 8, 0.845, 0.77))}
+    floor_f1 = 0.8122
+    lines = tspq_fair._floor_reach(rows, ["mrpc"], {"mrpc": 0.857}, {"mrpc": floor_f1})
+    assert lines[0] == ("mrpc f1: the floor + 3 bar is 84.2 against the teacher's 85.7 (the bar is 98.3% of it); "
+                        "the best row reached 84.5 (direct_w2a8, seed 42), the W1A1 rows' binary-weight stage "
+                        "at full-precision activations 82.0")
+    # floor accuracy 68.4 (from F1: p / (2 − p)) + 3 = 71.4 against 80.0; the W1A1 mean 69.5 misses it
+    assert lines[1].startswith("mrpc accuracy: the floor + 3 bar is 71.4 against the teacher's 80.0 (the bar is 89.2%")
+    assert lines[1].endswith("stage at full-precision activations 74.0") and len(lines) == 2
+    # a row set that clears the bar gets no line
+    clear = {"a": row("tspq_w1a1", 42, (1, 1, 0.86, 0.76))}
+    assert tspq_fair._floor_reach(clear, ["mrpc"], {"mrpc": 0.857}, {"mrpc": floor_f1}) == []
+
+
+def test_the_page_renders_before_any_current_row(tmp_path, monkeypatch):
+    import common
+
+    monkeypatch.setattr(common, "RESULTS", tmp_path)
+    res = common.Results("fair_empty", "test")
+    assert tspq_fair.render(res).endswith("No rows yet.\n")
