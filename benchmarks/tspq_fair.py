@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import shutil
 import statistics
 import sys
@@ -375,6 +376,8 @@ def render(res: Results) -> str:
     teacher = {t: next(r["teacher_score"] for r in rows.values() if r["task"] == t) for t in tasks}
     floor = res.data.setdefault("majority_class", {"unit": "fraction"})
     floor.update(majority_scores([t for t in tasks if t not in floor]))
+    dev = res.data.setdefault("dev_examples", {})
+    dev.update({t: n for t, n in dev_sizes([t for t in tasks if t not in dev]).items()})
     headers = ["config", *tasks, "avg", "% of teacher", "seeds", "papers (orientation)"]
     head = ("# TSPQ on GLUE at a fair budget (MiniLM-L6 teachers; dev; primary metric ×100: CoLA MCC, MRPC F1, "
             "STS-B Pearson, accuracy elsewhere)\n\nProduced by `python benchmarks/tspq_fair.py`; commands, dates, "
@@ -391,7 +394,7 @@ def render(res: Results) -> str:
     shown = [row[0] for row in full[2:]]
     md += ("\navg and % of teacher: over the tasks a row has (a row with fewer tasks is not comparable with a "
            "five-task one). Configs:\n\n" + "".join(f"- {n}: {CONFIG_NOTES.get(n, '')}\n" for n in shown))
-    return md + "\n" + _targets(rows, tasks, teacher, floor) + _budget_lines(rows, tasks) + _superseded(res, stale)
+    return md + "\n" + _targets(rows, tasks, teacher, floor, dev) + _budget_lines(rows, tasks) + _superseded(res, stale)
 
 
 def _superseded(res: Results, stale: dict) -> str:
@@ -404,7 +407,7 @@ def _superseded(res: Results, stale: dict) -> str:
             + md_table(["task", "config", "seed", "score", "date", "stages"], lines))
 
 
-def _targets(rows, tasks, teacher, floor) -> str:
+def _targets(rows, tasks, teacher, floor, dev_examples: dict | None = None) -> str:
     lines = []
     for name, goal in TARGETS.items():
         done = [t for t in tasks if _scores(rows, t, name)]
@@ -426,7 +429,7 @@ def _targets(rows, tasks, teacher, floor) -> str:
                 low.append(f"mrpc accuracy {margin:+.1f}")
         lines.append(f"{name} above the majority floor by ≥ 3 points on every task: "
                      + ("yes" if not low else "no (" + ", ".join(low) + ")"))
-    lines += _floor_reach(rows, tasks, teacher, floor)
+    lines += _floor_reach(rows, tasks, teacher, floor, dev_examples or {})
     for tspq, direct, note in PAIRS:
         both = [t for t in tasks if _scores(rows, t, tspq) and _scores(rows, t, direct)]
         if not both:
@@ -492,7 +495,14 @@ def _teacher_accuracy(task: str) -> float | None:
     return json.loads(path.read_text())["rows"].get(task, {}).get("metrics", {}).get("accuracy")
 
 
-def _floor_reach(rows, tasks, teacher, floor) -> list[str]:
+def dev_sizes(tasks: list[str]) -> dict[str, int]:
+    """Each task's number of dev examples (how far chance alone moves a dev score)."""
+    from kronbit.data.glue import get_task, load_split
+
+    return {t: len(load_split(get_task(t), data_root() / "glue", "dev")) for t in tasks}
+
+
+def _floor_reach(rows, tasks, teacher, floor, dev_examples: dict | None = None) -> list[str]:
     """Where a W1A1 row misses the floor + 3 bar: how close to the teacher that bar sits, and the
     best any quantized student reached on that metric, so a miss reads against what is reachable
     (MRPC's majority class already scores F1 81.2 against the teacher's 85.7)."""
@@ -514,10 +524,16 @@ def _floor_reach(rows, tasks, teacher, floor) -> list[str]:
             # the best binary-weight student on the way (the W1 stage: full-precision activations)
             w1 = [s[key] for r in mine for s in r["stages"] if s["w_bits"] == 1 and s["a_bits"] >= 16]
             vs = f"the teacher's {100 * top:.1f} (the bar is {100 * bar / top:.1f}% of it)" if top else "the teacher's"
+            n = (dev_examples or {}).get(t)
+            # accuracy of a classifier blind to its input: at most the floor in expectation, and its
+            # standard deviation over n dev examples is sqrt(p(1 − p)/n)
+            chance = (f"; {n} dev examples, so a classifier blind to its input lands up to "
+                      f"{200 * math.sqrt(low * (1 - low) / n):.1f} points (2σ) above the floor by chance"
+                      if n and key == "accuracy" else "")
             out.append(f"{t} {key}: the floor + 3 bar is {100 * bar:.1f} against {vs}; the best row reached "
                        f"{100 * best['stages'][-1][key]:.1f} ({best['config']}, seed {best['seed']})"
                        + (f", the W1A1 rows' binary-weight stage at full-precision activations {100 * max(w1):.1f}"
-                          if w1 else ""))
+                          if w1 else "") + chance)
     return out
 
 

@@ -228,6 +228,12 @@ def test_a_floor_miss_is_read_against_the_teacher_and_the_best_row(tmp_path, mon
     # floor accuracy 68.4 (from F1: p / (2 − p)) + 3 = 71.4 against 80.0; the W1A1 mean 69.5 misses it
     assert lines[1].startswith("mrpc accuracy: the floor + 3 bar is 71.4 against the teacher's 80.0 (the bar is 89.2%")
     assert lines[1].endswith("stage at full-precision activations 74.0") and len(lines) == 2
+    # with the dev set's size, the accuracy line says how far chance alone reaches: p = 0.684 over
+    # 408 examples, 2 · sqrt(p (1 − p) / 408) = 4.6 points
+    sized = tspq_fair._floor_reach(rows, ["mrpc"], {"mrpc": 0.857}, {"mrpc": floor_f1}, {"mrpc": 408})
+    assert sized[0] == lines[0]
+    assert sized[1] == lines[1] + ("; 408 dev examples, so a classifier blind to its input lands up to "
+                                   "4.6 points (2σ) above the floor by chance")
     # a row set that clears the bar gets no line
     clear = {"a": row("tspq_w1a1", 42, (1, 1, 0.86, 0.76))}
     assert tspq_fair._floor_reach(clear, ["mrpc"], {"mrpc": 0.857}, {"mrpc": floor_f1}) == []
