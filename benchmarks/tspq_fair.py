@@ -469,6 +469,7 @@ def _targets(rows, tasks, teacher, floor, dev_examples: dict | None = None) -> s
                          + ", ".join(f"seed {s} {d:+.2f}" for s, d in diffs.items())
                          + f"; mean {statistics.mean(diffs.values()):+.2f} ± "
                          f"{(max(diffs.values()) - min(diffs.values())) / 2:.2f} (partial: not the target's average)")
+    lines += _stage_lines(rows, tasks, teacher)
     # Every W1A1 config per seed over all the tasks, and its difference to direct binarization
     tavg = statistics.mean(teacher[t] for t in tasks)
     for name in [c for c in CONFIGS if c.startswith("tspq_w1a1")]:
@@ -493,6 +494,28 @@ def _teacher_accuracy(task: str) -> float | None:
     if not path.is_file():
         return None
     return json.loads(path.read_text())["rows"].get(task, {}).get("metrics", {}).get("accuracy")
+
+
+def _stage_lines(rows, tasks, teacher) -> list[str]:
+    """Each progressive row of the final table after each of its stages, as % of the teacher's
+    average over all the tasks (each task's stage score averaged over the seeds): where along the
+    schedule a config loses its points, and the ceiling a later stage starts under."""
+    out = []
+    for name in FINAL:
+        mine = [r for r in rows.values() if r["config"] == name]
+        names = [s["stage"] for s in mine[0].get("stages", [])] if mine else []
+        if len(names) < 2 or {r["task"] for r in mine} != set(tasks):
+            continue
+        if any([s["stage"] for s in r.get("stages", [])] != names for r in mine):
+            continue
+        pct = []
+        for i in range(len(names)):
+            per_task = [statistics.mean(r["stages"][i][r["primary_metric"]] for r in mine if r["task"] == t)
+                        for t in tasks]
+            pct.append(100 * sum(per_task) / sum(teacher[t] for t in tasks))
+        out.append(f"{name} after each stage, % of the teacher's average: "
+                   + " → ".join(f"{n} {p:.1f}%" for n, p in zip(names, pct)))
+    return out
 
 
 def dev_sizes(tasks: list[str]) -> dict[str, int]:

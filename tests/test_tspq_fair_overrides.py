@@ -245,3 +245,18 @@ def test_the_page_renders_before_any_current_row(tmp_path, monkeypatch):
     monkeypatch.setattr(common, "RESULTS", tmp_path)
     res = common.Results("fair_empty", "test")
     assert tspq_fair.render(res).endswith("No rows yet.\n")
+
+
+def test_a_progressive_row_is_followed_stage_by_stage():
+    """Each stage's score as % of the teacher's average over every task (seeds averaged per task);
+    a config missing a task gets no line, nor does a one-stage baseline."""
+    def row(config, task, seed, *scores):
+        return {"task": task, "config": config, "seed": seed, "primary_metric": "accuracy",
+                "stages": [{"stage": n, "accuracy": v} for n, v in zip(("w4", "w2", "w2a8"), scores)]}
+
+    rows = {"a": row("tspq_w2a8", "rte", 42, 0.6, 0.5, 0.4), "b": row("tspq_w2a8", "rte", 43, 0.6, 0.7, 0.6),
+            "c": row("tspq_w2a8", "sst2", 42, 0.9, 0.8, 0.8), "d": row("direct_w2a8", "rte", 42, 0.5),
+            "e": row("direct_w2a8", "sst2", 42, 0.5), "f": row("tspq_w1a1", "rte", 42, 0.5, 0.5)}
+    lines = tspq_fair._stage_lines(rows, ["rte", "sst2"], {"rte": 0.6, "sst2": 0.9})
+    # w4 (0.6 + 0.9) / 1.5 = 100%; w2 (0.6 + 0.8) / 1.5 = 93.3%; w2a8 (0.5 + 0.8) / 1.5 = 86.7%
+    assert lines == ["tspq_w2a8 after each stage, % of the teacher's average: w4 100.0% → w2 93.3% → w2a8 86.7%"]
