@@ -185,6 +185,11 @@ def fingerprint(recipe, stages: int | None = None) -> str:
     d["stages"] = [{k: v for k, v in st.items() if ADDED_STAGE_DEFAULTS.get(k, object()) != v}
                    for st in d["stages"][:stages]]
     d["quant"] = {k: v for k, v in d["quant"].items() if ADDED_QUANT_DEFAULTS.get(k, object()) != v}
+    if stages is not None and all(st["a_bits"] != 1 for st in d["stages"]):
+        # quant.attention binarizes only where a_bits is 1 (set_attention_bits); stages before that
+        # train the same either way (bit-equal dev scores in the tspq_w1a1 and full-attention rows),
+        # so a W1A1-both-ways pair shares them
+        d["quant"].pop("attention", None)
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 

@@ -260,3 +260,37 @@ def test_a_progressive_row_is_followed_stage_by_stage():
     lines = tspq_fair._stage_lines(rows, ["rte", "sst2"], {"rte": 0.6, "sst2": 0.9})
     # w4 (0.6 + 0.9) / 1.5 = 100%; w2 (0.6 + 0.8) / 1.5 = 93.3%; w2a8 (0.5 + 0.8) / 1.5 = 86.7%
     assert lines == ["tspq_w2a8 after each stage, % of the teacher's average: w4 100.0% → w2 93.3% → w2a8 86.7%"]
+
+
+def test_w1a1_both_ways_share_the_stages_before_binary_attention(tmp_path, monkeypatch):
+    """quant.attention binarizes only at a_bits 1, so a full-attention W1A1 row starts from the W2,
+    W1 and W1A2 stages its binary-attention twin trained (their dev scores were bit-equal)."""
+    import json
+
+    import common
+
+    monkeypatch.setattr(common, "RESULTS", tmp_path)
+    res = common.Results("fair_test", "test")
+
+    def recipe(config):
+        overrides = tspq_fair.overrides_for("rte", config, 42, 4)
+        return overrides, load_recipe(RECIPES / tspq_fair.CONFIGS[config][0], overrides)
+
+    overrides, binary = recipe("tspq_w1a1")
+    row = {"task": "rte", "config": "tspq_w1a1", "seed": 42, "recipe": "recipes/tspq/binary.yaml",
+           "overrides": overrides, "recipe_fingerprint": tspq_fair.fingerprint(binary), "primary_metric": "accuracy",
+           "run_dir": str(tmp_path / "binary"), "stages": []}
+    for i, st in enumerate(binary.stages):
+        d = tspq_fair.stage_dir(tmp_path / "binary", i, st.name)
+        d.mkdir(parents=True)
+        (d / "result.json").write_text(json.dumps({"accuracy": 0.5 + i / 100}))
+        row["stages"].append({"stage": st.name, "accuracy": 0.5 + i / 100})
+    res.data["rows"]["rte/tspq_w1a1/seed42"] = row
+    full = recipe("tspq_w1a1_full_attention")[1]
+    assert tspq_fair.fingerprint(full) != tspq_fair.fingerprint(binary)
+    got = tspq_fair.reuse_stages(res, full, "rte", 42, tmp_path / "full")
+    assert got == {"from": "rte/tspq_w1a1/seed42", "stages": 3}
+    # the ternary recipe has no a_bits-1 stage: its whole-recipe fingerprint still holds the setting
+    ternary = load_recipe(RECIPES / "ternary.yaml")
+    assert tspq_fair.fingerprint(ternary) != tspq_fair.fingerprint(load_recipe(RECIPES / "ternary.yaml",
+                                                                               ["quant.attention=binary"]))
