@@ -28,7 +28,7 @@ def test_every_fair_row_loads_against_the_shipped_recipe(task, name):
     r = load_recipe(RECIPES / recipe_file, tspq_fair.overrides_for(task, name, 43, 4))
     assert r.train.seed == 43 and r.train.max_seq_length == tspq_fair.BUDGETS[task]["train.max_seq_length"]
     assert r.train.train_subset == tspq_fair.BUDGETS[task].get("train.train_subset")  # full sets but SST-2
-    if name.endswith("_da"):
+    if tspq_fair.is_da(name):
         assert r.augment.n_copies == 4 and any(s.augment for s in r.stages)
 
 
@@ -290,6 +290,10 @@ def test_w1a1_both_ways_share_the_stages_before_binary_attention(tmp_path, monke
     assert tspq_fair.fingerprint(full) != tspq_fair.fingerprint(binary)
     got = tspq_fair.reuse_stages(res, full, "rte", 42, tmp_path / "full")
     assert got == {"from": "rte/tspq_w1a1/seed42", "stages": 3}
+    # and so do the DA rows both ways
+    da, da_full = recipe("tspq_w1a1_da")[1], recipe("tspq_w1a1_da_full_attention")[1]
+    assert [tspq_fair.fingerprint(da, k) == tspq_fair.fingerprint(da_full, k) for k in (1, 2, 3, 4)] == [
+        True, True, True, False]
     # the ternary recipe has no a_bits-1 stage: its whole-recipe fingerprint still holds the setting
     ternary = load_recipe(RECIPES / "ternary.yaml")
     assert tspq_fair.fingerprint(ternary) != tspq_fair.fingerprint(load_recipe(RECIPES / "ternary.yaml",
