@@ -30,7 +30,7 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src"
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(SRC)]
 
-from common import REPO, WORK, Results, md_table  # noqa: E402
+from common import WORK, Results, md_table  # noqa: E402
 LOADERS = {
     "kronbit.load_packed": "import kronbit\nmodel = kronbit.load_packed(d)",
     "AutoModelForSequenceClassification.from_pretrained":

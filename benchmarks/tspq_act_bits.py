@@ -22,7 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
 from common import WORK, Results, data_root, md_table  # noqa: E402
-from tspq_fair import BUDGETS, run_dir_of  # noqa: E402
+from tspq_fair import run_dir_of  # noqa: E402
+from tspq_fair_configs import BUDGETS  # noqa: E402
 
 BITS = (32, 8, 4, 2, 1)
 

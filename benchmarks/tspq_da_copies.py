@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import REPO, WORK, Results, data_root, md_table  # noqa: E402
 from teacher_glue import require_teacher  # noqa: E402
+from tspq_fair_configs import DA_COPIES  # noqa: E402
 
 from kronbit.runner import load_recipe, run_recipe  # noqa: E402
 
@@ -61,8 +62,7 @@ def _schedule_today() -> list[str]:
 
 def _pick(rows: list[dict]) -> str:
     """The gain of each step of the curve per extra 1000 training examples (the cost of DA grows
-    with them), and the count the DA rows use (``tspq_fair.DA_COPIES``)."""
-    from tspq_fair import DA_COPIES
+    with them), and the count the DA rows use (``tspq_fair_configs.DA_COPIES``)."""
     if len(rows) < 2:
         return ""
     steps = [f"{a['copies']} → {b['copies']}: {100 * (b['score'] - a['score']):+.1f} points, "

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import REPO, WORK, Results, data_root, md_table, slug  # noqa: E402
 from teacher_glue import require_teacher  # noqa: E402
-from tspq_fair import BUDGETS  # noqa: E402
+from tspq_fair_configs import BUDGETS  # noqa: E402
 from tspq_glue import majority_scores  # noqa: E402
 from tspq_w2_levers import EVALS_PER_EPOCH, _curve, _flow, _steps_per_epoch  # noqa: E402
 

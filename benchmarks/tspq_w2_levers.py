@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import REPO, WORK, Results, data_root, md_table, slug  # noqa: E402
 from teacher_glue import require_teacher  # noqa: E402
-from tspq_fair import BUDGETS  # noqa: E402
+from tspq_fair_configs import BUDGETS  # noqa: E402
 from tspq_glue import majority_scores  # noqa: E402
 
 from kronbit.data.glue import load_split  # noqa: E402

@@ -15,24 +15,26 @@ sys.path.insert(0, str(BENCH))
 
 import tspq_da_copies  # noqa: E402
 import tspq_fair  # noqa: E402
+import tspq_fair_configs as configs  # noqa: E402
+import tspq_fair_report as report  # noqa: E402
 
 from kronbit.runner import load_recipe  # noqa: E402
 
 RECIPES = BENCH.parent / "recipes" / "tspq"
 
 
-@pytest.mark.parametrize("task", list(tspq_fair.BUDGETS))
-@pytest.mark.parametrize("name", list(tspq_fair.CONFIGS))
+@pytest.mark.parametrize("task", list(configs.BUDGETS))
+@pytest.mark.parametrize("name", list(configs.CONFIGS))
 def test_every_fair_row_loads_against_the_shipped_recipe(task, name):
-    recipe_file, _ = tspq_fair.CONFIGS[name]
-    r = load_recipe(RECIPES / recipe_file, tspq_fair.overrides_for(task, name, 43, 4))
-    assert r.train.seed == 43 and r.train.max_seq_length == tspq_fair.BUDGETS[task]["train.max_seq_length"]
-    assert r.train.train_subset == tspq_fair.BUDGETS[task].get("train.train_subset")  # full sets but SST-2
-    if tspq_fair.is_da(name):
+    recipe_file, _ = configs.CONFIGS[name]
+    r = load_recipe(RECIPES / recipe_file, configs.overrides_for(task, name, 43, 4))
+    assert r.train.seed == 43 and r.train.max_seq_length == configs.BUDGETS[task]["train.max_seq_length"]
+    assert r.train.train_subset == configs.BUDGETS[task].get("train.train_subset")  # full sets but SST-2
+    if configs.is_da(name):
         assert r.augment.n_copies == 4 and any(s.augment for s in r.stages)
 
 
-@pytest.mark.parametrize("name", [c for c in tspq_fair.CONFIGS if c.startswith("tspq_w2a8_")])
+@pytest.mark.parametrize("name", [c for c in configs.CONFIGS if c.startswith("tspq_w2a8_")])
 def test_each_ternary_lever_changes_one_setting_of_one_stage(name):
     """Each lever against the config its note says it is measured against ("as tspq_w2a8_w2_2ep,
     ..."), so the note under the table and the overrides cannot drift apart."""
@@ -40,11 +42,11 @@ def test_each_ternary_lever_changes_one_setting_of_one_stage(name):
     from dataclasses import asdict
 
     def stages(config):
-        recipe_file, overrides = tspq_fair.CONFIGS[config]
+        recipe_file, overrides = configs.CONFIGS[config]
         return [asdict(s) for s in load_recipe(RECIPES / recipe_file, overrides).stages]
 
-    said = re.match(r"as (\w[\w.-]*)", tspq_fair.CONFIG_NOTES[name])
-    assert said and said.group(1) in tspq_fair.CONFIGS, f"{name}'s note does not start with 'as <config>'"
+    said = re.match(r"as (\w[\w.-]*)", configs.CONFIG_NOTES[name])
+    assert said and said.group(1) in configs.CONFIGS, f"{name}'s note does not start with 'as <config>'"
     base = stages(said.group(1))
     lever = stages(name)
     assert [s["name"] for s in lever] == [s["name"] for s in base]
@@ -69,13 +71,13 @@ def test_a_row_whose_recipe_another_config_already_trained_is_reused_not_retrain
 
     monkeypatch.setattr(common, "RESULTS", tmp_path)
     monkeypatch.setattr(tspq_fair, "render", lambda res: "")
-    monkeypatch.setitem(tspq_fair.CONFIGS, "adopted", tspq_fair.CONFIGS["tspq_w1a1_w1a4"])
+    monkeypatch.setitem(configs.CONFIGS, "adopted", configs.CONFIGS["tspq_w1a1_w1a4"])
     monkeypatch.setattr(tspq_fair, "run_recipe", lambda *a, **k: pytest.fail("trained a row it could reuse"))
     monkeypatch.setattr(tspq_fair, "require_teacher", lambda task: tmp_path / "teacher")  # none on a fresh machine
     res = common.Results("fair_test", "test")
-    recipe_file, _ = tspq_fair.CONFIGS["tspq_w1a1_w1a4"]
-    overrides = tspq_fair.overrides_for("stsb", "tspq_w1a1_w1a4", 42, 4)
-    fp = tspq_fair.fingerprint(load_recipe(RECIPES / recipe_file, overrides))
+    recipe_file, _ = configs.CONFIGS["tspq_w1a1_w1a4"]
+    overrides = configs.overrides_for("stsb", "tspq_w1a1_w1a4", 42, 4)
+    fp = configs.fingerprint(load_recipe(RECIPES / recipe_file, overrides))
     res.add("stsb/tspq_w1a1_w1a4/seed42", {"task": "stsb", "config": "tspq_w1a1_w1a4", "seed": 42,
                                                     "recipe_fingerprint": fp, "score": 0.386})
     tspq_fair.run_row(res, "stsb", "adopted", 42, 4, None, redo=False)
@@ -122,10 +124,10 @@ def test_a_lever_row_starts_from_the_stages_another_row_trained_with_the_same_se
     res = common.Results("fair_test", "test")
 
     def row(config, seed=42):
-        overrides = tspq_fair.overrides_for("stsb", config, seed, 4)
-        recipe = load_recipe(RECIPES / tspq_fair.CONFIGS[config][0], overrides)
-        return recipe, {"task": "stsb", "config": config, "seed": seed, "recipe": f"recipes/tspq/{tspq_fair.CONFIGS[config][0]}",
-                        "overrides": overrides, "recipe_fingerprint": tspq_fair.fingerprint(recipe),
+        overrides = configs.overrides_for("stsb", config, seed, 4)
+        recipe = load_recipe(RECIPES / configs.CONFIGS[config][0], overrides)
+        return recipe, {"task": "stsb", "config": config, "seed": seed, "recipe": f"recipes/tspq/{configs.CONFIGS[config][0]}",
+                        "overrides": overrides, "recipe_fingerprint": configs.fingerprint(recipe),
                         "run_dir": str(tmp_path / "runs" / config)}
 
     import json
@@ -189,18 +191,18 @@ def test_pairs_are_also_compared_on_each_rows_last_epoch(tmp_path, monkeypatch):
     got = res.data["rows"]
     assert got["stsb/tspq_w2a8/seed42"]["final_stage_curve"] == [0.70]  # the last stage only
     assert got["stsb/adopted/seed42"]["final_stage_curve"] == [0.70]    # from its twin's run
-    lines = tspq_fair._targets(got, ["stsb"], {"stsb": 0.86}, {"stsb": 0.0})
+    lines = report._targets(got, ["stsb"], {"stsb": 0.86}, {"stsb": 0.0})
     # best epoch: 0.70 − 0.75 and 0.72 − 0.74 → −3.5 ± 1.5; last epoch: 0.70 − 0.65, 0.72 − 0.66 → +5.5 ± 0.5
     assert "tspq_w2a8 − direct_w2a8 on the 1-task average (6 epochs each): -3.50 ± 1.50" in lines
     assert "each row's last epoch instead of its best" in lines and ": +5.50 ± 0.50" in lines
     # a curve that is not the row's own (its score is none of the curve's points) is dropped
     got["stsb/tspq_w2a8/seed43"]["final_stage_curve"] = [0.5, 0.6]
-    assert tspq_fair.curve_of(got["stsb/tspq_w2a8/seed43"]) is None
+    assert report.curve_of(got["stsb/tspq_w2a8/seed43"]) is None
     assert tspq_fair.backfill_curves(res) == 1 and got["stsb/tspq_w2a8/seed43"]["final_stage_curve"] == [0.72]
     res.data["rows"]["stsb/tspq_w2a8/seed43"]["run_dir"] = str(tmp_path / "gone")  # and no directory to read again
     got["stsb/tspq_w2a8/seed43"]["final_stage_curve"] = [0.5, 0.6]
     assert tspq_fair.backfill_curves(res) == 1 and "final_stage_curve" not in got["stsb/tspq_w2a8/seed43"]
-    assert "each row's last epoch" not in tspq_fair._targets(got, ["stsb"], {"stsb": 0.86}, {"stsb": 0.0})
+    assert "each row's last epoch" not in report._targets(got, ["stsb"], {"stsb": 0.86}, {"stsb": 0.0})
 
 
 def test_a_floor_miss_is_read_against_the_teacher_and_the_best_row(tmp_path, monkeypatch):
@@ -210,7 +212,7 @@ def test_a_floor_miss_is_read_against_the_teacher_and_the_best_row(tmp_path, mon
     import json
 
     (tmp_path / "teacher_glue.json").write_text(json.dumps({"rows": {"mrpc": {"metrics": {"accuracy": 0.8}}}}))
-    monkeypatch.setattr(tspq_fair, "RESULTS", tmp_path)
+    monkeypatch.setattr(report, "RESULTS", tmp_path)
 
     def row(config, seed, *stages):  # stages: (w_bits, a_bits, f1, accuracy)
         st = [{"w_bits": w, "a_bits": a, "f1": f, "accuracy": acc} for w, a, f, acc in stages]
@@ -221,7 +223,7 @@ def test_a_floor_miss_is_read_against_the_teacher_and_the_best_row(tmp_path, mon
             "b": row("tspq_w1a1", 43, (2, 32, 0.83, 0.75), (1, 32, 0.81, 0.73), (1, 1, 0.82, 0.70)),
             "c": row("direct_w2a8", 42, (2, 8, 0.845, 0.77))}
     floor_f1 = 0.8122
-    lines = tspq_fair._floor_reach(rows, ["mrpc"], {"mrpc": 0.857}, {"mrpc": floor_f1})
+    lines = report._floor_reach(rows, ["mrpc"], {"mrpc": 0.857}, {"mrpc": floor_f1})
     assert lines[0] == ("mrpc f1: the floor + 3 bar is 84.2 against the teacher's 85.7 (the bar is 98.3% of it); "
                         "the best row reached 84.5 (direct_w2a8, seed 42), the W1A1 rows' binary-weight stage "
                         "at full-precision activations 82.0")
@@ -230,13 +232,13 @@ def test_a_floor_miss_is_read_against_the_teacher_and_the_best_row(tmp_path, mon
     assert lines[1].endswith("stage at full-precision activations 74.0") and len(lines) == 2
     # with the dev set's size, the accuracy line says how far chance alone reaches: p = 0.684 over
     # 408 examples, 2 · sqrt(p (1 − p) / 408) = 4.6 points
-    sized = tspq_fair._floor_reach(rows, ["mrpc"], {"mrpc": 0.857}, {"mrpc": floor_f1}, {"mrpc": 408})
+    sized = report._floor_reach(rows, ["mrpc"], {"mrpc": 0.857}, {"mrpc": floor_f1}, {"mrpc": 408})
     assert sized[0] == lines[0]
     assert sized[1] == lines[1] + ("; 408 dev examples, so a classifier blind to its input lands up to "
                                    "4.6 points (2σ) above the floor by chance")
     # a row set that clears the bar gets no line
     clear = {"a": row("tspq_w1a1", 42, (1, 1, 0.86, 0.76))}
-    assert tspq_fair._floor_reach(clear, ["mrpc"], {"mrpc": 0.857}, {"mrpc": floor_f1}) == []
+    assert report._floor_reach(clear, ["mrpc"], {"mrpc": 0.857}, {"mrpc": floor_f1}) == []
 
 
 def test_the_page_renders_before_any_current_row(tmp_path, monkeypatch):
@@ -244,7 +246,7 @@ def test_the_page_renders_before_any_current_row(tmp_path, monkeypatch):
 
     monkeypatch.setattr(common, "RESULTS", tmp_path)
     res = common.Results("fair_empty", "test")
-    assert tspq_fair.render(res).endswith("No rows yet.\n")
+    assert report.render(res).endswith("No rows yet.\n")
 
 
 def test_a_progressive_row_is_followed_stage_by_stage():
@@ -257,7 +259,7 @@ def test_a_progressive_row_is_followed_stage_by_stage():
     rows = {"a": row("tspq_w2a8", "rte", 42, 0.6, 0.5, 0.4), "b": row("tspq_w2a8", "rte", 43, 0.6, 0.7, 0.6),
             "c": row("tspq_w2a8", "sst2", 42, 0.9, 0.8, 0.8), "d": row("direct_w2a8", "rte", 42, 0.5),
             "e": row("direct_w2a8", "sst2", 42, 0.5), "f": row("tspq_w1a1", "rte", 42, 0.5, 0.5)}
-    lines = tspq_fair._stage_lines(rows, ["rte", "sst2"], {"rte": 0.6, "sst2": 0.9})
+    lines = report._stage_lines(rows, ["rte", "sst2"], {"rte": 0.6, "sst2": 0.9})
     # w4 (0.6 + 0.9) / 1.5 = 100%; w2 (0.6 + 0.8) / 1.5 = 93.3%; w2a8 (0.5 + 0.8) / 1.5 = 86.7%
     assert lines == ["tspq_w2a8 after each stage, % of the teacher's average: w4 100.0% → w2 93.3% → w2a8 86.7%"]
 
@@ -273,12 +275,12 @@ def test_w1a1_both_ways_share_the_stages_before_binary_attention(tmp_path, monke
     res = common.Results("fair_test", "test")
 
     def recipe(config):
-        overrides = tspq_fair.overrides_for("rte", config, 42, 4)
-        return overrides, load_recipe(RECIPES / tspq_fair.CONFIGS[config][0], overrides)
+        overrides = configs.overrides_for("rte", config, 42, 4)
+        return overrides, load_recipe(RECIPES / configs.CONFIGS[config][0], overrides)
 
     overrides, binary = recipe("tspq_w1a1")
     row = {"task": "rte", "config": "tspq_w1a1", "seed": 42, "recipe": "recipes/tspq/binary.yaml",
-           "overrides": overrides, "recipe_fingerprint": tspq_fair.fingerprint(binary), "primary_metric": "accuracy",
+           "overrides": overrides, "recipe_fingerprint": configs.fingerprint(binary), "primary_metric": "accuracy",
            "run_dir": str(tmp_path / "binary"), "stages": []}
     for i, st in enumerate(binary.stages):
         d = tspq_fair.stage_dir(tmp_path / "binary", i, st.name)
@@ -287,14 +289,14 @@ def test_w1a1_both_ways_share_the_stages_before_binary_attention(tmp_path, monke
         row["stages"].append({"stage": st.name, "accuracy": 0.5 + i / 100})
     res.data["rows"]["rte/tspq_w1a1/seed42"] = row
     full = recipe("tspq_w1a1_full_attention")[1]
-    assert tspq_fair.fingerprint(full) != tspq_fair.fingerprint(binary)
+    assert configs.fingerprint(full) != configs.fingerprint(binary)
     got = tspq_fair.reuse_stages(res, full, "rte", 42, tmp_path / "full")
     assert got == {"from": "rte/tspq_w1a1/seed42", "stages": 3}
     # and so do the DA rows both ways
     da, da_full = recipe("tspq_w1a1_da")[1], recipe("tspq_w1a1_da_full_attention")[1]
-    assert [tspq_fair.fingerprint(da, k) == tspq_fair.fingerprint(da_full, k) for k in (1, 2, 3, 4)] == [
+    assert [configs.fingerprint(da, k) == configs.fingerprint(da_full, k) for k in (1, 2, 3, 4)] == [
         True, True, True, False]
     # the ternary recipe has no a_bits-1 stage: its whole-recipe fingerprint still holds the setting
     ternary = load_recipe(RECIPES / "ternary.yaml")
-    assert tspq_fair.fingerprint(ternary) != tspq_fair.fingerprint(load_recipe(RECIPES / "ternary.yaml",
+    assert configs.fingerprint(ternary) != configs.fingerprint(load_recipe(RECIPES / "ternary.yaml",
                                                                                ["quant.attention=binary"]))
