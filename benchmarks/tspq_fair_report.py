@@ -97,12 +97,25 @@ def _superseded(res: Results, stale: dict) -> str:
 
 
 def _targets(rows, tasks, teacher, floor, dev_examples: dict | None = None) -> str:
+    """The issue's targets read from the rows, then what explains them."""
     lines = []
     for name, goal in TARGETS.items():
         done = [t for t in tasks if _scores(rows, t, name)]
         if done:
             pct = 100 * sum(statistics.mean(_scores(rows, t, name)) for t in done) / sum(teacher[t] for t in done)
             lines.append(f"{name} keeps {pct:.1f}% of the teacher's average (target ≥ {goal:g}%; {', '.join(done)})")
+    lines += _floor_lines(rows, tasks, floor)
+    lines += _floor_reach(rows, tasks, teacher, floor, dev_examples or {})
+    for tspq, direct, note in PAIRS:
+        lines += _pair_lines(rows, tasks, tspq, direct, note)
+    lines += _stage_lines(rows, tasks, teacher)
+    lines += _w1a1_per_seed(rows, tasks, teacher)
+    return "Targets, from the rows above:\n\n" + "".join(f"- {ln}\n" for ln in lines) if lines else ""
+
+
+def _floor_lines(rows, tasks, floor) -> list[str]:
+    """W1A1 without DA ≥ 3 points above the majority floor on every task (MRPC: F1 and accuracy)."""
+    out = []
     for name in ("tspq_w1a1", "tspq_w1a1_full_attention"):
         w1 = [t for t in tasks if _scores(rows, t, name)]
         if not w1:
@@ -116,50 +129,59 @@ def _targets(rows, tasks, teacher, floor, dev_examples: dict | None = None) -> s
             margin = 100 * (statistics.mean(acc) - floor_acc)
             if margin < 3:
                 low.append(f"mrpc accuracy {margin:+.1f}")
-        lines.append(f"{name} above the majority floor by ≥ 3 points on every task: "
-                     + ("yes" if not low else "no (" + ", ".join(low) + ")"))
-    lines += _floor_reach(rows, tasks, teacher, floor, dev_examples or {})
-    for tspq, direct, note in PAIRS:
-        both = [t for t in tasks if _scores(rows, t, tspq) and _scores(rows, t, direct)]
-        if not both:
-            continue
-        seeds = sorted({r["seed"] for r in rows.values() if r["config"] in (tspq, direct)})
-        per_seed = []
-        for s in seeds:
-            vals = [rows.get(f"{t}/{tspq}/seed{s}", {}).get("score") for t in both]
-            dirs = [rows.get(f"{t}/{direct}/seed{s}", {}).get("score") for t in both]
-            if None not in vals and None not in dirs:
-                per_seed.append(100 * (statistics.mean(vals) - statistics.mean(dirs)))
-        if per_seed:
-            spread = (f"± {(max(per_seed) - min(per_seed)) / 2:.2f} points over seeds {seeds}" if len(per_seed) > 1
-                      else f"points, one seed ({seeds[0]}): no spread yet, so nothing beyond noise is shown")
-            lines.append(f"{tspq} − {direct} on the {len(both)}-task average ({note}): "
-                         f"{statistics.mean(per_seed):+.2f} {spread}"
-                         + (" (target: ≥ +1.0 and larger than the spread)" if tspq.startswith("tspq_w1a1") else ""))
-        # The same difference with no pick on the dev set: each row's last evaluation of its last stage
-        last = []
-        for s in seeds:
-            pair = [(rows.get(f"{t}/{tspq}/seed{s}"), rows.get(f"{t}/{direct}/seed{s}")) for t in both]
-            curves = [(curve_of(a), curve_of(b)) for a, b in pair if a and b]
-            if len(curves) == len(both) and all(a and b for a, b in curves):
-                last.append(100 * statistics.mean(a[-1] - b[-1] for a, b in curves))
-        if last and len(last) == len(per_seed):
-            lines.append(f"{tspq} − {direct} as above, each row's last epoch instead of its best (no pick on the "
-                         f"dev set; the best-epoch pick favours the row whose last stage evaluates more often): "
-                         f"{statistics.mean(last):+.2f}"
-                         + (f" ± {(max(last) - min(last)) / 2:.2f}" if len(last) > 1 else " (one seed)"))
-        # While a seed is still running: the same difference on the tasks every seed has finished
-        paired = [t for t in both if all(f"{t}/{c}/seed{s}" in rows for s in seeds for c in (tspq, direct))]
-        if len(seeds) > 1 and paired and len(paired) < len(both):
-            diffs = {s: 100 * statistics.mean(rows[f"{t}/{tspq}/seed{s}"]["score"]
-                                              - rows[f"{t}/{direct}/seed{s}"]["score"] for t in paired)
-                     for s in seeds}
-            lines.append(f"{tspq} − {direct} on the tasks both seeds have finished ({', '.join(paired)}): "
-                         + ", ".join(f"seed {s} {d:+.2f}" for s, d in diffs.items())
-                         + f"; mean {statistics.mean(diffs.values()):+.2f} ± "
-                         f"{(max(diffs.values()) - min(diffs.values())) / 2:.2f} (partial: not the target's average)")
-    lines += _stage_lines(rows, tasks, teacher)
-    # Every W1A1 config per seed over all the tasks, and its difference to direct binarization
+        out.append(f"{name} above the majority floor by ≥ 3 points on every task: "
+                   + ("yes" if not low else "no (" + ", ".join(low) + ")"))
+    return out
+
+
+def _pair_lines(rows, tasks, tspq: str, direct: str, note: str) -> list[str]:
+    """TSPQ minus direct on the tasks both have: per seed on the best epochs, on the last epochs
+    (no pick on the dev set), and, while a seed is still running, on the tasks every seed finished."""
+    out = []
+    both = [t for t in tasks if _scores(rows, t, tspq) and _scores(rows, t, direct)]
+    if not both:
+        return out
+    seeds = sorted({r["seed"] for r in rows.values() if r["config"] in (tspq, direct)})
+    per_seed = []
+    for s in seeds:
+        vals = [rows.get(f"{t}/{tspq}/seed{s}", {}).get("score") for t in both]
+        dirs = [rows.get(f"{t}/{direct}/seed{s}", {}).get("score") for t in both]
+        if None not in vals and None not in dirs:
+            per_seed.append(100 * (statistics.mean(vals) - statistics.mean(dirs)))
+    if per_seed:
+        spread = (f"± {(max(per_seed) - min(per_seed)) / 2:.2f} points over seeds {seeds}" if len(per_seed) > 1
+                  else f"points, one seed ({seeds[0]}): no spread yet, so nothing beyond noise is shown")
+        out.append(f"{tspq} − {direct} on the {len(both)}-task average ({note}): "
+                   f"{statistics.mean(per_seed):+.2f} {spread}"
+                   + (" (target: ≥ +1.0 and larger than the spread)" if tspq.startswith("tspq_w1a1") else ""))
+    # The same difference with no pick on the dev set: each row's last evaluation of its last stage
+    last = []
+    for s in seeds:
+        pair = [(rows.get(f"{t}/{tspq}/seed{s}"), rows.get(f"{t}/{direct}/seed{s}")) for t in both]
+        curves = [(curve_of(a), curve_of(b)) for a, b in pair if a and b]
+        if len(curves) == len(both) and all(a and b for a, b in curves):
+            last.append(100 * statistics.mean(a[-1] - b[-1] for a, b in curves))
+    if last and len(last) == len(per_seed):
+        out.append(f"{tspq} − {direct} as above, each row's last epoch instead of its best (no pick on the "
+                   f"dev set; the best-epoch pick favours the row whose last stage evaluates more often): "
+                   f"{statistics.mean(last):+.2f}"
+                   + (f" ± {(max(last) - min(last)) / 2:.2f}" if len(last) > 1 else " (one seed)"))
+    # While a seed is still running: the same difference on the tasks every seed has finished
+    paired = [t for t in both if all(f"{t}/{c}/seed{s}" in rows for s in seeds for c in (tspq, direct))]
+    if len(seeds) > 1 and paired and len(paired) < len(both):
+        diffs = {s: 100 * statistics.mean(rows[f"{t}/{tspq}/seed{s}"]["score"]
+                                          - rows[f"{t}/{direct}/seed{s}"]["score"] for t in paired)
+                 for s in seeds}
+        out.append(f"{tspq} − {direct} on the tasks both seeds have finished ({', '.join(paired)}): "
+                   + ", ".join(f"seed {s} {d:+.2f}" for s, d in diffs.items())
+                   + f"; mean {statistics.mean(diffs.values()):+.2f} ± "
+                   f"{(max(diffs.values()) - min(diffs.values())) / 2:.2f} (partial: not the target's average)")
+    return out
+
+
+def _w1a1_per_seed(rows, tasks, teacher) -> list[str]:
+    """Every W1A1 config per seed over all the tasks, and its difference to direct binarization."""
+    out = []
     tavg = statistics.mean(teacher[t] for t in tasks)
     for name in [c for c in CONFIGS if c.startswith("tspq_w1a1")]:
         per_seed = []
@@ -173,8 +195,8 @@ def _targets(rows, tasks, teacher, floor, dev_examples: dict | None = None) -> s
                 cell += f" ({100 * (statistics.mean(got) - statistics.mean(direct)):+.2f} points against direct_w1a1)"
             per_seed.append(cell)
         if per_seed:
-            lines.append(f"{name} on all {len(tasks)} tasks, % of the teacher per seed: " + "; ".join(per_seed))
-    return "Targets, from the rows above:\n\n" + "".join(f"- {ln}\n" for ln in lines) if lines else ""
+            out.append(f"{name} on all {len(tasks)} tasks, % of the teacher per seed: " + "; ".join(per_seed))
+    return out
 
 
 def _teacher_accuracy(task: str) -> float | None:
