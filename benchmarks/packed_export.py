@@ -51,7 +51,7 @@ from kronbit.core.hardware import native_bf16  # noqa: E402
 from kronbit.formats.packed import export_packed, load_packed  # noqa: E402
 from kronbit.formats.size import module_bytes, size_report  # noqa: E402
 from kronbit.quant.api import BLOCK_LINEARS  # noqa: E402
-from kronbit.quant.packed import PackedLinear  # noqa: E402
+from kronbit.quant.packed import kernel_paths  # noqa: E402
 from kronbit.workflows.bench import time_shape  # noqa: E402
 
 ALL_TARGETS = r".*(\.(layer|h|layers)\.\d+\..*|pooler\.dense|position_embeddings|token_type_embeddings)"
@@ -150,15 +150,6 @@ def packed_export_dir(work: Path, w: int, a: int, true_w1a1: bool = False) -> Pa
     return out
 
 
-def _kernel_paths(model) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for m in model.modules():
-        if isinstance(m, PackedLinear):
-            key = "torch" if m.kernel is None else f"{m.kernel.kind}/{m.kernel.path_name}"
-            out[key] = out.get(key, 0) + 1
-    return out
-
-
 def latency_part(res: Results, rounds: int, redo: bool) -> None:
     """Every variant at every shape in one process, interleaved rounds (``workflows.bench``)."""
     for key in [k for k in res.data["rows"] if k.startswith("latency/")]:
@@ -169,7 +160,7 @@ def latency_part(res: Results, rounds: int, redo: bool) -> None:
     torch.set_num_threads(LAT_THREADS)
     work = WORK / "packed_export" / "bert-base"
     built = {name: (build(), autocast) for name, (build, autocast) in _variants(work).items()}
-    paths = {n: _kernel_paths(m) for n, (m, _) in built.items() if n.startswith("packed")}
+    paths = {n: kernel_paths(m) for n, (m, _) in built.items() if n.startswith("packed")}
     for batch, seq in LAT_SHAPES:
         key = f"latency/b{batch}xs{seq}"
         if res.done(key):

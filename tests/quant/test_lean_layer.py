@@ -16,7 +16,7 @@ from transformers.models.roberta import modeling_roberta
 from kronbit.formats import export_packed, load_packed
 from kronbit.quant import kernels
 from kronbit.quant.lean_layer import MARK, wire_lean_layers_
-from kronbit.quant.packed import PackedLinear, select_kernels_
+from kronbit.quant.packed import PackedLinear, kernel_paths, select_kernels_
 
 from test_binary_attention import KINDS, _batch, _binary, _logits
 
@@ -124,6 +124,18 @@ def test_off_the_kernels_no_layer_is_lean(packed):
     assert not any(layer.__dict__.get(MARK) or "forward" in layer.__dict__ for layer in _layers(model))
     select_kernels_(model)
     assert all(layer.__dict__.get(MARK) for layer in _layers(model))
+
+
+@pytest.mark.parametrize("packed", ["bert"], indirect=True)
+def test_kernel_paths_count_every_packed_layer_by_the_path_it_runs(packed):
+    _, model = packed
+    n = sum(isinstance(m, PackedLinear) for m in model.modules())
+    chosen = select_kernels_(model)
+    paths = kernel_paths(model)
+    assert sum(paths.values()) == n and paths.get("torch", 0) == n - len(chosen)
+    assert all(k == "torch" or k.split("/")[1] in set(chosen.values()) for k in paths)
+    select_kernels_(model, "off")
+    assert kernel_paths(model) == {"torch": n}
 
 
 @pytest.mark.parametrize("packed", ["bert"], indirect=True)

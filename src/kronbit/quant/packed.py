@@ -338,6 +338,17 @@ def select_kernels_(model: nn.Module, path: str | None = None) -> dict[str, str]
     return chosen
 
 
+def kernel_paths(model: nn.Module) -> dict[str, int]:
+    """How many PackedLinear layers run on each path ("binary/avx512", ..., "torch" off a kernel):
+    what a benchmark records beside its times, since the path decides them."""
+    out: dict[str, int] = {}
+    for m in model.modules():
+        if isinstance(m, PackedLinear):
+            key = "torch" if m.kernel is None else f"{m.kernel.kind}/{m.kernel.path_name}"
+            out[key] = out.get(key, 0) + 1
+    return out
+
+
 def after_load(model: nn.Module) -> int:
     """What a loaded packed model needs before its first forward (the quant method's ``after_load``):
     the FFN fusions (returns how many pairs) and, once any layer runs on a bit-level kernel, glibc

@@ -34,7 +34,7 @@ from ..core.hardware import native_bf16
 from ..core.io import write_json
 from ..formats.meta import build_base
 from ..formats.packed import load_packed, packed_dir
-from ..quant.packed import PackedLinear
+from ..quant.packed import kernel_paths
 
 BENCH_FILE = "bench.json"
 VARIANTS = ("packed", "fp32", "bf16_autocast", "int8_dynamic")
@@ -109,15 +109,6 @@ def time_shape(variants: dict[str, tuple[nn.Module, bool]], batch: int, seq: int
     return {name: round(1e3 * statistics.median(t), 3) for name, t in times.items()}
 
 
-def _kernel_paths(model: nn.Module) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for m in model.modules():
-        if isinstance(m, PackedLinear):
-            key = "torch" if m.kernel is None else f"{m.kernel.kind}/{m.kernel.path_name}"
-            out[key] = out.get(key, 0) + 1
-    return out
-
-
 def _check_shapes(shapes: list[tuple[int, int]], config) -> None:
     limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
     for b, s in shapes:
@@ -146,7 +137,7 @@ def bench_model(model_dir: str | Path, shapes: list[str] | tuple[str, ...] = DEF
         result: dict[str, Any] = {f"{b}x{s}": time_shape(variants, b, s, rounds, config.vocab_size) for b, s in grid}
     result["meta"] = {"unit": "ms per forward (median of interleaved rounds)", "threads": n, "rounds": rounds,
                       "variants": list(VARIANTS), "bf16_native": native_bf16(), "machine": platform.machine(),
-                      "torch": torch.__version__, "packed_linear_paths": _kernel_paths(variants["packed"][0]),
+                      "torch": torch.__version__, "packed_linear_paths": kernel_paths(variants["packed"][0]),
                       "comparison_weights": "the base architecture from config.json, random init"}
     if write:
         write_json(d / BENCH_FILE, result)
