@@ -103,7 +103,10 @@ def _targets(rows, tasks, teacher, floor, dev_examples: dict | None = None) -> s
         done = [t for t in tasks if _scores(rows, t, name)]
         if done:
             pct = 100 * sum(statistics.mean(_scores(rows, t, name)) for t in done) / sum(teacher[t] for t in done)
-            lines.append(f"{name} keeps {pct:.1f}% of the teacher's average (target ≥ {goal:g}%; {', '.join(done)})")
+            partial = (f"; partial: {len(done)} of {len(tasks)} tasks, not yet comparable with the target"
+                       if len(done) < len(tasks) else "")
+            lines.append(f"{name} keeps {pct:.1f}% of the teacher's average (target ≥ {goal:g}%; {', '.join(done)}"
+                         f"{partial})")
     lines += _floor_lines(rows, tasks, floor)
     lines += _floor_reach(rows, tasks, teacher, floor, dev_examples or {})
     for tspq, direct, note in PAIRS:

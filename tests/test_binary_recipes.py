@@ -10,6 +10,7 @@ from transformers import AutoTokenizer
 from helpers import REPO, single_thread, write_tiny_sst2
 from kronbit.cli import main
 from kronbit.core.errors import ConfigError
+from kronbit.core.transforms import recorded_transforms
 from kronbit.data.glue import get_task
 from kronbit.formats import load_model, load_packed
 from kronbit.quant.attention import active_binary_attention
@@ -88,3 +89,12 @@ def test_binary_recipe_runs_end_to_end_with_binary_attention(tmp_path, capsys, t
     with pytest.raises(ConfigError, match=r"stage 'w1a1': the student was quantized with other options than the "
                                           r"recipe's \(ffn_act_quantizer: 'elastic_unsigned' → None\)"):
         _student(recipe, i, stage_dir(out, i - 1, recipe.stages[i - 1].name) / "model", get_task("sst2"))
+    # Attention is set per stage, like the bits: the same W1A2 student under a full-attention recipe
+    # trains its W1A1 stage with full-precision attention matmuls (W1A1 both ways share W2 … W1A2).
+    full = load_recipe(REPO / "recipes" / "tspq" / "binary.yaml", ["quant.attention=full"])
+    student = _student(full, i, stage_dir(out, i - 1, full.stages[i - 1].name) / "model", get_task("sst2"))
+    assert active_binary_attention(student) == 0
+    assert next(t["config"]["attention"] for t in recorded_transforms(student) if t["kind"] == "quant") == "full"
+    binary = _student(load_recipe(REPO / "recipes" / "tspq" / "binary.yaml"), i,
+                      stage_dir(out, i - 1, full.stages[i - 1].name) / "model", get_task("sst2"))
+    assert active_binary_attention(binary) > 0

@@ -134,9 +134,13 @@ def _student(recipe: Recipe, index: int, init_dir: Path, task):
         # Same model, new bits: the progressive schedule lowers bits on the trained modules. It
         # keeps the options the student was quantized with, so they must be the recipe's.
         config = recipe.quant_config(stage)
-        if any(s.attention is not None for s in recipe.stages[:index + 1]):
-            # A schedule that switches attention (full-precision W1A1, then binary): this stage's
-            # attention, its own or the recipe's, set before the options are checked.
+        recorded = next(t["config"] for t in recorded_transforms(student) if t["kind"] == "quant")
+        if (any(s.attention is not None for s in recipe.stages[:index + 1])
+                or recorded.get("attention", "full") != config.attention):
+            # Attention, like the bits, is what this stage trains at (it acts only at a_bits 1), so
+            # this stage's, its own or the recipe's, is set before the other options are checked:
+            # a schedule that switches it (full-precision W1A1, then binary) needs that, and so
+            # does a student from a run that differed only there (W1A1 both ways sharing stages).
             set_attention_(student, config.attention)
         check_quant_options(student, config, f"stage '{stage.name}'")
         set_bits_(student, w_bits=stage.w_bits, a_bits=stage.a_bits)
