@@ -130,13 +130,12 @@ def _student(recipe: Recipe, index: int, init_dir: Path, task):
     """The stage's student: loaded from its init checkpoint, then quantized (or re-bitted)."""
     stage = recipe.stages[index]
     student = load_model(init_dir, task)  # a language model (a KnGPT2 student) gets a new head
-    if any(t["kind"] == "quant" for t in recorded_transforms(student)):
+    recorded = next((t["config"] for t in recorded_transforms(student) if t["kind"] == "quant"), None)
+    if recorded is not None:
         # Same model, new bits: the progressive schedule lowers bits on the trained modules. It
         # keeps the options the student was quantized with, so they must be the recipe's.
-        config = recipe.quant_config(stage)
-        recorded = next(t["config"] for t in recorded_transforms(student) if t["kind"] == "quant")
-        if (any(s.attention is not None for s in recipe.stages[:index + 1])
-                or recorded.get("attention", "full") != config.attention):
+        config = recipe.quant_config(stage)  # with the stage's own attention, if it sets one
+        if recorded.get("attention", "full") != config.attention:
             # Attention, like the bits, is what this stage trains at (it acts only at a_bits 1), so
             # this stage's, its own or the recipe's, is set before the other options are checked:
             # a schedule that switches it (full-precision W1A1, then binary) needs that, and so
