@@ -17,6 +17,7 @@ import subprocess
 import sys
 
 import pytest
+from helpers import write_tiny_sst2
 
 
 def _free_port() -> int:
@@ -25,17 +26,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_two_processes_match_one_with_the_same_global_batch(tmp_path, tiny_bert):
-    from helpers import write_tiny_sst2
-    from safetensors.torch import load_file
-
+def _no_dropout_setup(tiny_bert, tmp_path):
+    """Dropout off in the tiny model (its masks differ between one and two processes by design),
+    a tiny SST-2 folder, and one thread per process (the two processes share the cores)."""
     cfg_path = tiny_bert / "config.json"
     cfg = json.loads(cfg_path.read_text())
     cfg.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, classifier_dropout=0.0)
     cfg_path.write_text(json.dumps(cfg))
-    data = write_tiny_sst2(tmp_path / "glue", n_train=96, n_dev=32)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return write_tiny_sst2(tmp_path / "glue", n_train=96, n_dev=32), {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_with_the_same_global_batch(tmp_path, tiny_bert):
+    from safetensors.torch import load_file
+
+    data, env = _no_dropout_setup(tiny_bert, tmp_path)
     common = ["finetune", "--model", str(tiny_bert), "--task", "sst2", "--data-dir", str(data), "--max-steps", "3",
               "--learning-rate", "1e-3", "--max-seq-length", "32", "--set", "bf16=false",
               "--set", "keep_checkpoints=true"]
@@ -69,15 +74,9 @@ def test_two_process_distillation_recipe_matches_one_process(tmp_path, tiny_bert
     (min-max over the local batch) legitimately depend on how a global batch is split, so they
     are left out of this equality check."""
     import yaml
-    from helpers import write_tiny_sst2
     from safetensors.torch import load_file
 
-    cfg_path = tiny_bert / "config.json"
-    cfg = json.loads(cfg_path.read_text())
-    cfg.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, classifier_dropout=0.0)
-    cfg_path.write_text(json.dumps(cfg))
-    data = write_tiny_sst2(tmp_path / "glue", n_train=96, n_dev=32)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    data, env = _no_dropout_setup(tiny_bert, tmp_path)
 
     def recipe(batch):
         path = tmp_path / f"recipe-{batch}.yaml"
