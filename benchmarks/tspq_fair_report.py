@@ -14,7 +14,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import RESULTS, Results, data_root, md_table  # noqa: E402
-from tspq_fair_configs import (BUDGETS, CONFIG_NOTES, CONFIGS, DA_COPIES, FINAL, PAIRS, PAPERS,  # noqa: E402
+from tspq_fair_configs import (BUDGETS, CONFIG_NOTES, CONFIGS, DA_COPIES, DA_PAIRS, FINAL, PAIRS, PAPERS,  # noqa: E402
                                TARGETS, is_current, is_da)
 from tspq_glue import majority_scores  # noqa: E402
 
@@ -111,6 +111,8 @@ def _targets(rows, tasks, teacher, floor, dev_examples: dict | None = None) -> s
     lines += _floor_reach(rows, tasks, teacher, floor, dev_examples)
     for tspq, direct, note in PAIRS:
         lines += _pair_lines(rows, tasks, tspq, direct, note)
+    for da, plain in DA_PAIRS:
+        lines += _da_lines(rows, tasks, da, plain)
     lines += _stage_lines(rows, tasks, teacher)
     lines += _w1a1_per_seed(rows, tasks, teacher)
     return "Targets, from the rows above:\n\n" + "".join(f"- {ln}\n" for ln in lines) if lines else ""
@@ -188,6 +190,26 @@ def _pair_lines(rows, tasks, tspq: str, direct: str, note: str) -> list[str]:
                    + f"; mean {statistics.mean(diffs.values()):+.2f} ± "
                    f"{(max(diffs.values()) - min(diffs.values())) / 2:.2f} (partial: not the target's average)")
     return out
+
+
+def _da_lines(rows, tasks, da: str, plain: str) -> list[str]:
+    """What DA buys: the DA row minus the same config without DA, per task, seed against seed (the
+    DA rows run one seed), and its cost as training examples and wall minutes against the plain
+    row's on the same tasks."""
+    pairs = [(t, s, rows[f"{t}/{da}/seed{s}"], rows[f"{t}/{plain}/seed{s}"])
+             for t in tasks for s in sorted({r["seed"] for r in rows.values() if r["config"] == da})
+             if f"{t}/{da}/seed{s}" in rows and f"{t}/{plain}/seed{s}" in rows]
+    if not pairs:
+        return []
+    diffs = [100 * (a["score"] - b["score"]) for _, _, a, b in pairs]
+    per_task = ", ".join(f"{t} {d:+.1f}" for (t, _, _, _), d in zip(pairs, diffs))
+    seeds = sorted({s for _, s, _, _ in pairs})
+    cost = []
+    for key, unit in (("train_examples", "training examples"), ("wall_time_s", "wall minutes")):
+        if all(a.get(key) and b.get(key) for _, _, a, b in pairs):
+            cost.append(f"{sum(a[key] for *_, a, _ in pairs) / sum(b[key] for *_, b in pairs):.1f}x the {unit}")
+    return [f"{da} − {plain}, seed against seed ({', '.join(map(str, seeds))}): {per_task}; mean {statistics.mean(diffs):+.2f} "
+            f"points over {len(pairs)} task(s)" + (f", for {' and '.join(cost)}" if cost else "")]
 
 
 def _w1a1_per_seed(rows, tasks, teacher) -> list[str]:
