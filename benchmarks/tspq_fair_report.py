@@ -196,20 +196,21 @@ def _da_lines(rows, tasks, da: str, plain: str) -> list[str]:
     """What DA buys: the DA row minus the same config without DA, per task, seed against seed (the
     DA rows run one seed), and its cost as training examples and wall minutes against the plain
     row's on the same tasks."""
-    pairs = [(t, s, rows[f"{t}/{da}/seed{s}"], rows[f"{t}/{plain}/seed{s}"])
-             for t in tasks for s in sorted({r["seed"] for r in rows.values() if r["config"] == da})
+    seeds = sorted({r["seed"] for r in rows.values() if r["config"] == da})
+    pairs = [(t, s, rows[f"{t}/{da}/seed{s}"], rows[f"{t}/{plain}/seed{s}"]) for t in tasks for s in seeds
              if f"{t}/{da}/seed{s}" in rows and f"{t}/{plain}/seed{s}" in rows]
     if not pairs:
         return []
     diffs = [100 * (a["score"] - b["score"]) for _, _, a, b in pairs]
     per_task = ", ".join(f"{t} {d:+.1f}" for (t, _, _, _), d in zip(pairs, diffs))
-    seeds = sorted({s for _, s, _, _ in pairs})
     cost = []
     for key, unit in (("train_examples", "training examples"), ("wall_time_s", "wall minutes")):
         if all(a.get(key) and b.get(key) for _, _, a, b in pairs):
-            cost.append(f"{sum(a[key] for *_, a, _ in pairs) / sum(b[key] for *_, b in pairs):.1f}x the {unit}")
-    return [f"{da} − {plain}, seed against seed ({', '.join(map(str, seeds))}): {per_task}; mean {statistics.mean(diffs):+.2f} "
-            f"points over {len(pairs)} task(s)" + (f", for {' and '.join(cost)}" if cost else "")]
+            ratio = sum(a[key] for _, _, a, _ in pairs) / sum(b[key] for _, _, _, b in pairs)
+            cost.append(f"{ratio:.1f}x the {unit}")
+    used = sorted({s for _, s, _, _ in pairs})
+    return [f"{da} − {plain}, seed against seed ({', '.join(map(str, used))}): {per_task}; mean "
+            f"{statistics.mean(diffs):+.2f} points over {len(pairs)} task(s)" + (f", for {' and '.join(cost)}" if cost else "")]
 
 
 def _w1a1_per_seed(rows, tasks, teacher) -> list[str]:

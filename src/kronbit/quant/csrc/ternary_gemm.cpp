@@ -105,35 +105,6 @@ int32_t quantize_row_avx2(const float* x, int64_t K, int64_t KP, float s, float 
 constexpr int kTokensTern = KB_TOKENS_TERN, kVecsTern = 2;  // tokens x 2 blocks of 8 rows per tile
 constexpr int64_t kFlushChunks = 8;             // 8 chunks = 32 quads: int16 sums stay below 32 x 768
 
-// Token t's int32 sums for nv 8-row blocks from block b: the vector epilogue where a block has 8
-// real outputs and no per-row offset, the scalar one otherwise (the last, partial block).
-KB_TARGET("avx2")
-static inline void finish_blocks_avx2(const Epi& e, int64_t t, int64_t b, int nv, int64_t O, const __m256i* acc) {
-  alignas(32) int32_t cnt[8];
-  for (int v = 0; v < nv; ++v) {
-    if (!e.d && (b + v) * 8 + 8 <= O) {
-      finish8_avx2(e, t, (b + v) * 8, acc[v]);
-      continue;
-    }
-    _mm256_store_si256(reinterpret_cast<__m256i*>(cnt), acc[v]);
-    finish(e, t, (b + v) * 8, std::min<int64_t>(8, O - (b + v) * 8), cnt);
-  }
-}
-
-// The loop over a thread's blocks and tokens, shared by the SIMD paths: full tiles of NT tokens x
-// NB blocks, then the leftover tokens one at a time (Tile<1>). Each tile clamps its block count.
-using TileFn = void (*)(const int8_t*, int64_t, int64_t, const uint8_t*, int64_t, int, const Epi&, int64_t);
-template <int NT, int NB, TileFn Full, TileFn One>
-static void tiled_dots(const int8_t* act, int64_t t0, int64_t t1, int64_t KP, const uint8_t* w, int64_t b0,
-                       int64_t b1, const Epi& e, int64_t O) {
-  for (int64_t b = b0; b < b1; b += NB) {
-    const int nb = static_cast<int>(std::min<int64_t>(NB, b1 - b));
-    int64_t t = t0;
-    for (; t + NT <= t1; t += NT) Full(act, t, KP, w, b, nb, e, O);
-    for (; t < t1; ++t) One(act, t, KP, w, b, nb, e, O);
-  }
-}
-
 template <int NT>
 KB_TARGET("avx2")
 static void ternary_tile_avx2(const int8_t* act, int64_t t, int64_t KP, const uint8_t* w, int64_t b, int nv,
@@ -167,13 +138,27 @@ static void ternary_tile_avx2(const int8_t* act, int64_t t, int64_t KP, const ui
     for (int i = 0; i < NT; ++i)
       for (int v = 0; v < kVecsTern; ++v) acc32[i][v] = _mm256_add_epi32(acc32[i][v], _mm256_madd_epi16(a16[i][v], ones));
   }
-  for (int i = 0; i < NT; ++i) finish_blocks_avx2(e, t + i, b, nv, O, acc32[i]);
+  alignas(32) int32_t cnt[8];
+  for (int i = 0; i < NT; ++i)
+    for (int v = 0; v < nv; ++v) {
+      if (!e.d && (b + v) * 8 + 8 <= O) {
+        finish8_avx2(e, t + i, (b + v) * 8, acc32[i][v]);
+        continue;
+      }
+      _mm256_store_si256(reinterpret_cast<__m256i*>(cnt), acc32[i][v]);
+      finish(e, t + i, (b + v) * 8, std::min<int64_t>(8, O - (b + v) * 8), cnt);
+    }
 }
 
+KB_TARGET("avx2")
 void ternary_dots_avx2(const int8_t* act, int64_t t0, int64_t t1, int64_t KP, const uint8_t* w,
                        int64_t b0, int64_t b1, const Epi& e, int64_t O) {
-  tiled_dots<kTokensTern, kVecsTern, ternary_tile_avx2<kTokensTern>, ternary_tile_avx2<1>>(act, t0, t1, KP, w, b0, b1,
-                                                                                          e, O);
+  for (int64_t b = b0; b < b1; b += kVecsTern) {
+    const int nv = static_cast<int>(std::min<int64_t>(kVecsTern, b1 - b));
+    int64_t t = t0;
+    for (; t + kTokensTern <= t1; t += kTokensTern) ternary_tile_avx2<kTokensTern>(act, t, KP, w, b, nv, e, O);
+    for (; t < t1; ++t) ternary_tile_avx2<1>(act, t, KP, w, b, nv, e, O);
+  }
 }
 
 // ---- VNNI -------------------------------------------------------------------------------------
@@ -203,13 +188,27 @@ static void ternary_tile_avxvnni(const int8_t* act, int64_t t, int64_t KP, const
       }
     }
   }
-  for (int i = 0; i < NT; ++i) finish_blocks_avx2(e, t + i, b, nv, O, acc[i]);
+  alignas(32) int32_t cnt[8];
+  for (int i = 0; i < NT; ++i)
+    for (int v = 0; v < nv; ++v) {
+      if (!e.d && (b + v) * 8 + 8 <= O) {
+        finish8_avx2(e, t + i, (b + v) * 8, acc[i][v]);
+        continue;
+      }
+      _mm256_store_si256(reinterpret_cast<__m256i*>(cnt), acc[i][v]);
+      finish(e, t + i, (b + v) * 8, std::min<int64_t>(8, O - (b + v) * 8), cnt);
+    }
 }
 
+KB_TARGET("avx2,avxvnni")
 void ternary_dots_avxvnni(const int8_t* act, int64_t t0, int64_t t1, int64_t KP, const uint8_t* w,
                           int64_t b0, int64_t b1, const Epi& e, int64_t O) {
-  tiled_dots<kTokensTern, kVecsTern, ternary_tile_avxvnni<kTokensTern>, ternary_tile_avxvnni<1>>(act, t0, t1, KP, w,
-                                                                                                b0, b1, e, O);
+  for (int64_t b = b0; b < b1; b += kVecsTern) {
+    const int nv = static_cast<int>(std::min<int64_t>(kVecsTern, b1 - b));
+    int64_t t = t0;
+    for (; t + kTokensTern <= t1; t += kTokensTern) ternary_tile_avxvnni<kTokensTern>(act, t, KP, w, b, nv, e, O);
+    for (; t < t1; ++t) ternary_tile_avxvnni<1>(act, t, KP, w, b, nv, e, O);
+  }
 }
 
 #define KB_AVX512_VNNI "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni"
@@ -260,9 +259,15 @@ static void ternary_tile_avx512(const int8_t* act, int64_t t, int64_t KP, const 
     }
 }
 
+KB_TARGET(KB_AVX512_VNNI)
 void ternary_dots_avx512(const int8_t* act, int64_t t0, int64_t t1, int64_t KP, const uint8_t* w,
                          int64_t b0, int64_t b1, const Epi& e, int64_t O) {
-  tiled_dots<6, 4, ternary_tile_avx512<6>, ternary_tile_avx512<1>>(act, t0, t1, KP, w, b0, b1, e, O);
+  for (int64_t b = b0; b < b1; b += 4) {
+    const int nb = static_cast<int>(std::min<int64_t>(4, b1 - b));
+    int64_t t = t0;
+    for (; t + 6 <= t1; t += 6) ternary_tile_avx512<6>(act, t, KP, w, b, nb, e, O);
+    for (; t < t1; ++t) ternary_tile_avx512<1>(act, t, KP, w, b, nb, e, O);
+  }
 }
 
 #else
