@@ -15,8 +15,8 @@ RECIPES = sorted((REPO / "recipes").rglob("*.yaml"))
 
 def test_there_are_recipes():
     names = {p.relative_to(REPO / "recipes").as_posix() for p in RECIPES}
-    assert {"tspq/binary.yaml", "tspq/binary-da.yaml", "tspq/ternary.yaml", "tspq/direct-binary.yaml",
-            "tspq/direct-ternary.yaml"} <= names
+    assert {"tspq/binary.yaml", "tspq/binary-da.yaml", "tspq/ternary.yaml", "tspq/ternary-da.yaml",
+            "tspq/direct-binary.yaml", "tspq/direct-ternary.yaml"} <= names
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.relative_to(REPO / "recipes").as_posix())

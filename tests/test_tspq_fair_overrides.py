@@ -34,7 +34,7 @@ def test_every_fair_row_loads_against_the_shipped_recipe(task, name):
         assert r.augment.n_copies == 4 and any(s.augment for s in r.stages)
 
 
-@pytest.mark.parametrize("name", [c for c in configs.CONFIGS if c.startswith("tspq_w2a8_")])
+@pytest.mark.parametrize("name", [c for c in configs.CONFIGS if c.startswith("tspq_w2a8_") and not configs.is_da(c)])
 def test_each_ternary_lever_changes_one_setting_of_one_stage(name):
     """Each lever against the config its note says it is measured against ("as tspq_w2a8_w2_2ep,
     ..."), so the note under the table and the overrides cannot drift apart."""
@@ -52,6 +52,22 @@ def test_each_ternary_lever_changes_one_setting_of_one_stage(name):
     assert [s["name"] for s in lever] == [s["name"] for s in base]
     changed = [(b["name"], k) for b, v in zip(base, lever) for k in b if b[k] != v[k]]
     assert len(changed) == 1, changed
+
+
+@pytest.mark.parametrize("plain, da", [("binary.yaml", "binary-da.yaml"), ("ternary.yaml", "ternary-da.yaml")])
+def test_a_da_recipe_is_its_plain_recipe_with_augmented_stages(plain, da):
+    """A DA row measures what the augmented data buys: its recipe may differ from the plain one only
+    in which stages augment and how many epochs those run (an augmented epoch is ~5x longer)."""
+    from dataclasses import asdict
+
+    a, b = load_recipe(RECIPES / plain), load_recipe(RECIPES / da)
+    for section in ("train", "kd", "quant"):
+        assert asdict(getattr(a, section)) == asdict(getattr(b, section)), section
+    assert [s.name for s in a.stages] == [s.name for s in b.stages]
+    for sa, sb in zip(a.stages, b.stages):
+        diff = {k for k, v in asdict(sa).items() if asdict(sb)[k] != v}
+        assert diff <= ({"augment", "epochs"} if sb.augment else set()), (sb.name, diff)
+    assert any(s.augment for s in b.stages)
 
 
 @pytest.mark.parametrize("copies", [0, 1, 4, 8])
