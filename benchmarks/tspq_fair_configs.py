@@ -160,7 +160,7 @@ PAIRS = [("tspq_w1a1", "direct_w1a1", "10 against 8 epochs"),
          ("tspq_w2a8_w2_2ep", "direct_w2a8_4ep", "4 epochs each")]
 # Each DA config beside the same config without DA: what the augmented data buys, and at what cost
 DA_PAIRS = [("tspq_w1a1_da", "tspq_w1a1"), ("tspq_w1a1_da_full_attention", "tspq_w1a1_full_attention"),
-            ("tspq_w2a8_da", "tspq_w2a8")]
+            ("tspq_w1a1_da_full_attention_a1_orig", "tspq_w1a1_full_attention"), ("tspq_w2a8_da", "tspq_w2a8")]
 # % of the teacher average; W1A1 is reported both ways (binary and full-precision attention matmuls)
 TARGETS = {"tspq_w1a1": 82.0, "tspq_w1a1_full_attention": 82.0, "tspq_w1a1_da": 87.0,
            "tspq_w1a1_da_full_attention": 87.0, "tspq_w2a8": 97.0,

@@ -194,8 +194,8 @@ def _pair_lines(rows, tasks, tspq: str, direct: str, note: str) -> list[str]:
 
 def _da_lines(rows, tasks, da: str, plain: str) -> list[str]:
     """What DA buys: the DA row minus the same config without DA, per task, seed against seed (the
-    DA rows run one seed), and its cost as training examples and wall minutes against the plain
-    row's on the same tasks."""
+    DA rows run one seed), and its cost as optimizer steps over all stages and wall minutes against
+    the plain row's on the same tasks."""
     seeds = sorted({r["seed"] for r in rows.values() if r["config"] == da})
     pairs = [(t, s, rows[f"{t}/{da}/seed{s}"], rows[f"{t}/{plain}/seed{s}"]) for t in tasks for s in seeds
              if f"{t}/{da}/seed{s}" in rows and f"{t}/{plain}/seed{s}" in rows]
@@ -203,10 +203,14 @@ def _da_lines(rows, tasks, da: str, plain: str) -> list[str]:
         return []
     diffs = [100 * (a["score"] - b["score"]) for _, _, a, b in pairs]
     per_task = ", ".join(f"{t} {d:+.1f}" for (t, _, _, _), d in zip(pairs, diffs))
+    def steps(row: dict) -> int | None:  # every stage's: a row may augment only some stages
+        st = row.get("stages") or []
+        return sum(s["steps"] for s in st) if st and all(s.get("steps") for s in st) else None
+
     cost = []
-    for key, unit in (("train_examples", "training examples"), ("wall_time_s", "wall minutes")):
-        if all(a.get(key) and b.get(key) for _, _, a, b in pairs):
-            ratio = sum(a[key] for _, _, a, _ in pairs) / sum(b[key] for _, _, _, b in pairs)
+    for measure, unit in ((steps, "training steps (all stages)"), (lambda r: r.get("wall_time_s"), "wall minutes")):
+        if all(measure(a) and measure(b) for _, _, a, b in pairs):
+            ratio = sum(measure(a) for _, _, a, _ in pairs) / sum(measure(b) for _, _, _, b in pairs)
             cost.append(f"{ratio:.1f}x the {unit}")
     used = sorted({s for _, s, _, _ in pairs})
     return [f"{da} − {plain}, seed against seed ({', '.join(map(str, used))}): {per_task}; mean "

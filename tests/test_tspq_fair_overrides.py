@@ -282,24 +282,28 @@ def test_a_progressive_row_is_followed_stage_by_stage():
 
 def test_what_da_buys_is_read_seed_against_seed_with_its_cost():
     """Each DA row against the same config without DA and the same seed, per task; a task only the
-    plain row has is left out, and the cost sums both rows' examples and minutes over those tasks."""
-    def row(config, task, seed, score, examples, seconds):
-        return {"task": task, "config": config, "seed": seed, "score": score, "train_examples": examples,
-                "wall_time_s": seconds}
+    plain row has is left out, and the cost sums both rows' steps (every stage's: a row may augment
+    only some of them) and minutes over those tasks."""
+    def row(config, task, seed, score, steps, seconds):
+        return {"task": task, "config": config, "seed": seed, "score": score, "wall_time_s": seconds,
+                "stages": [{"steps": 100}, {"steps": steps - 100}]}
 
     rows = {f"{t}/{c}/seed{s}": row(c, t, s, *v) for (t, c, s), v in {
-        ("rte", "tspq_w1a1_full_attention", 42): (0.57, 2490, 600),
-        ("rte", "tspq_w1a1_full_attention", 43): (0.56, 2490, 600),
-        ("stsb", "tspq_w1a1_full_attention", 42): (0.55, 5749, 600),
-        ("mrpc", "tspq_w1a1_full_attention", 42): (0.80, 3668, 600),
-        ("rte", "tspq_w1a1_da_full_attention", 42): (0.52, 12450, 3000),
-        ("stsb", "tspq_w1a1_da_full_attention", 42): (0.72, 28745, 4800)}.items()}
+        ("rte", "tspq_w1a1_full_attention", 42): (0.57, 400, 600),
+        ("rte", "tspq_w1a1_full_attention", 43): (0.56, 400, 600),
+        ("stsb", "tspq_w1a1_full_attention", 42): (0.55, 600, 600),
+        ("mrpc", "tspq_w1a1_full_attention", 42): (0.80, 500, 600),
+        ("rte", "tspq_w1a1_da_full_attention", 42): (0.52, 2000, 3000),
+        ("stsb", "tspq_w1a1_da_full_attention", 42): (0.72, 3000, 4800)}.items()}
     assert report._da_lines(rows, ["rte", "mrpc", "stsb"], "tspq_w1a1_da", "tspq_w1a1") == []
     lines = report._da_lines(rows, ["rte", "mrpc", "stsb"], "tspq_w1a1_da_full_attention", "tspq_w1a1_full_attention")
-    # (12450 + 28745) / (2490 + 5749) = 5.0x; (3000 + 4800) / 1200 = 6.5x
+    # (2000 + 3000) / (400 + 600) = 5.0x; (3000 + 4800) / 1200 = 6.5x
     assert lines == ["tspq_w1a1_da_full_attention − tspq_w1a1_full_attention, seed against seed (42): rte -5.0, "
-                     "stsb +17.0; mean +6.00 points over 2 task(s), for 5.0x the training examples and 6.5x the "
-                     "wall minutes"]
+                     "stsb +17.0; mean +6.00 points over 2 task(s), for 5.0x the training steps (all stages) and "
+                     "6.5x the wall minutes"]
+    rows["rte/tspq_w1a1_full_attention/seed42"]["stages"] = []  # a row without its stages: no step ratio
+    assert report._da_lines(rows, ["rte", "stsb"], "tspq_w1a1_da_full_attention",
+                            "tspq_w1a1_full_attention")[0].endswith("for 6.5x the wall minutes")
 
 
 def test_w1a1_both_ways_share_the_stages_before_binary_attention(tmp_path, monkeypatch):
