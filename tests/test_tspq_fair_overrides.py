@@ -35,7 +35,7 @@ def test_every_fair_row_loads_against_the_shipped_recipe(task, name):
 
 
 @pytest.mark.parametrize("name", [c for c in configs.CONFIGS if c.startswith("tspq_w2a8_") and not configs.is_da(c)]
-                         + ["tspq_w1a1_da_full_attention_a1_orig"])
+                         + ["tspq_w1a1_da_full_attention_a1_aug"])
 def test_each_stage_lever_changes_one_setting_of_one_stage(name):
     """Each lever against the config its note says it is measured against ("as tspq_w2a8_w2_2ep,
     ..."), so the note under the table and the overrides cannot drift apart."""
