@@ -102,6 +102,8 @@ def reuse_stages(res: Results, recipe, task: str, seed: int, out: Path) -> dict 
         if fingerprint(other) != row.get("recipe_fingerprint"):  # trained with an earlier recipe
             continue
         src = run_dir_of(row)
+        if src.resolve() == out.resolve():
+            continue
         k = 0
         while (k < min(n - 1, len(other.stages)) and fingerprint(recipe, k + 1) == fingerprint(other, k + 1)
                and _stage_is_the_rows(row, k, stage_dir(src, k, other.stages[k].name))):
@@ -111,6 +113,8 @@ def reuse_stages(res: Results, recipe, task: str, seed: int, out: Path) -> dict 
     if best is None:
         return None
     key, k, src = best
+    if out.is_dir():  # a stale run of this row: replaced, as a fresh run would
+        shutil.rmtree(out)
     for i in range(k):
         name = recipe.stages[i].name
         shutil.copytree(stage_dir(src, i, name), stage_dir(out, i, name),
@@ -145,9 +149,13 @@ def run_row(res: Results, task: str, name: str, seed: int, da_copies: int, max_s
     out = WORK / ("tspq_fair" if max_steps is None else "tspq_fair_smoke") / task / name / f"seed{seed}"
     fresh = redo or stale
     reused = None
-    if not fresh and not out.is_dir() and max_steps is None:
+    # A stale row's directory would be overwritten anyway: when a recipe changed only its late
+    # stages, the leading ones another current row trained with the same settings are copied in
+    # its place instead of trained again (a recipe that adopted a last-stage lever).
+    if not redo and (stale or not out.is_dir()) and max_steps is None:
         reused = reuse_stages(res, recipe, task, seed, out)
         if reused:
+            fresh = False
             print(f"[reuse] {key}: its first {reused['stages']} stage(s) as trained by {reused['from']}")
     table = run_recipe(recipe, model=str(require_teacher(task)), task=task, data_dir=str(data_root() / "glue"),
                        output_dir=str(out), max_steps=max_steps, resume=out.is_dir() and not fresh,

@@ -343,3 +343,51 @@ def test_w1a1_both_ways_share_the_stages_before_binary_attention(tmp_path, monke
     ternary = load_recipe(RECIPES / "ternary.yaml")
     assert configs.fingerprint(ternary) != configs.fingerprint(load_recipe(RECIPES / "ternary.yaml",
                                                                                ["quant.attention=binary"]))
+
+
+def test_a_stale_row_retrains_only_the_stages_its_recipe_changed(tmp_path, monkeypatch):
+    """binary-da.yaml changed its W1A1 stage only: the stale tspq_w1a1_da row's run is replaced by
+    the W2, W1 and W1A2 stages a current row trained with the same settings, and resumes after
+    them, instead of training all four again."""
+    import json
+
+    import common
+
+    monkeypatch.setattr(common, "RESULTS", tmp_path)
+    monkeypatch.setattr(tspq_fair, "WORK", tmp_path / "work")
+    monkeypatch.setattr(tspq_fair, "REPO", tmp_path)  # run directories are recorded relative to it
+    (tmp_path / "recipes").symlink_to(RECIPES.parent)
+    monkeypatch.setattr(tspq_fair, "render", lambda res: "")
+    monkeypatch.setattr(tspq_fair, "require_teacher", lambda task: tmp_path / "teacher")
+    res = common.Results("fair_test", "test")
+    overrides = configs.overrides_for("rte", "tspq_w1a1_da_full_attention", 42, 4)
+    full = load_recipe(RECIPES / "binary-da.yaml", overrides)
+    row = {"task": "rte", "config": "tspq_w1a1_da_full_attention", "seed": 42, "recipe": "recipes/tspq/binary-da.yaml",
+           "overrides": overrides, "recipe_fingerprint": configs.fingerprint(full), "primary_metric": "accuracy",
+           "run_dir": str(tmp_path / "full"), "stages": [], "date": "2026-12-08"}
+    for i, st in enumerate(full.stages):
+        d = tspq_fair.stage_dir(tmp_path / "full", i, st.name)
+        d.mkdir(parents=True)
+        (d / "result.json").write_text(json.dumps({"accuracy": 0.5 + i / 100}))
+        row["stages"].append({"stage": st.name, "accuracy": 0.5 + i / 100})
+    res.data["rows"]["rte/tspq_w1a1_da_full_attention/seed42"] = row
+    out = tmp_path / "work" / "tspq_fair" / "rte" / "tspq_w1a1_da" / "seed42"
+    (out / "stages" / "04-w1a1").mkdir(parents=True)  # the stale run's last stage: not kept
+    res.data["rows"]["rte/tspq_w1a1_da/seed42"] = {
+        "task": "rte", "config": "tspq_w1a1_da", "seed": 42, "recipe_fingerprint": "an-old-one", "date": "2026-12-07",
+        "score": 0.52, "stages": []}
+    calls = []
+
+    def run_recipe(recipe, **kw):
+        calls.append(kw)
+        return {"primary_metric": "accuracy", "teacher": {"accuracy": 0.6},
+                "stages": [{"stage": "w1a1", "accuracy": 0.55, "size_mb": 6.0, "train_examples": 2490,
+                            "wall_time_s": 60.0}]}
+
+    monkeypatch.setattr(tspq_fair, "run_recipe", run_recipe)
+    tspq_fair.run_row(res, "rte", "tspq_w1a1_da", 42, 4, None, redo=False)
+    assert calls and calls[0]["resume"] is True and calls[0]["overwrite"] is False
+    assert sorted(p.name for p in (out / "stages").iterdir()) == ["01-w2", "02-w1", "03-w1a2"]
+    new = res.data["rows"]["rte/tspq_w1a1_da/seed42"]
+    assert new["stages_reused_from"] == {"from": "rte/tspq_w1a1_da_full_attention/seed42", "stages": 3}
+    assert new["score"] == 0.55 and res.data["superseded"]["rte/tspq_w1a1_da/seed42@2026-12-07"]["score"] == 0.52
