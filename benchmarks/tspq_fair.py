@@ -87,11 +87,20 @@ def _stage_is_the_rows(row: dict, k: int, path: Path) -> bool:
     return k < len(recorded) and abs(got.get(m, float("nan")) - recorded[k][m]) < 1e-9
 
 
-def reuse_stages(res: Results, recipe, task: str, seed: int, out: Path) -> dict | None:
+def finished_stages(recipe, out: Path) -> int:
+    """How many of the recipe's leading stages a run directory has finished."""
+    k = 0
+    while k < len(recipe.stages) and (stage_dir(out, k, recipe.stages[k].name) / "result.json").is_file():
+        k += 1
+    return k
+
+
+def reuse_stages(res: Results, recipe, task: str, seed: int, out: Path, more_than: int = 0) -> dict | None:
     """Before a new run: copy the finished leading stages of another row's run (same task and
     seed) that trained them with exactly this recipe's settings (``fingerprint`` cut after those
     stages: same data, seed, quant, KD and train sections), so lever rows that differ only in a
-    late stage do not retrain the early ones. The run then resumes after them. Returns
+    late stage do not retrain the early ones. The run then resumes after them. Only when more
+    than ``more_than`` stages can be copied (what ``out`` has finished itself). Returns
     {"from": row key, "stages": n} or None."""
     n = len(recipe.stages)
     best = None
@@ -110,10 +119,10 @@ def reuse_stages(res: Results, recipe, task: str, seed: int, out: Path) -> dict 
             k += 1
         if k and (best is None or k > best[1]):
             best = (key, k, src)
-    if best is None:
+    if best is None or best[1] <= more_than:
         return None
     key, k, src = best
-    if out.is_dir():  # a stale run of this row: replaced, as a fresh run would
+    if out.is_dir():  # a stale or interrupted run of this row, behind the copied stages: replaced
         shutil.rmtree(out)
     for i in range(k):
         name = recipe.stages[i].name
@@ -151,9 +160,11 @@ def run_row(res: Results, task: str, name: str, seed: int, da_copies: int, max_s
     reused = None
     # A stale row's directory would be overwritten anyway: when a recipe changed only its late
     # stages, the leading ones another current row trained with the same settings are copied in
-    # its place instead of trained again (a recipe that adopted a last-stage lever).
-    if not redo and (stale or not out.is_dir()) and max_steps is None:
-        reused = reuse_stages(res, recipe, task, seed, out)
+    # its place instead of trained again (a recipe that adopted a last-stage lever). So is an
+    # interrupted run's directory when another row has finished more of the same stages.
+    if not redo and max_steps is None:
+        have = 0 if stale or not out.is_dir() else finished_stages(recipe, out)
+        reused = reuse_stages(res, recipe, task, seed, out, more_than=have)
         if reused:
             fresh = False
             print(f"[reuse] {key}: its first {reused['stages']} stage(s) as trained by {reused['from']}")

@@ -345,10 +345,12 @@ def test_w1a1_both_ways_share_the_stages_before_binary_attention(tmp_path, monke
                                                                                ["quant.attention=binary"]))
 
 
-def test_a_stale_row_retrains_only_the_stages_its_recipe_changed(tmp_path, monkeypatch):
+@pytest.mark.parametrize("before", ["stale", "interrupted"])
+def test_a_stale_row_retrains_only_the_stages_its_recipe_changed(tmp_path, monkeypatch, before):
     """binary-da.yaml changed its W1A1 stage only: the stale tspq_w1a1_da row's run is replaced by
     the W2, W1 and W1A2 stages a current row trained with the same settings, and resumes after
-    them, instead of training all four again."""
+    them, instead of training all four again. So is an interrupted run that finished fewer of those
+    stages than the other row (here W2 only, W1 half-way)."""
     import json
 
     import common
@@ -372,10 +374,15 @@ def test_a_stale_row_retrains_only_the_stages_its_recipe_changed(tmp_path, monke
         row["stages"].append({"stage": st.name, "accuracy": 0.5 + i / 100})
     res.data["rows"]["rte/tspq_w1a1_da_full_attention/seed42"] = row
     out = tmp_path / "work" / "tspq_fair" / "rte" / "tspq_w1a1_da" / "seed42"
-    (out / "stages" / "04-w1a1").mkdir(parents=True)  # the stale run's last stage: not kept
-    res.data["rows"]["rte/tspq_w1a1_da/seed42"] = {
-        "task": "rte", "config": "tspq_w1a1_da", "seed": 42, "recipe_fingerprint": "an-old-one", "date": "2026-12-07",
-        "score": 0.52, "stages": []}
+    if before == "stale":
+        (out / "stages" / "04-w1a1").mkdir(parents=True)  # the stale run's last stage: not kept
+        res.data["rows"]["rte/tspq_w1a1_da/seed42"] = {
+            "task": "rte", "config": "tspq_w1a1_da", "seed": 42, "recipe_fingerprint": "an-old-one",
+            "date": "2026-12-07", "score": 0.52, "stages": []}
+    else:
+        (out / "stages" / "01-w2").mkdir(parents=True)
+        (out / "stages" / "01-w2" / "result.json").write_text(json.dumps({"accuracy": 0.5}))
+        (out / "stages" / "02-w1" / "checkpoints").mkdir(parents=True)
     calls = []
 
     def run_recipe(recipe, **kw):
@@ -390,4 +397,12 @@ def test_a_stale_row_retrains_only_the_stages_its_recipe_changed(tmp_path, monke
     assert sorted(p.name for p in (out / "stages").iterdir()) == ["01-w2", "02-w1", "03-w1a2"]
     new = res.data["rows"]["rte/tspq_w1a1_da/seed42"]
     assert new["stages_reused_from"] == {"from": "rte/tspq_w1a1_da_full_attention/seed42", "stages": 3}
-    assert new["score"] == 0.55 and res.data["superseded"]["rte/tspq_w1a1_da/seed42@2026-12-07"]["score"] == 0.52
+    assert new["score"] == 0.55
+    if before == "stale":
+        assert res.data["superseded"]["rte/tspq_w1a1_da/seed42@2026-12-07"]["score"] == 0.52
+    # a run that has finished as many stages as the other row could give keeps its own
+    calls.clear()
+    del res.data["rows"]["rte/tspq_w1a1_da/seed42"]
+    tspq_fair.run_row(res, "rte", "tspq_w1a1_da", 42, 4, None, redo=False)
+    assert "stages_reused_from" not in res.data["rows"]["rte/tspq_w1a1_da/seed42"]
+    assert calls[0]["resume"] is True
