@@ -310,8 +310,6 @@ def test_what_da_buys_is_read_seed_against_seed_with_its_cost():
 def test_w1a1_both_ways_share_the_stages_before_binary_attention(tmp_path, monkeypatch):
     """quant.attention binarizes only at a_bits 1, so a full-attention W1A1 row starts from the W2,
     W1 and W1A2 stages its binary-attention twin trained (their dev scores were bit-equal)."""
-    import json
-
     import common
 
     monkeypatch.setattr(common, "RESULTS", tmp_path)
@@ -321,16 +319,7 @@ def test_w1a1_both_ways_share_the_stages_before_binary_attention(tmp_path, monke
         overrides = configs.overrides_for("rte", config, 42, 4)
         return overrides, load_recipe(RECIPES / configs.CONFIGS[config][0], overrides)
 
-    overrides, binary = recipe("tspq_w1a1")
-    row = {"task": "rte", "config": "tspq_w1a1", "seed": 42, "recipe": "recipes/tspq/binary.yaml",
-           "overrides": overrides, "recipe_fingerprint": configs.fingerprint(binary), "primary_metric": "accuracy",
-           "run_dir": str(tmp_path / "binary"), "stages": []}
-    for i, st in enumerate(binary.stages):
-        d = tspq_fair.stage_dir(tmp_path / "binary", i, st.name)
-        d.mkdir(parents=True)
-        (d / "result.json").write_text(json.dumps({"accuracy": 0.5 + i / 100}))
-        row["stages"].append({"stage": st.name, "accuracy": 0.5 + i / 100})
-    res.data["rows"]["rte/tspq_w1a1/seed42"] = row
+    binary, res.data["rows"]["rte/tspq_w1a1/seed42"] = _finished_rte_row(tmp_path / "binary", "tspq_w1a1")
     full = recipe("tspq_w1a1_full_attention")[1]
     assert configs.fingerprint(full) != configs.fingerprint(binary)
     got = tspq_fair.reuse_stages(res, full, "rte", 42, tmp_path / "full")
@@ -362,17 +351,8 @@ def test_a_stale_row_retrains_only_the_stages_its_recipe_changed(tmp_path, monke
     monkeypatch.setattr(tspq_fair, "render", lambda res: "")
     monkeypatch.setattr(tspq_fair, "require_teacher", lambda task: tmp_path / "teacher")
     res = common.Results("fair_test", "test")
-    overrides = configs.overrides_for("rte", "tspq_w1a1_da_full_attention", 42, 4)
-    full = load_recipe(RECIPES / "binary-da.yaml", overrides)
-    row = {"task": "rte", "config": "tspq_w1a1_da_full_attention", "seed": 42, "recipe": "recipes/tspq/binary-da.yaml",
-           "overrides": overrides, "recipe_fingerprint": configs.fingerprint(full), "primary_metric": "accuracy",
-           "run_dir": str(tmp_path / "full"), "stages": [], "date": "2026-12-08"}
-    for i, st in enumerate(full.stages):
-        d = tspq_fair.stage_dir(tmp_path / "full", i, st.name)
-        d.mkdir(parents=True)
-        (d / "result.json").write_text(json.dumps({"accuracy": 0.5 + i / 100}))
-        row["stages"].append({"stage": st.name, "accuracy": 0.5 + i / 100})
-    res.data["rows"]["rte/tspq_w1a1_da_full_attention/seed42"] = row
+    _, res.data["rows"]["rte/tspq_w1a1_da_full_attention/seed42"] = _finished_rte_row(
+        tmp_path / "full", "tspq_w1a1_da_full_attention")
     out = tmp_path / "work" / "tspq_fair" / "rte" / "tspq_w1a1_da" / "seed42"
     if before == "stale":
         (out / "stages" / "04-w1a1").mkdir(parents=True)  # the stale run's last stage: not kept
@@ -406,3 +386,21 @@ def test_a_stale_row_retrains_only_the_stages_its_recipe_changed(tmp_path, monke
     tspq_fair.run_row(res, "rte", "tspq_w1a1_da", 42, 4, None, redo=False)
     assert "stages_reused_from" not in res.data["rows"]["rte/tspq_w1a1_da/seed42"]
     assert calls[0]["resume"] is True
+
+
+def _finished_rte_row(run_dir: Path, config: str):
+    """(recipe, row): a current RTE row of ``config`` (seed 42) whose run in ``run_dir`` finished
+    every stage (each with its result.json)."""
+    import json
+
+    overrides = configs.overrides_for("rte", config, 42, 4)
+    recipe = load_recipe(RECIPES / configs.CONFIGS[config][0], overrides)
+    row = {"task": "rte", "config": config, "seed": 42, "recipe": f"recipes/tspq/{configs.CONFIGS[config][0]}",
+           "overrides": overrides, "recipe_fingerprint": configs.fingerprint(recipe), "primary_metric": "accuracy",
+           "run_dir": str(run_dir), "stages": []}
+    for i, st in enumerate(recipe.stages):
+        d = tspq_fair.stage_dir(run_dir, i, st.name)
+        d.mkdir(parents=True)
+        (d / "result.json").write_text(json.dumps({"accuracy": 0.5 + i / 100}))
+        row["stages"].append({"stage": st.name, "accuracy": 0.5 + i / 100})
+    return recipe, row
