@@ -30,7 +30,7 @@ from tspq_fair_configs import BUDGETS, CONFIGS, DA_COPIES, SEEDED, fingerprint, 
 from tspq_fair_report import curve_of, render  # noqa: E402
 
 from kronbit.runner import load_recipe, run_recipe  # noqa: E402
-from kronbit.runner.stages import stage_dir  # noqa: E402
+from kronbit.runner.stages import finished_stages, stage_dir  # noqa: E402
 
 
 def run_dir_of(row: dict) -> Path:
@@ -85,14 +85,6 @@ def _stage_is_the_rows(row: dict, k: int, path: Path) -> bool:
     got, m = json.loads(result.read_text()), row["primary_metric"]
     recorded = row.get("stages", [])
     return k < len(recorded) and abs(got.get(m, float("nan")) - recorded[k][m]) < 1e-9
-
-
-def finished_stages(recipe, out: Path) -> int:
-    """How many of the recipe's leading stages a run directory has finished."""
-    k = 0
-    while k < len(recipe.stages) and (stage_dir(out, k, recipe.stages[k].name) / "result.json").is_file():
-        k += 1
-    return k
 
 
 def reuse_stages(res: Results, recipe, task: str, seed: int, out: Path, more_than: int = 0) -> dict | None:
@@ -163,7 +155,7 @@ def run_row(res: Results, task: str, name: str, seed: int, da_copies: int, max_s
     # its place instead of trained again (a recipe that adopted a last-stage lever). So is an
     # interrupted run's directory when another row has finished more of the same stages.
     if not redo and max_steps is None:
-        have = 0 if stale or not out.is_dir() else finished_stages(recipe, out)
+        have = 0 if stale else finished_stages(recipe, out)  # 0 for no directory
         reused = reuse_stages(res, recipe, task, seed, out, more_than=have)
         if reused:
             fresh = False

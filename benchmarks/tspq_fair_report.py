@@ -203,6 +203,7 @@ def _da_lines(rows, tasks, da: str, plain: str) -> list[str]:
         return []
     diffs = [100 * (a["score"] - b["score"]) for _, _, a, b in pairs]
     per_task = ", ".join(f"{t} {d:+.1f}" for (t, _, _, _), d in zip(pairs, diffs))
+
     def steps(row: dict) -> int | None:  # every stage's: a row may augment only some stages
         st = row.get("stages") or []
         return sum(s["steps"] for s in st) if st and all(s.get("steps") for s in st) else None

@@ -53,6 +53,19 @@ def stage_dir(out: Path, index: int, name: str) -> Path:
     return out / "stages" / f"{index + 1:02d}-{name}"
 
 
+def is_finished(sdir: Path) -> bool:
+    """A stage is finished once its ``result.json`` is written (the last thing it does)."""
+    return (sdir / "result.json").is_file()
+
+
+def finished_stages(recipe: Recipe, out: Path) -> int:
+    """How many of the recipe's leading stages the run directory ``out`` has finished."""
+    k = 0
+    while k < len(recipe.stages) and is_finished(stage_dir(out, k, recipe.stages[k].name)):
+        k += 1
+    return k
+
+
 def check_max_steps(max_steps: int | None) -> None:
     if max_steps is not None and max_steps < 1:
         raise ConfigError(f"--max-steps must be ≥ 1, got {max_steps}")
@@ -92,7 +105,7 @@ def run_stages(recipe: Recipe, out: Path, table: StageTable, teacher_ref: Path |
     for i, stage in enumerate(recipe.stages):
         sdir = stage_dir(out, i, stage.name)
         header = f"stage {i + 1}/{n}: {recipe.run_method.describe(recipe, i)}"
-        if (sdir / "result.json").is_file():
+        if is_finished(sdir):
             table.load(sdir / "result.json")
             say(f"{header} — already finished; skipping")
             continue
